@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create/reuse .venv.
+PYTHON ?= python3
+VENV ?= .venv
+# PyTorch is installed first and pinned: an unpinned torch can pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.monetpipe-installed
+DEMO_DIR ?= monet_data
+export MONET_raw ?= $(CURDIR)/$(DEMO_DIR)/raw
+export MONET_preprocessed ?= $(CURDIR)/$(DEMO_DIR)/preprocessed
+export MONET_results ?= $(CURDIR)/$(DEMO_DIR)/results
+
+.PHONY: install demo test test-all clean-demo
+
+install: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/monet_synthetic_task -o $(MONET_raw) --kind ct
+	$(VENV)/bin/monet_plan_and_preprocess -t 901 -np 2
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

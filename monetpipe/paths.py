@@ -1,0 +1,105 @@
+"""The three data roots and task-name resolution.
+
+Roots come from ``MONET_raw``, ``MONET_preprocessed`` and ``MONET_results``, read when a command runs
+(never at import), defaulting to ``./monet_data/{raw,preprocessed,results}``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from monetpipe.errors import TaskNotFoundError
+
+_TASK_DIR = re.compile(r"^(Task|Dataset)(\d+)_(.+)$")
+_TASK_SPEC = re.compile(r"^(?:(?:Task|Dataset)?(\d+))(?:_(.+))?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class MonetPaths:
+    """Where raw tasks, preprocessed caches and training results live."""
+
+    raw: Path
+    preprocessed: Path
+    results: Path
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, base: Path | None = None) -> MonetPaths:
+        env = os.environ if environ is None else environ
+        base = Path.cwd() / "monet_data" if base is None else base
+
+        def root(var: str, default: str) -> Path:
+            value = env.get(var)
+            return Path(value).expanduser().resolve() if value else (base / default).resolve()
+
+        return cls(
+            raw=root("MONET_raw", "raw"),
+            preprocessed=root("MONET_preprocessed", "preprocessed"),
+            results=root("MONET_results", "results"),
+        )
+
+
+def parse_task_dir_name(name: str) -> tuple[int, str] | None:
+    """``Task04_Hippocampus`` -> ``(4, "Hippocampus")``; ``None`` for names that are not task folders."""
+    match = _TASK_DIR.match(name)
+    return (int(match.group(2)), match.group(3)) if match else None
+
+
+def _task_dirs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and parse_task_dir_name(p.name))
+
+
+def find_task(spec: str | os.PathLike, roots: Iterable[Path]) -> tuple[str, Path | None]:
+    """Resolve a ``-t`` argument to ``(task_name, folder)``.
+
+    ``spec`` may be ``Task04``, ``4``, ``004``, ``Task004``, ``Task04_Hippocampus``,
+    ``Dataset004_Hippocampus`` or a path to a task folder. Numbers match numerically, so an MSD folder
+    ``Task04_*`` and an nnU-Net folder ``Task004_*`` both answer to ``4``. Roots are searched in order;
+    the first root holding a match wins (so a raw task and its preprocessed copy agree).
+
+    Returns:
+        The task folder's name and the folder that matched (``None`` never happens: an unmatched spec raises).
+
+    Raises:
+        TaskNotFoundError: nothing matches, or one root holds several matches; the message lists what exists.
+    """
+    roots = [Path(r) for r in roots]
+    spec_str = os.fspath(spec)
+    as_path = Path(spec_str).expanduser()
+    if as_path.is_dir() and (as_path / "dataset.json").is_file() or os.sep in spec_str:
+        if not as_path.is_dir():
+            raise TaskNotFoundError(f"Task folder {as_path} does not exist.")
+        return as_path.resolve().name, as_path.resolve()
+
+    match = _TASK_SPEC.match(spec_str.strip())
+    if not match:
+        raise TaskNotFoundError(
+            f"Cannot read task {spec_str!r}: use a number (4), Task04, Task04_Hippocampus, "
+            f"Dataset004_Hippocampus or a path to a task folder."
+        )
+    number, suffix = int(match.group(1)), match.group(2)
+    seen: list[str] = []
+    for root in roots:
+        candidates = []
+        for folder in _task_dirs(root):
+            seen.append(f"{folder.name} (in {root})")
+            num, name = parse_task_dir_name(folder.name)  # type: ignore[misc]
+            if num == number and (suffix is None or name.lower() == suffix.lower()):
+                candidates.append(folder)
+        if len(candidates) == 1:
+            return candidates[0].name, candidates[0]
+        if len(candidates) > 1:
+            names = ", ".join(c.name for c in candidates)
+            raise TaskNotFoundError(
+                f"Task {spec_str!r} is ambiguous in {root}: {names}. Give the full folder name."
+            )
+    listing = "\n  ".join(seen) if seen else "(no task folders found)"
+    searched = ", ".join(str(r) for r in roots)
+    raise TaskNotFoundError(
+        f"No task matches {spec_str!r} in {searched}. Tasks found:\n  {listing}\n"
+        f"Set MONET_raw / MONET_preprocessed / MONET_results or pass a path to the task folder."
+    )
