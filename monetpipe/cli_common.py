@@ -1,0 +1,26 @@
+"""Shared command-line plumbing: logging set-up and turning user errors into one clear line."""
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from monetpipe.errors import MonetError
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def run_cli(body: Callable[[], int | None]) -> int:
+    """Run a command body; a :class:`MonetError` prints its message (no traceback) and exits 1."""
+    try:
+        code = body()
+    except MonetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept, re-run the same command to resume", file=sys.stderr)
+        return 130
+    return int(code or 0)

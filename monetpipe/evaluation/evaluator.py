@@ -1,0 +1,249 @@
+"""Evaluate a folder of predicted label maps against a folder of references -> ``summary.json`` + CSV.
+
+The summary follows nnU-Net v2's layout so existing tooling reads it::
+
+    {"metric_per_case": [{"reference_file", "prediction_file", "metrics": {"1": {"Dice": ...}}}],
+     "mean": {"1": {"Dice": ...}}, "foreground_mean": {"Dice": ...}, ...}
+
+plus monetpipe's bookkeeping: ``n_undefined`` per label and metric, ``hd95_n_undefined``,
+``dice_n_undefined``, ``unpaired`` and ``errors``. NaN metrics are written as ``null``.
+
+Pairing rules (see docs/evaluation.md):
+
+* files pair by case id (file name without ``.nii.gz`` / ``.nii``); hidden and ``._*`` files are ignored;
+* a reference without a prediction is an *error*: it is listed under ``unpaired.missing_predictions``,
+  logged, excluded from every mean (there is nothing to score) and makes :func:`summary_ok` false, so
+  the command exits non-zero; it is never silently skipped;
+* a prediction without a reference is listed under ``unpaired.missing_references`` and ignored;
+* a pair whose geometry (size, spacing, origin, direction) differs, or a file that cannot be read, is
+  listed under ``errors`` with the reason and excluded from the means.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+from monetpipe.errors import DatasetError, MonetError
+from monetpipe.evaluation.metrics import METRIC_KEYS, compute_label_metrics, empty_label_metrics
+from monetpipe.io.atomic import atomic_path, write_json
+from monetpipe.io.image import is_nifti, read_label, strip_nifti
+
+logger = logging.getLogger(__name__)
+
+
+class EvaluationError(MonetError):
+    """A reference or prediction folder cannot be evaluated as given."""
+
+
+def list_cases(folder: str | os.PathLike) -> dict[str, Path]:
+    """Map case id -> NIfTI file in ``folder`` (not recursive; hidden and ``._*`` files ignored).
+
+    Raises:
+        EvaluationError: the folder does not exist, or two files share a case id (``a.nii`` and ``a.nii.gz``).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder}: folder not found. Pass an existing folder of .nii.gz label maps.")
+    cases: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or not is_nifti(path.name):
+            continue
+        case = strip_nifti(path.name)
+        if case in cases:
+            raise EvaluationError(
+                f"{folder}: {cases[case].name} and {path.name} are the same case {case!r}; keep one of them."
+            )
+        cases[case] = path
+    return cases
+
+
+def _evaluate_case(ref_path: Path, pred_path: Path, labels: Sequence[int] | None) -> dict:
+    """Worker: metrics of one pair, or ``{"error": ...}``. Runs in a child process."""
+    try:
+        ref, ref_geo = read_label(ref_path)
+        pred, pred_geo = read_label(pred_path)
+    except DatasetError as exc:
+        return {"error": str(exc)}
+    diff = ref_geo.mismatch(pred_geo)
+    if diff is not None:
+        return {"error": f"{pred_path.name}: geometry differs from the reference {ref_path} ({diff}). "
+                         f"Predictions must be written on the reference's grid."}
+    if labels is None:
+        found = sorted((set(np.unique(ref).tolist()) | set(np.unique(pred).tolist())) - {0})
+    else:
+        found = list(labels)
+    metrics = compute_label_metrics(ref, pred, found, ref_geo.spacing_zyx)
+    return {"metrics": metrics, "n_voxels": int(ref.size)}
+
+
+def _nan_to_none(value: float | int) -> float | int | None:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _aggregate(per_case: list[dict], labels: Sequence[int]) -> tuple[dict, dict, dict]:
+    """Per-label means (NaN excluded), foreground means (mean over labels) and NaN counts."""
+    mean: dict[str, dict] = {}
+    n_undefined: dict[str, dict] = {}
+    for label in labels:
+        key = str(label)
+        mean[key], n_undefined[key] = {}, {}
+        for metric in METRIC_KEYS:
+            values = np.array([c["metrics"][key][metric] for c in per_case], dtype=float)
+            nan = np.isnan(values)
+            n_undefined[key][metric] = int(nan.sum())
+            mean[key][metric] = float(values[~nan].mean()) if (~nan).any() else math.nan
+    foreground: dict[str, float] = {}
+    for metric in METRIC_KEYS:
+        values = np.array([mean[str(label)][metric] for label in labels], dtype=float)
+        values = values[~np.isnan(values)]
+        foreground[metric] = float(values.mean()) if values.size else math.nan
+    return mean, foreground, n_undefined
+
+
+def evaluate_folders(
+    ref_dir: str | os.PathLike,
+    pred_dir: str | os.PathLike,
+    labels: Iterable[int] | None = None,
+    output_file: str | os.PathLike | None = None,
+    num_processes: int = 2,
+    case_ids: Iterable[str] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate every prediction in ``pred_dir`` against the reference of the same case id.
+
+    Args:
+        ref_dir: folder of reference label maps (``<case>.nii.gz``).
+        pred_dir: folder of predicted label maps, same names.
+        labels: label values to evaluate; default every non-zero value found in any reference or prediction.
+        output_file: where to write ``summary.json`` (and ``summary.csv`` beside it); default
+            ``pred_dir/summary.json``.
+        num_processes: worker processes (1 = evaluate in this process).
+        case_ids: only these cases are expected (e.g. a fold's validation cases when ``ref_dir`` holds the
+            whole dataset); default every reference.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The summary dict as written (NaN shown as ``None``).
+
+    Raises:
+        EvaluationError: a folder is missing, or no case could be evaluated.
+    """
+    from tqdm import tqdm
+
+    refs, preds = list_cases(ref_dir), list_cases(pred_dir)
+    expected = sorted(refs) if case_ids is None else sorted(set(case_ids))
+    missing_references = sorted(set(preds) - set(refs))
+    if case_ids is not None:
+        missing_references = sorted(set(missing_references) & set(expected))
+    missing_predictions = [c for c in expected if c in refs and c not in preds]
+    pairs = [c for c in expected if c in refs and c in preds]
+    for case in missing_predictions:
+        logger.warning("%s: no prediction for reference %s; the case is reported as missing.", pred_dir, refs[case])
+    for case in missing_references:
+        logger.warning("%s: no reference %s.nii.gz in %s; the prediction is ignored.", preds[case], case, ref_dir)
+    if not pairs:
+        raise EvaluationError(
+            f"No prediction in {pred_dir} has a reference in {ref_dir} (cases are paired by file name without "
+            f".nii.gz). Check that both folders hold the same cases."
+        )
+
+    label_list = None if labels is None else sorted({int(v) for v in labels})
+    results: dict[str, dict] = {}
+    jobs = [(refs[c], preds[c], label_list) for c in pairs]
+    bar = tqdm(total=len(jobs), desc="evaluating", unit="case", disable=not progress)
+    if num_processes <= 1 or len(jobs) == 1:
+        for case, job in zip(pairs, jobs):
+            results[case] = _evaluate_case(*job)
+            bar.update()
+    else:
+        # forkserver: workers never inherit a parent's torch/OpenMP thread state (fork can deadlock there).
+        ctx = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)), mp_context=ctx) as pool:
+            futures = {pool.submit(_evaluate_case, *job): case for case, job in zip(pairs, jobs)}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+    bar.close()
+
+    errors = [{"case": c, "reference_file": str(refs[c]), "prediction_file": str(preds[c]),
+               "error": results[c]["error"]} for c in pairs if "error" in results[c]]
+    for e in errors:
+        logger.warning("%s", e["error"])
+    good = [c for c in pairs if "error" not in results[c]]
+    if not good:
+        raise EvaluationError(
+            f"None of the {len(pairs)} case(s) in {pred_dir} could be evaluated; first problem: {errors[0]['error']}"
+        )
+    if label_list is None:
+        label_list = sorted({int(k) for c in good for k in results[c]["metrics"]})
+
+    per_case = []
+    for case in good:
+        m = results[case]["metrics"]
+        metrics = {str(lab): m.get(lab) or empty_label_metrics(results[case]["n_voxels"]) for lab in label_list}
+        per_case.append({"reference_file": str(refs[case]), "prediction_file": str(preds[case]), "metrics": metrics})
+    mean, foreground, n_undefined = _aggregate(per_case, label_list)
+
+    summary = {
+        "metric_per_case": [
+            {**c, "metrics": {k: {m: _nan_to_none(v) for m, v in d.items()} for k, d in c["metrics"].items()}}
+            for c in per_case
+        ],
+        "mean": {k: {m: _nan_to_none(v) for m, v in d.items()} for k, d in mean.items()},
+        "foreground_mean": {m: _nan_to_none(v) for m, v in foreground.items()},
+        "labels": label_list,
+        "n_cases": len(per_case),
+        "n_undefined": n_undefined,
+        "dice_n_undefined": sum(n_undefined[str(lab)]["Dice"] for lab in label_list),
+        "hd95_n_undefined": sum(n_undefined[str(lab)]["HD95"] for lab in label_list),
+        "spacing": "reference",
+        "units": {"HD": "mm", "HD95": "mm", "ASSD": "mm", "TP": "voxels", "FP": "voxels", "FN": "voxels",
+                  "TN": "voxels", "n_ref": "voxels", "n_pred": "voxels"},
+        "unpaired": {"missing_predictions": [str(refs[c]) for c in missing_predictions],
+                     "missing_references": [str(preds[c]) for c in missing_references]},
+        "errors": errors,
+    }
+    output_file = Path(pred_dir) / "summary.json" if output_file is None else Path(output_file)
+    write_json(summary, output_file)
+    write_case_csv(summary, output_file.with_suffix(".csv"))
+    logger.info("wrote %s (%d cases, foreground Dice %.4f)", output_file, len(per_case), foreground["Dice"])
+    return summary
+
+
+def summary_ok(summary: dict) -> bool:
+    """True when every expected case was evaluated (no missing prediction, no error)."""
+    return not summary["unpaired"]["missing_predictions"] and not summary["errors"]
+
+
+def case_table(summary: dict):
+    """The per-case metrics of a summary as a long ``pandas.DataFrame`` (one row per case and label).
+
+    Returns:
+        Columns ``case, reference_file, prediction_file, label`` and every metric (NaN where undefined).
+    """
+    import pandas as pd
+
+    rows = []
+    for entry in summary["metric_per_case"]:
+        case = strip_nifti(Path(entry["reference_file"]).name)
+        for label, metrics in entry["metrics"].items():
+            row = {"case": case, "reference_file": entry["reference_file"],
+                   "prediction_file": entry["prediction_file"], "label": int(label)}
+            row.update({k: (math.nan if v is None else v) for k, v in metrics.items()})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_case_csv(summary: dict, path: str | os.PathLike) -> None:
+    """Write :func:`case_table` of ``summary`` to ``path`` as CSV, atomically (NaN as an empty field)."""
+    with atomic_path(path) as tmp:
+        case_table(summary).to_csv(tmp, index=False)

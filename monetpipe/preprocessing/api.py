@@ -1,0 +1,99 @@
+"""``plan_and_preprocess``: the whole of stage 1 as one function (the CLI only parses arguments)."""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from monetpipe.io.atomic import atomic_path, read_json, write_json
+from monetpipe.io.dataset import load_task
+from monetpipe.parallel import map_cases
+from monetpipe.paths import MonetPaths, find_task
+from monetpipe.preprocessing.fingerprint import compute_fingerprint
+from monetpipe.preprocessing.planner import plan_experiment
+from monetpipe.preprocessing.plans import Plans, plans_name_for
+from monetpipe.preprocessing.slice_cache import CacheLayout, cache_case, case_hash, is_current
+from monetpipe.preprocessing.splits import ensure_splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    task_dir: Path
+    plans: Plans
+    layout: CacheLayout
+    splits: list[dict]
+    num_built: int
+    num_skipped: int
+    seconds: float
+
+
+def plan_and_preprocess(task: str, paths: MonetPaths | None = None, num_processes: int = 2, binary: bool = False,
+                        labels: list[int] | None = None, folds: int = 1, max_size: int = 256,
+                        overwrite_splits: bool = False) -> PreprocessResult:
+    """Fingerprint, plan, cache slices and fix the splits of a raw task.
+
+    Args:
+        task: ``Task04``, ``4``, ``Task04_Hippocampus``, ``Dataset004_Hippocampus`` or a task folder path.
+        paths: the data roots (default: from the environment).
+        num_processes: worker processes for fingerprinting and caching.
+        binary: merge all foreground labels (plans ``monetPlans_binary``).
+        labels: keep only these labels (plans ``monetPlans_labels_...``).
+        folds: 1 for the paper's 70/30 hold-out, K for K-fold cross-validation.
+        max_size: largest in-plane slice size after resampling.
+        overwrite_splits: replace an existing ``splits_final.json`` that differs.
+
+    Returns:
+        What was written and how long it took. Up-to-date cache entries are skipped.
+    """
+    start = time.perf_counter()
+    paths = paths or MonetPaths.from_env()
+    name, raw_dir = find_task(task, [paths.raw])
+    dataset = load_task(raw_dir)
+    out_dir = paths.preprocessed / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "dataset.json") as tmp:
+        shutil.copyfile(raw_dir / "dataset.json", tmp)
+
+    fp_file = out_dir / "dataset_fingerprint.json"
+    previous = read_json(fp_file) if fp_file.is_file() else None
+    fingerprint = compute_fingerprint(dataset, num_processes, previous)
+    if fingerprint is not previous:
+        write_json(fingerprint, fp_file)
+
+    plans_name = plans_name_for(binary, labels)
+    plans = plan_experiment(dataset, fingerprint, plans_name, binary=binary, labels=labels, max_size=max_size)
+    layout = CacheLayout(out_dir, plans_name)
+    plans.save(layout.plans_file)
+    _log_plans(plans)
+
+    plans_hash = plans.preprocessing_hash()
+    jobs, skipped = [], 0
+    for case in dataset.training:
+        source = case_hash(case, fingerprint)
+        if is_current(layout, case.case_id, source, plans_hash):
+            skipped += 1
+        else:
+            jobs.append((case, dataset, plans, layout, source))
+    if skipped:
+        log.info("%d case(s) already up to date in %s", skipped, layout.slices)
+    map_cases(cache_case, jobs, num_processes, desc=f"Preprocess {name} ({plans_name})")
+
+    splits = ensure_splits(out_dir / "splits_final.json", [c.case_id for c in dataset.training], folds, overwrite_splits)
+    seconds = time.perf_counter() - start
+    log.info("Preprocessed %s: %d built, %d up to date, %.1f s", name, len(jobs), skipped, seconds)
+    return PreprocessResult(out_dir, plans, layout, splits, len(jobs), skipped, seconds)
+
+
+def _log_plans(plans: Plans) -> None:
+    axis = "zyx"[plans.slice_axis]
+    norm = ", ".join(n.scheme + (" (nonzero mask)" if n.use_nonzero_mask else "") for n in plans.normalization)
+    log.info(
+        "Plans %s: slice axis %s, in-plane spacing %s mm, patch %s, median resampled shape %s, "
+        "normalization [%s], classes %s, batch size %d",
+        plans.plans_name, axis, tuple(round(s, 3) for s in plans.target_spacing), plans.patch_size,
+        plans.median_shape, norm, list(plans.class_names), plans.batch_size,
+    )

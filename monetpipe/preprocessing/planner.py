@@ -1,0 +1,137 @@
+"""From a fingerprint to plans (DESIGN.md §4): slice axis, in-plane spacing, patch size, normalization,
+labels and batch size. Every decision is a small pure function so it can be read and tested alone.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from monetpipe.errors import MonetError
+from monetpipe.io.dataset import TaskDataset
+from monetpipe.preprocessing.plans import ChannelNormalization, Plans
+
+SIZE_MULTIPLE = 16  # every registered network downsamples at most 16x
+DEFAULT_BATCH_SIZE = 32
+# Rough activation memory budget for one training batch (MoNet at 256x256 uses ~70 MB/slice in fp32).
+_BATCH_MEMORY_BUDGET = 8 * 2**30
+_BYTES_PER_PIXEL = 70 * 2**20 / (256 * 256)
+
+
+def choose_slice_axis(median_spacing_zyx: list[float]) -> int:
+    """The axis of largest spacing; ties go to axis 0 (z), the first in SimpleITK's array order."""
+    spacing = np.asarray(median_spacing_zyx, dtype=float)
+    largest = spacing.max()
+    return int(np.flatnonzero(np.isclose(spacing, largest, rtol=1e-3))[0])
+
+
+def transposes(slice_axis: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    forward = (slice_axis,) + tuple(a for a in range(3) if a != slice_axis)
+    backward = tuple(int(i) for i in np.argsort(forward))
+    return forward, backward  # type: ignore[return-value]
+
+
+def in_plane_target_spacing(median_spacing_hw: list[float], median_size_hw: list[float], max_size: int) -> tuple[float, float]:
+    """Median in-plane spacing, coarsened by ``max(1, largest median in-plane size / max_size)``, aspect kept."""
+    factor = max(1.0, max(median_size_hw) / max_size)
+    return (float(median_spacing_hw[0] * factor), float(median_spacing_hw[1] * factor))
+
+
+def round_up(value: float, multiple: int = SIZE_MULTIPLE) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def plan_labels(dataset_labels: dict[int, str], binary: bool, keep: list[int] | None):
+    """Return ``(label_mapping, output_labels, class_names)`` for the chosen label variant."""
+    foreground = sorted(v for v in dataset_labels if v != 0)
+    if keep:
+        unknown = sorted(set(keep) - set(foreground))
+        if unknown:
+            raise MonetError(
+                f"--labels {unknown} not in dataset.json labels {sorted(dataset_labels)}; choose from {foreground}."
+            )
+        mapping = {v: i + 1 for i, v in enumerate(keep)}
+        names = ["background"] + [dataset_labels[v] for v in keep]
+        output = {i + 1: v for i, v in enumerate(keep)}
+    elif binary:
+        mapping = {v: 1 for v in foreground}
+        names = ["background", "foreground"]
+        output = {1: 1}
+    else:
+        mapping = {v: i + 1 for i, v in enumerate(foreground)}
+        names = ["background"] + [dataset_labels[v] for v in foreground]
+        output = {i + 1: v for i, v in enumerate(foreground)}
+    mapping[0] = 0
+    output[0] = 0
+    if len(names) < 2:
+        raise MonetError("The task declares no foreground label; nothing to segment.")
+    return dict(sorted(mapping.items())), dict(sorted(output.items())), tuple(names)
+
+
+def plan_normalization(task: TaskDataset, fingerprint: dict, use_nonzero_mask: bool) -> tuple[ChannelNormalization, ...]:
+    schemes = []
+    for name, stats in zip(task.channel_names, fingerprint["foreground_intensity"]):
+        if name.upper() == "CT":
+            if stats["mean"] is None:
+                raise MonetError("CT normalization needs foreground voxels, but no label map has any.")
+            schemes.append(ChannelNormalization(
+                "ct", (stats["percentile_00_5"], stats["percentile_99_5"]), stats["mean"], max(stats["std"], 1e-8)))
+        else:
+            schemes.append(ChannelNormalization("zscore", use_nonzero_mask=use_nonzero_mask))
+    return tuple(schemes)
+
+
+def plan_batch_size(patch_size: tuple[int, int], in_channels: int) -> int:
+    per_sample = patch_size[0] * patch_size[1] * _BYTES_PER_PIXEL * max(1.0, in_channels / 4)
+    return int(max(2, min(DEFAULT_BATCH_SIZE, _BATCH_MEMORY_BUDGET // per_sample)))
+
+
+def plan_experiment(task: TaskDataset, fingerprint: dict, plans_name: str, binary: bool = False,
+                    labels: list[int] | None = None, max_size: int = 256) -> Plans:
+    """Plan a configuration for ``task`` from its fingerprint (DESIGN.md §4).
+
+    Args:
+        task: the loaded task.
+        fingerprint: from :func:`compute_fingerprint`.
+        plans_name: e.g. ``monetPlans`` / ``monetPlans_binary``.
+        binary: merge every foreground label into one class.
+        labels: keep only these label values, renumbered 1..k (the rest background).
+        max_size: largest in-plane size (pixels) of a resampled slice.
+    """
+    cases = list(fingerprint["cases"].values())
+    spacing = np.median([c["spacing"] for c in cases], axis=0)
+    slice_axis = choose_slice_axis(list(spacing))
+    forward, backward = transposes(slice_axis)
+    cropped = np.array([c["shape_after_crop"] for c in cases], dtype=float)[:, forward]
+    raw = np.array([c["shape"] for c in cases], dtype=float)[:, forward]
+    sp = np.array([c["spacing"] for c in cases], dtype=float)[:, forward]
+    median_spacing_hw = list(np.median(sp[:, 1:], axis=0))
+    target = in_plane_target_spacing(median_spacing_hw, list(np.median(cropped[:, 1:], axis=0)), max_size)
+    resampled = cropped.copy()
+    resampled[:, 1:] = cropped[:, 1:] * sp[:, 1:] / np.asarray(target)
+    median_shape = tuple(int(round(v)) for v in np.median(resampled, axis=0))
+    patch = (round_up(median_shape[1]), round_up(median_shape[2]))
+    # nnU-Net's rule: normalize inside the nonzero mask when cropping shrinks the median volume by >= 25 %.
+    shrink = np.median(np.prod(cropped, axis=1) / np.prod(raw, axis=1))
+    mapping, output, names = plan_labels(task.labels, binary, labels)
+    num_fg = len(names) - 1
+    return Plans(
+        plans_name=plans_name,
+        task=task.folder.name,
+        slice_axis=slice_axis,
+        transpose_forward=forward,
+        transpose_backward=backward,
+        target_spacing=target,
+        patch_size=patch,
+        median_shape=median_shape,  # type: ignore[arg-type]
+        crop_to_nonzero=True,
+        normalization=plan_normalization(task, fingerprint, use_nonzero_mask=bool(shrink <= 0.75)),
+        channel_names=task.channel_names,
+        dataset_labels=dict(task.labels),
+        label_mapping=mapping,
+        output_labels=output,
+        class_names=names,
+        num_classes=1 if num_fg == 1 else num_fg + 1,
+        batch_size=plan_batch_size(patch, task.num_channels),
+        max_size=max_size,
+    )

@@ -1,0 +1,104 @@
+"""The results layout (DESIGN.md §2), shared by training, inference and evaluation.
+
+``MONET_results/<Task>/<model>__<plans>/`` is self-contained: ``plans.json``, ``dataset.json`` and
+``dataset_fingerprint.json`` beside ``fold_<k>/`` folders holding ``checkpoint_{latest,best,final}.pth``,
+``training_log.csv``, ``progress.png``, ``config.json`` and ``validation/``.
+
+A checkpoint is a dict that loads with ``torch.load(..., weights_only=True)``:
+``network`` ({"name", "in_channels", "num_classes"}), ``model_state`` (state_dict), ``plans`` (dict),
+``epoch`` (completed epochs), plus training state (optimizer, scheduler, RNG states, best metric).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from monetpipe.errors import MonetError
+
+CHECKPOINTS = ("final", "best", "latest")
+_FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
+
+
+def fold_name(fold: int | str) -> str:
+    return f"fold_{fold}"
+
+
+def parse_fold(value: str | int) -> int | str:
+    """``"0"`` -> 0, ``"all"`` -> ``"all"``."""
+    if isinstance(value, int) or value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise MonetError(f"fold {value!r} is not a number or 'all'") from None
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """One trained model configuration: ``<results>/<Task>/<model>__<plans>/``."""
+
+    root: Path
+
+    @classmethod
+    def for_run(cls, results_root: Path, task: str, model: str, plans_name: str) -> ModelFolder:
+        return cls(Path(results_root) / task / f"{model}__{plans_name}")
+
+    @property
+    def model(self) -> str:
+        return self.root.name.split("__", 1)[0]
+
+    @property
+    def plans_name(self) -> str:
+        parts = self.root.name.split("__", 1)
+        return parts[1] if len(parts) == 2 else "monetPlans"
+
+    @property
+    def plans_file(self) -> Path:
+        return self.root / "plans.json"
+
+    @property
+    def dataset_file(self) -> Path:
+        return self.root / "dataset.json"
+
+    @property
+    def fingerprint_file(self) -> Path:
+        return self.root / "dataset_fingerprint.json"
+
+    def fold_dir(self, fold: int | str) -> Path:
+        return self.root / fold_name(fold)
+
+    def checkpoint(self, fold: int | str, which: str = "final") -> Path:
+        if which not in CHECKPOINTS:
+            raise MonetError(f"checkpoint {which!r} unknown; choose one of {', '.join(CHECKPOINTS)}")
+        return self.fold_dir(fold) / f"checkpoint_{which}.pth"
+
+    def validation_dir(self, fold: int | str) -> Path:
+        return self.fold_dir(fold) / "validation"
+
+    def folds_with(self, which: str = "final") -> list[int | str]:
+        """Folds that have ``checkpoint_<which>.pth``, numeric folds first, then ``all``."""
+        if not self.root.is_dir():
+            return []
+        folds = []
+        for d in self.root.iterdir():
+            m = _FOLD_DIR.match(d.name)
+            if m and (d / f"checkpoint_{which}.pth").is_file():
+                folds.append(parse_fold(m.group(1)))
+        return sorted(folds, key=lambda f: (isinstance(f, str), f if isinstance(f, int) else 0))
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
+    """Load a checkpoint safely (``weights_only=True``: a pickled checkpoint could run code)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MonetError(f"{path}: checkpoint not found. Train this fold first (monet_train) or pick another fold.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        raise MonetError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]}). It may be truncated; "
+                         f"re-run training with --continue or use another checkpoint.") from None
