@@ -1,0 +1,1 @@
+"""Stage 3: segment volumes with trained models (``monet_predict``)."""

@@ -1,0 +1,87 @@
+"""Volume -> slices -> network -> probabilities on the original grid.
+
+The one prediction code path: training's final validation and ``monet_predict`` both call
+:func:`predict_preprocessed` (or :func:`predict_case`, which preprocesses first).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from monetpipe.io.image import Geometry
+from monetpipe.preprocessing.plans import Plans
+from monetpipe.preprocessing.preprocessor import preprocess_image, restore_probabilities
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Zero-pad the last two dims of ``x`` up to a multiple; returns the padded tensor and (left, right, top, bottom)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    return (F.pad(x, pad) if any(pad) else x), pad
+
+
+def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid for one output channel, softmax over channels otherwise."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+@torch.inference_mode()
+def predict_slices(models: Sequence[torch.nn.Module], data: np.ndarray | torch.Tensor, batch_size: int = 16,
+                   tta: bool = False, device: str | torch.device = "cpu", size_multiple: int = 16) -> torch.Tensor:
+    """Average the probabilities of ``models`` over slices ``(C, S, H, W)``.
+
+    Args:
+        models: networks in eval mode (an ensemble of folds averages their probabilities).
+        data: preprocessed slices.
+        batch_size: slices per forward pass.
+        tta: also average over horizontal, vertical and both flips.
+        device: where the networks live.
+        size_multiple: pad H and W up to this multiple (16 fits every registered network).
+
+    Returns:
+        ``(K, S, H, W)`` float32 probabilities on the CPU (K = network output channels).
+    """
+    x_all = torch.as_tensor(np.asarray(data, dtype=np.float32) if isinstance(data, np.ndarray) else data)
+    x_all = x_all.transpose(0, 1)  # (S, C, H, W): slices are the batch
+    h, w = x_all.shape[-2:]
+    flips = [(), (3,), (2,), (2, 3)] if tta else [()]
+    out = None
+    for start in range(0, x_all.shape[0], batch_size):
+        x, pad = pad_to_multiple(x_all[start:start + batch_size].to(device, torch.float32), size_multiple)
+        acc = None
+        for model in models:
+            for dims in flips:
+                xi = torch.flip(x, dims) if dims else x
+                p = logits_to_probabilities(model(xi).float())
+                p = torch.flip(p, dims) if dims else p
+                acc = p if acc is None else acc + p
+        acc = (acc / (len(models) * len(flips)))[..., pad[2]:pad[2] + h, pad[0]:pad[0] + w].cpu()
+        if out is None:
+            out = torch.empty((x_all.shape[0], acc.shape[1], h, w), dtype=torch.float32)
+        out[start:start + acc.shape[0]] = acc
+    return out.transpose(0, 1)
+
+
+def with_background(probabilities: np.ndarray) -> np.ndarray:
+    """``(1, ...)`` sigmoid foreground -> ``(2, ...)`` [background, foreground]; softmax output unchanged."""
+    if probabilities.shape[0] != 1:
+        return probabilities
+    return np.concatenate([1.0 - probabilities, probabilities], axis=0)
+
+
+def predict_preprocessed(models: Sequence[torch.nn.Module], data: np.ndarray, properties: dict, plans: Plans,
+                         batch_size: int = 16, tta: bool = False, device: str | torch.device = "cpu") -> np.ndarray:
+    """Predict preprocessed slices and return ``(K, Z, Y, X)`` probabilities on the original grid."""
+    probs = predict_slices(models, data, batch_size=batch_size, tta=tta, device=device)
+    return restore_probabilities(probs, properties, plans)
+
+
+def predict_case(models: Sequence[torch.nn.Module], image: np.ndarray, geometry: Geometry, plans: Plans,
+                 batch_size: int = 16, tta: bool = False, device: str | torch.device = "cpu") -> np.ndarray:
+    """Preprocess a raw ``(C, Z, Y, X)`` volume as in training, predict, and restore to its grid."""
+    data, properties = preprocess_image(image, geometry, plans)
+    return predict_preprocessed(models, data, properties, plans, batch_size=batch_size, tta=tta, device=device)
