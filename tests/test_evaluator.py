@@ -1,0 +1,141 @@
+"""evaluate_folders and the -ref/-pred command on tiny NIfTI folders."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monetpipe.evaluation.cli import main
+from monetpipe.evaluation.evaluator import EvaluationError, evaluate_folders, summary_ok
+from monetpipe.evaluation.metrics import compute_label_metrics
+from monetpipe.io.image import Geometry, write_label
+
+SHAPE = (6, 12, 10)  # Z, Y, X
+GEOMETRY = Geometry((10, 12, 6), (0.8, 0.9, 2.5), (1.0, -2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+
+
+def label_map(boxes: dict[int, tuple[slice, slice, slice]]) -> np.ndarray:
+    a = np.zeros(SHAPE, np.uint8)
+    for value, box in boxes.items():
+        a[box] = value
+    return a
+
+
+REF_A = label_map({1: np.s_[1:4, 2:8, 2:7], 2: np.s_[4:6, 8:11, 5:9]})
+PRED_A = label_map({1: np.s_[1:4, 3:8, 2:7], 2: np.s_[3:6, 8:11, 5:9]})
+REF_B = label_map({1: np.s_[2:5, 1:5, 1:5]})  # label 2 absent in the reference...
+PRED_B = label_map({1: np.s_[2:5, 1:6, 1:5], 2: np.s_[0, 0, 0]})  # ...but predicted
+
+
+@pytest.fixture
+def folders(tmp_path):
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    write_label(REF_A, GEOMETRY, ref / "case_a.nii.gz")
+    write_label(PRED_A, GEOMETRY, pred / "case_a.nii.gz")
+    write_label(REF_B, GEOMETRY, ref / "case_b.nii.gz")
+    write_label(PRED_B, GEOMETRY, pred / "case_b.nii.gz")
+    write_label(REF_B, GEOMETRY, ref / "case_c.nii.gz")  # no prediction
+    write_label(PRED_B, GEOMETRY, pred / "case_d.nii.gz")  # no reference
+    shifted = Geometry(GEOMETRY.size, (0.8, 0.9, 5.0), GEOMETRY.origin, GEOMETRY.direction)
+    write_label(REF_A, GEOMETRY, ref / "case_e.nii.gz")
+    write_label(PRED_A, shifted, pred / "case_e.nii.gz")  # geometry mismatch
+    (pred / "._case_a.nii.gz").write_bytes(b"macOS resource fork")  # ignored, not an unreadable case
+    (pred / ".hidden.nii.gz").write_bytes(b"")
+    return ref, pred
+
+
+def test_summary_layout_values_and_csv(folders):
+    ref, pred = folders
+    summary = evaluate_folders(ref, pred, num_processes=1, progress=False)
+    written = json.loads((pred / "summary.json").read_text())
+    assert written == summary
+    assert "NaN" not in (pred / "summary.json").read_text()  # JSON has no NaN: null instead
+
+    assert summary["labels"] == [1, 2] and summary["n_cases"] == 2
+    cases = {c["reference_file"].split("/")[-1]: c for c in summary["metric_per_case"]}
+    assert set(cases) == {"case_a.nii.gz", "case_b.nii.gz"}
+    assert cases["case_a.nii.gz"]["prediction_file"] == str(pred / "case_a.nii.gz")
+    spacing_zyx = GEOMETRY.spacing_zyx
+    expected = compute_label_metrics(REF_A, PRED_A, [1, 2], spacing_zyx)
+    for label in ("1", "2"):
+        got = cases["case_a.nii.gz"]["metrics"][label]
+        assert got["Dice"] == pytest.approx(expected[int(label)]["Dice"])
+        assert got["HD95"] == pytest.approx(expected[int(label)]["HD95"])
+        assert {"Dice", "IoU", "HD", "HD95", "ASSD", "TP", "FP", "FN", "n_ref", "n_pred"} <= set(got)
+    # label 2 of case_b: reference empty -> Dice 0, HD95 undefined (null), excluded from the mean
+    b2 = cases["case_b.nii.gz"]["metrics"]["2"]
+    assert b2["Dice"] == 0.0 and b2["HD95"] is None and b2["n_pred"] == 1
+    assert summary["mean"]["2"]["HD95"] == pytest.approx(expected[2]["HD95"])
+    assert summary["mean"]["2"]["Dice"] == pytest.approx(expected[2]["Dice"] / 2)
+    assert summary["hd95_n_undefined"] == 1 and summary["n_undefined"]["2"]["HD95"] == 1
+    fg = (summary["mean"]["1"]["Dice"] + summary["mean"]["2"]["Dice"]) / 2
+    assert summary["foreground_mean"]["Dice"] == pytest.approx(fg)
+    # the reference's spacing is used: 1 slice of 2.5 mm between label-2 boxes along z
+    assert expected[2]["HD"] == pytest.approx(2.5)
+
+    table = pd.read_csv(pred / "summary.csv")
+    assert len(table) == 4 and set(table["case"]) == {"case_a", "case_b"}
+    row = table[(table["case"] == "case_b") & (table["label"] == 2)].iloc[0]
+    assert row["Dice"] == 0.0 and math.isnan(row["HD95"])
+
+
+def test_unpaired_and_mismatched_files_are_reported_by_name(folders, caplog):
+    ref, pred = folders
+    summary = evaluate_folders(ref, pred, num_processes=1, progress=False)
+    assert summary["unpaired"]["missing_predictions"] == [str(ref / "case_c.nii.gz")]
+    assert summary["unpaired"]["missing_references"] == [str(pred / "case_d.nii.gz")]
+    assert [e["case"] for e in summary["errors"]] == ["case_e"]
+    assert "spacing" in summary["errors"][0]["error"] and "case_e" in summary["errors"][0]["error"]
+    assert not summary_ok(summary)
+    assert "case_c" in caplog.text and "case_d" in caplog.text and "case_e" in caplog.text
+
+
+def test_explicit_labels_case_ids_output_and_parallel(folders, tmp_path):
+    ref, pred = folders
+    out = tmp_path / "elsewhere" / "s.json"
+    one = evaluate_folders(ref, pred, labels=[1], output_file=out, num_processes=1, case_ids=["case_a", "case_b"],
+                           progress=False)
+    two = evaluate_folders(ref, pred, labels=[1], output_file=out, num_processes=2, case_ids=["case_a", "case_b"],
+                           progress=False)
+    assert one == two and summary_ok(one)  # case_c not expected; case_d outside case_ids
+    assert one["labels"] == [1] and set(one["mean"]) == {"1"}
+    assert out.is_file() and out.with_suffix(".csv").is_file() and not (pred / "summary.json").exists()
+
+
+def test_both_empty_label_is_nan_and_counted(tmp_path):
+    ref, pred = tmp_path / "r", tmp_path / "p"
+    write_label(REF_B, GEOMETRY, ref / "x.nii.gz")
+    write_label(REF_B, GEOMETRY, pred / "x.nii.gz")
+    summary = evaluate_folders(ref, pred, labels=[1, 3], num_processes=1, progress=False)
+    assert summary["mean"]["1"]["Dice"] == 1.0
+    assert summary["mean"]["3"]["Dice"] is None and summary["dice_n_undefined"] == 1
+    assert summary["foreground_mean"]["Dice"] == 1.0  # undefined label 3 excluded, not counted as 0
+
+
+def test_no_pairs_is_a_clear_error(tmp_path):
+    ref, pred = tmp_path / "r", tmp_path / "p"
+    write_label(REF_B, GEOMETRY, ref / "x.nii.gz")
+    write_label(REF_B, GEOMETRY, pred / "y.nii.gz")
+    with pytest.raises(EvaluationError, match="same cases"):
+        evaluate_folders(ref, pred, num_processes=1, progress=False)
+    with pytest.raises(EvaluationError, match="not found"):
+        evaluate_folders(tmp_path / "nope", pred, num_processes=1, progress=False)
+
+
+def test_cli_folder_mode(folders, tmp_path, capsys):
+    ref, pred = folders
+    assert main(["-ref", str(ref), "-pred", str(pred), "-np", "1"]) == 1  # case_c has no prediction
+    captured = capsys.readouterr()
+    assert "foreground" in captured.out and "without prediction" in captured.err
+    (ref / "case_c.nii.gz").unlink()
+    (pred / "case_e.nii.gz").unlink()
+    (ref / "case_e.nii.gz").unlink()
+    out = tmp_path / "out.json"
+    assert main(["-ref", str(ref), "-pred", str(pred), "-l", "1", "-o", str(out), "-np", "1"]) == 0
+    assert json.loads(out.read_text())["labels"] == [1]
+    assert main(["-ref", str(tmp_path / "missing"), "-pred", str(pred)]) == 1
+    err = capsys.readouterr().err
+    assert "missing: folder not found" in err and "Traceback" not in err
