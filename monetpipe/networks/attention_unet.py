@@ -3,6 +3,7 @@
 The official code (keras-unet's ``attention_concat``) gates the skip with the *already up-sampled*
 decoder map, at the skip's resolution, not with the coarser map as in Oktay et al.'s figure.
 """
+
 from __future__ import annotations
 
 import torch

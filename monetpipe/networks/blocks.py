@@ -5,6 +5,7 @@ BatchNormalization uses ``epsilon=1e-3`` and ``momentum=0.99`` (PyTorch's ``mome
 the *new* batch statistic, hence 0.01); Keras initialises kernels with ``glorot_uniform`` unless told
 otherwise (the official code asks for ``he_uniform``); biases start at zero.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ With ``in_channels=1, num_classes=1`` it has 401,666 trainable parameters and 40
 BatchNorm running statistics, as Keras reports. The layer list and where it departs from the paper's
 figures are in docs/networks.md.
 """
+
 from __future__ import annotations
 
 import torch
@@ -85,7 +86,9 @@ class EncoderStage(nn.Module):
 class DecoderStage(nn.Module):
     """``Up(cin)`` -> ``cat[skip, up]`` -> ``CBE(skip + cin, C)`` -> ``RDDC(C)``."""
 
-    def __init__(self, cin: int, skip_channels: int, channels: int, dropout: float, outer_residual: bool) -> None:
+    def __init__(
+        self, cin: int, skip_channels: int, channels: int, dropout: float, outer_residual: bool
+    ) -> None:
         super().__init__()
         self.up = up_bn_elu(cin)
         self.stem = conv_bn_elu(skip_channels + cin, channels)
@@ -126,10 +129,12 @@ class MoNet(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.size_divisor = 2**depth
+        self.model_name = "monet"
         widths = [base_filters * 2**i for i in range(depth + 1)]
         cins = [in_channels] + widths[:-2]
         self.encoders = nn.ModuleList(
-            EncoderStage(cin, w, dropout_enc, outer_residual) for cin, w in zip(cins, widths[:-1])
+            EncoderStage(cin, w, dropout_enc, outer_residual)
+            for cin, w in zip(cins, widths[:-1], strict=True)
         )
         self.bottleneck = nn.Sequential(
             conv_bn_elu(widths[-2], widths[-1]), RDDC(widths[-1], dropout_mid, outer_residual)
@@ -145,12 +150,12 @@ class MoNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, K, H, W) for a (B, C, H, W) batch."""
-        check_input(x, self.in_channels, self.size_divisor, "monet")
+        check_input(x, self.in_channels, self.size_divisor, self.model_name)
         skips = []
         for stage in self.encoders:
             skip, x = stage(x)
             skips.append(skip)
         x = self.bottleneck(x)
-        for stage, skip in zip(self.decoders, reversed(skips)):
+        for stage, skip in zip(self.decoders, reversed(skips), strict=True):
             x = stage(x, skip)
         return self.head(x)

@@ -5,6 +5,7 @@ BatchNorm *after* the ReLU, so it cannot be folded back into its conv (see fusio
 f, 2f, 4f, 8f filters, a 16f bottleneck, 2x2 max-pooling, ConvTranspose2d(2x2, stride 2) up-sampling and
 ``cat[up, skip]``. Dropout (0.3) sits in the encoder and bottleneck blocks only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -81,7 +82,9 @@ class UNet(nn.Module):
         self.model_name = f"unet{filters}"
         widths = [filters * 2**i for i in range(num_layers + 1)]
         cins = [in_channels] + widths[:-2]
-        self.encoders = nn.ModuleList(UNetBlock(cin, w, dropout) for cin, w in zip(cins, widths[:-1]))
+        self.encoders = nn.ModuleList(
+            UNetBlock(cin, w, dropout) for cin, w in zip(cins, widths[:-1], strict=True)
+        )
         self.pool = nn.MaxPool2d(2)
         self.bottleneck = UNetBlock(widths[-2], widths[-1], dropout)
         dec_dropout = dropout if dropout_on_upsampling else 0.0
@@ -121,6 +124,6 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        for stage, skip in zip(self.decoders, reversed(skips)):
+        for stage, skip in zip(self.decoders, reversed(skips), strict=True):
             x = stage(x, skip)
         return self.head(x)
