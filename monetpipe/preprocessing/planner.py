@@ -51,15 +51,15 @@ def plan_labels(dataset_labels: dict[int, str], binary: bool, keep: list[int] | 
                 f"--labels {unknown} not in dataset.json labels {sorted(dataset_labels)}; choose from {foreground}."
             )
         mapping = {v: i + 1 for i, v in enumerate(keep)}
-        names = ["background"] + [dataset_labels[v] for v in keep]
+        names = [dataset_labels[0]] + [dataset_labels[v] for v in keep]
         output = {i + 1: v for i, v in enumerate(keep)}
     elif binary:
         mapping = {v: 1 for v in foreground}
-        names = ["background", "foreground"]
+        names = [dataset_labels[0], "foreground"]
         output = {1: 1}
     else:
         mapping = {v: i + 1 for i, v in enumerate(foreground)}
-        names = ["background"] + [dataset_labels[v] for v in foreground]
+        names = [dataset_labels[0]] + [dataset_labels[v] for v in foreground]
         output = {i + 1: v for i, v in enumerate(foreground)}
     mapping[0] = 0
     output[0] = 0

@@ -1,0 +1,28 @@
+"""Shared fixtures. Real data lives beside the repo at ../shared/data and may be absent (users don't have it)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real-data folder; tests using it skip cleanly when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} not present")
+    return SHARED_DATA
+
+
+@pytest.fixture()
+def monet_roots(tmp_path, monkeypatch):
+    """Point MONET_raw / MONET_preprocessed / MONET_results at fresh temp folders."""
+    from monetpipe.paths import MonetPaths
+
+    roots = {name: tmp_path / name for name in ("raw", "preprocessed", "results")}
+    for name, path in roots.items():
+        path.mkdir()
+        monkeypatch.setenv(f"MONET_{name}", str(path))
+    return MonetPaths(roots["raw"], roots["preprocessed"], roots["results"])

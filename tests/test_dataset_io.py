@@ -1,0 +1,166 @@
+"""dataset.json dialects, pixel types, geometry and bad input."""
+import gzip
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from monetpipe.errors import DatasetError
+from monetpipe.io.dataset import load_task
+from monetpipe.io.image import Geometry, read_label, read_volume, write_label
+
+DIRECTION = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _write(path, array, spacing=(0.8, 0.7, 2.5), origin=(10.0, -5.0, 3.0), direction=DIRECTION, vector=False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = sitk.GetImageFromArray(array, isVector=vector)
+    if img.GetDimension() == 3:
+        img.SetSpacing(spacing)
+        img.SetOrigin(origin)
+        img.SetDirection(direction)
+    sitk.WriteImage(img, str(path))
+
+
+def _msd(folder, n=2, modality=None, per_channel=False, dtype=np.int16):
+    modality = modality or {"0": "CT"}
+    training = []
+    for i in range(n):
+        cid = f"case_{i:03d}"
+        arr = (np.arange(4 * 5 * 6).reshape(4, 5, 6) % 7).astype(dtype)
+        if per_channel:
+            for c in range(len(modality)):
+                _write(folder / "imagesTr" / f"{cid}_{c:04d}.nii.gz", arr)
+        else:
+            _write(folder / "imagesTr" / f"{cid}.nii.gz", arr)
+        _write(folder / "labelsTr" / f"{cid}.nii.gz", (arr % 3).astype(np.uint8))
+        training.append({"image": f"./imagesTr/{cid}.nii.gz", "label": f"./labelsTr/{cid}.nii.gz"})
+    meta = {"name": "T", "modality": modality, "labels": {"0": "bg", "1": "a", "2": "b"},
+            "numTraining": n, "training": training, "test": []}
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    return meta
+
+
+def test_msd_layout(tmp_path):
+    _msd(tmp_path)
+    (tmp_path / "imagesTr" / "._case_000.nii.gz").write_bytes(b"junk")  # macOS metadata: ignored
+    task = load_task(tmp_path)
+    assert task.dialect == "msd" and task.channel_names == ("CT",) and task.is_ct
+    assert [c.case_id for c in task.training] == ["case_000", "case_001"]
+    assert task.labels == {0: "bg", 1: "a", 2: "b"}
+
+
+def test_nnunet_v1_per_channel_files(tmp_path):
+    _msd(tmp_path, modality={"0": "T1", "1": "T2"}, per_channel=True)
+    task = load_task(tmp_path)
+    assert task.dialect == "nnunet_v1"
+    image, _ = read_volume(task.training[0].image_files)
+    assert image.shape == (2, 4, 5, 6)
+
+
+def test_nnunet_v2_layout(tmp_path):
+    arr = np.zeros((4, 5, 6), np.uint8)
+    for cid in ("a1", "a2"):
+        _write(tmp_path / "imagesTr" / f"{cid}_0000.nii.gz", arr.astype(np.float32))
+        _write(tmp_path / "labelsTr" / f"{cid}.nii.gz", arr)
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "thing": 1}, "numTraining": 2,
+        "file_ending": ".nii.gz"}))
+    task = load_task(tmp_path)
+    assert task.dialect == "nnunet_v2" and [c.case_id for c in task.training] == ["a1", "a2"]
+    assert task.labels == {0: "background", 1: "thing"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"labels": {"background": 0, "a": [1, 2]}}, "region"),
+    ({"labels": {"background": 0, "a": 1, "ignore": 2}}, "ignore"),
+    ({"file_ending": ".png"}, "file_ending"),
+])
+def test_unsupported_nnunet_v2_features_are_refused(tmp_path, change, message):
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz"}
+    meta.update(change)
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=message):
+        load_task(tmp_path)
+
+
+def test_missing_dataset_json_names_file(tmp_path):
+    with pytest.raises(DatasetError, match="dataset.json"):
+        load_task(tmp_path)
+
+
+def test_path_leaving_task_folder_is_refused(tmp_path):
+    meta = _msd(tmp_path / "task")
+    meta["training"][0]["image"] = "../../etc/passwd"
+    (tmp_path / "task" / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="leaves the task folder"):
+        load_task(tmp_path / "task")
+
+
+def test_missing_image_names_file(tmp_path):
+    _msd(tmp_path)
+    (tmp_path / "imagesTr" / "case_001.nii.gz").unlink()
+    with pytest.raises(DatasetError, match="case_001"):
+        load_task(tmp_path)
+
+
+def test_corrupt_nifti_names_file(tmp_path):
+    path = tmp_path / "broken.nii.gz"
+    _write(path, np.zeros((4, 5, 6), np.int16))
+    data = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(data[: len(data) // 3]))  # truncated
+    with pytest.raises(DatasetError, match="broken.nii.gz"):
+        read_volume([path])
+
+
+def test_nan_intensities_name_file(tmp_path):
+    # ITK's NIfTI reader already turns NaN into 0, so the check matters for the other formats ITK reads.
+    arr = np.zeros((4, 5, 6), np.float32)
+    arr[1, 2, 3] = np.nan
+    _write(tmp_path / "nan.nrrd", arr)
+    with pytest.raises(DatasetError, match="nan.nrrd.*NaN"):
+        read_volume([tmp_path / "nan.nrrd"])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.float64])
+def test_any_pixel_type_reads_as_float32_with_geometry(tmp_path, dtype):
+    arr = (np.arange(4 * 5 * 6).reshape(4, 5, 6) % 50).astype(dtype)
+    _write(tmp_path / "x.nii.gz", arr)
+    image, g = read_volume([tmp_path / "x.nii.gz"])
+    assert image.dtype == np.float32 and np.array_equal(image[0], arr.astype(np.float32))
+    assert g.size == (6, 5, 4) and np.allclose(g.spacing, (0.8, 0.7, 2.5)) and np.allclose(g.direction, DIRECTION)
+
+
+def test_float_label_maps_are_cast(tmp_path):
+    _write(tmp_path / "l.nii.gz", np.array([[[0, 1], [2, 0]]], np.float32))
+    label, _ = read_label(tmp_path / "l.nii.gz")
+    assert label.dtype == np.uint8 and label.max() == 2
+
+
+def test_non_integer_label_map_is_refused(tmp_path):
+    _write(tmp_path / "l.nii.gz", np.array([[[0, 0.5]]], np.float32))
+    with pytest.raises(DatasetError, match="l.nii.gz"):
+        read_label(tmp_path / "l.nii.gz")
+
+
+def test_4d_channels_last_reads_as_channels_first_with_3d_geometry(tmp_path):
+    vols = [sitk.GetImageFromArray(np.full((3, 4, 5), c, np.float32)) for c in range(2)]
+    for v in vols:
+        v.SetSpacing((1.0, 2.0, 3.0))
+        v.SetOrigin((4.0, 5.0, 6.0))
+    img4 = sitk.JoinSeries(vols)
+    sitk.WriteImage(img4, str(tmp_path / "mr.nii.gz"))
+    image, g = read_volume([tmp_path / "mr.nii.gz"])
+    assert image.shape == (2, 3, 4, 5) and image[1].min() == 1
+    assert g.spacing == (1.0, 2.0, 3.0) and g.origin == (4.0, 5.0, 6.0) and len(g.direction) == 9
+
+
+def test_write_label_round_trips_geometry_exactly(tmp_path):
+    # NIfTI stores spacing/origin as float32: use values it represents exactly, as read images have.
+    g = Geometry((6, 5, 4), (0.75, 0.5, 2.5), (10.0, -5.25, 3.0), DIRECTION)
+    arr = np.random.default_rng(0).integers(0, 3, (4, 5, 6)).astype(np.uint8)
+    write_label(arr, g, tmp_path / "out.nii.gz")
+    back, g2 = read_label(tmp_path / "out.nii.gz")
+    assert np.array_equal(back, arr) and g2 == g
+    assert not list(tmp_path.glob(".tmp-*"))

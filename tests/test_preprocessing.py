@@ -1,0 +1,288 @@
+"""monet_plan_and_preprocess on the synthetic tasks and (when present) real MSD Task04."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from monetpipe.errors import DatasetError, MonetError
+from monetpipe.io.atomic import read_json
+from monetpipe.io.image import Geometry, read_label, read_volume
+from monetpipe.preprocessing import plan_and_preprocess
+from monetpipe.preprocessing.cli import main as cli_main
+from monetpipe.preprocessing.planner import choose_slice_axis, in_plane_target_spacing, plan_labels
+from monetpipe.preprocessing.plans import Plans
+from monetpipe.preprocessing.preprocessor import (
+    preprocess_image,
+    probabilities_to_labels,
+    restore_probabilities,
+)
+from monetpipe.preprocessing.splits import ensure_splits, holdout_split, kfold_split
+from monetpipe.synthetic import make_synthetic_task
+
+
+@pytest.fixture()
+def ct_task(monet_roots):
+    make_synthetic_task(monet_roots.raw, kind="ct", num_cases=6, seed=1)
+    return monet_roots
+
+
+# --- planning rules --------------------------------------------------------------------------------
+
+def test_slice_axis_is_largest_spacing_ties_to_z():
+    assert choose_slice_axis([2.5, 0.8, 0.8]) == 0
+    assert choose_slice_axis([1.0, 1.0, 1.0]) == 0
+    assert choose_slice_axis([0.8, 3.0, 0.8]) == 1
+
+
+def test_in_plane_spacing_rule_matches_paper():
+    # 512x512 CT at 0.8 mm -> 256x256 at 1.6 mm; small slices keep their spacing.
+    assert in_plane_target_spacing([0.8, 0.8], [512, 512], 256) == pytest.approx((1.6, 1.6))
+    assert in_plane_target_spacing([1.0, 1.0], [50, 35], 256) == (1.0, 1.0)
+
+
+def test_label_variants():
+    labels = {0: "bg", 1: "organ", 2: "lesion", 7: "pancreas"}
+    mapping, output, names = plan_labels(labels, binary=False, keep=None)
+    assert mapping == {0: 0, 1: 1, 2: 2, 7: 3} and output[3] == 7 and len(names) == 4
+    mapping, output, names = plan_labels(labels, binary=True, keep=None)
+    assert set(mapping.values()) == {0, 1} and output == {0: 0, 1: 1}
+    mapping, output, names = plan_labels(labels, binary=False, keep=[7])
+    assert mapping == {0: 0, 7: 1} and output == {0: 0, 1: 7} and names == ("bg", "pancreas")
+    with pytest.raises(MonetError, match="choose from"):
+        plan_labels(labels, binary=False, keep=[5])
+
+
+def test_splits_holdout_and_kfold():
+    ids = [f"c{i:02d}" for i in range(20)]
+    (split,) = holdout_split(ids)
+    assert len(split["val"]) == 6 and not set(split["val"]) & set(split["train"])
+    assert holdout_split(list(reversed(ids))) == [split]  # from sorted ids: order of input irrelevant
+    folds = kfold_split(ids, 5)
+    assert sorted(c for f in folds for c in f["val"]) == ids and all(len(f["val"]) == 4 for f in folds)
+
+
+def test_kfold_matches_scikit_learn_when_available():
+    sklearn = pytest.importorskip("sklearn.model_selection")
+    ids = [f"c{i:02d}" for i in range(13)]
+    ours = kfold_split(ids, 5)
+    theirs = [[ids[i] for i in te] for _, te in sklearn.KFold(5, shuffle=True, random_state=12345).split(ids)]
+    assert [f["val"] for f in ours] == theirs
+
+
+def test_existing_split_is_never_changed_silently(tmp_path):
+    ids = [f"c{i}" for i in range(10)]
+    path = tmp_path / "splits_final.json"
+    ensure_splits(path, ids, folds=1)
+    with pytest.raises(MonetError, match="--overwrite-splits"):
+        ensure_splits(path, ids, folds=5)
+    assert len(ensure_splits(path, ids, folds=5, overwrite=True)) == 5
+
+
+# --- the whole stage on the synthetic CT task -----------------------------------------------------------
+
+def test_plan_and_preprocess_synthetic_ct(ct_task):
+    result = plan_and_preprocess("901", num_processes=1)
+    task_dir = ct_task.preprocessed / "Task901_SyntheticCT"
+    for name in ("dataset.json", "dataset_fingerprint.json", "monetPlans.json", "splits_final.json"):
+        assert (task_dir / name).is_file(), name
+    plans = Plans.load(task_dir / "monetPlans.json")
+    assert plans.version == 1 and plans.slice_axis == 0  # 2.5 mm z spacing is the largest
+    assert plans.target_spacing == pytest.approx((0.8, 0.8))
+    assert plans.patch_size[0] % 16 == 0 and plans.patch_size[1] % 16 == 0
+    assert plans.normalization[0].scheme == "ct" and plans.num_classes == 3
+    fingerprint = read_json(task_dir / "dataset_fingerprint.json")
+    assert fingerprint["num_cases"] == 6
+    stats = fingerprint["foreground_intensity"][0]
+    assert stats["percentile_00_5"] < stats["median"] < stats["percentile_99_5"]
+    split = json.loads((task_dir / "splits_final.json").read_text())
+    assert len(split) == 1 and len(split[0]["val"]) == 2  # round(0.3 * 6)
+
+    case = split[0]["train"][0]
+    data = np.load(result.layout.data_file(case), mmap_mode="r")
+    seg = np.load(result.layout.seg_file(case))
+    props = read_json(result.layout.properties_file(case))
+    assert data.dtype == np.float16 and data.shape[1:] == seg.shape and seg.max() == 2
+    assert props["class_slices"]["2"], "lesion slices are indexed for foreground sampling"
+    # CT normalization: clipped to the foreground percentiles, then z-scored -> bounded values
+    lo = (stats["percentile_00_5"] - stats["mean"]) / stats["std"]
+    assert float(data.min()) >= lo - 1e-2
+
+    # gt_segmentations: the reference in the plan's output labels, with the raw geometry
+    ref, g = read_label(result.layout.gt_file(case))
+    raw_label, g_raw = read_label(ct_task.raw / "Task901_SyntheticCT" / "labelsTr" / f"{case}.nii.gz")
+    assert np.array_equal(ref, raw_label) and g == g_raw
+
+
+def test_second_run_skips_and_changed_source_rebuilds_only_that_case(ct_task):
+    first = plan_and_preprocess("901", num_processes=1)
+    assert first.num_built == 6
+    second = plan_and_preprocess("901", num_processes=1)
+    assert second.num_built == 0 and second.num_skipped == 6
+    # touch one source file's content: exactly that case is rebuilt
+    raw = ct_task.raw / "Task901_SyntheticCT"
+    label_file = raw / "labelsTr" / "synct_001.nii.gz"
+    import SimpleITK as sitk
+    img = sitk.ReadImage(str(label_file))
+    arr = sitk.GetArrayFromImage(img)
+    arr[arr == 2] = 1
+    new = sitk.GetImageFromArray(arr)
+    new.CopyInformation(img)
+    sitk.WriteImage(new, str(label_file))
+    third = plan_and_preprocess("901", num_processes=1)
+    assert third.num_built == 1 and third.num_skipped == 5
+
+
+def test_plan_variants_never_overwrite_each_other(ct_task):
+    default = plan_and_preprocess("901", num_processes=1)
+    binary = plan_and_preprocess("901", num_processes=1, binary=True)
+    lesion = plan_and_preprocess("901", num_processes=1, labels=[2])
+    assert {default.layout.slices, binary.layout.slices, lesion.layout.slices} == {
+        default.task_dir / "monetPlans_slices", default.task_dir / "monetPlans_binary_slices",
+        default.task_dir / "monetPlans_labels_2_slices"}
+    assert binary.plans.num_classes == 1 and lesion.plans.output_labels == {0: 0, 1: 2}
+    case = default.splits[0]["train"][0]
+    ref_bin, _ = read_label(binary.layout.gt_file(case))
+    ref_default, _ = read_label(default.layout.gt_file(case))
+    assert np.array_equal(ref_bin, (ref_default > 0).astype(np.uint8))
+    ref_lesion, _ = read_label(lesion.layout.gt_file(case))
+    assert set(np.unique(ref_lesion)) == {0, 2}
+    assert np.load(default.layout.seg_file(case)).max() == 2  # default cache untouched
+
+
+def test_restore_round_trip_is_exact_on_the_original_grid(ct_task):
+    result = plan_and_preprocess("901", num_processes=1)
+    plans = result.plans
+    case = result.splits[0]["val"][0]
+    raw = ct_task.raw / "Task901_SyntheticCT"
+    image, geometry = read_volume([raw / "imagesTr" / f"{case}.nii.gz"])
+    label, _ = read_label(raw / "labelsTr" / f"{case}.nii.gz")
+    data, props = preprocess_image(image, geometry, plans)
+    # one-hot of the *cached* labels as "perfect probabilities", restored to the original grid
+    seg = np.load(result.layout.seg_file(case))
+    onehot = np.stack([(seg == k) for k in range(3)]).astype(np.float32)
+    restored = restore_probabilities(onehot, props, plans)
+    assert restored.shape == (3, *geometry.shape_zyx)
+    labels_back = probabilities_to_labels(restored, plans)
+    assert np.mean(labels_back == label) > 0.99  # identical grid here; only crop/resample borders may differ
+
+
+def test_mr_task_4d_multichannel(monet_roots):
+    make_synthetic_task(monet_roots.raw, kind="mr", num_cases=4, seed=2)
+    result = plan_and_preprocess("902", num_processes=1)
+    assert result.plans.num_input_channels == 2
+    assert all(n.scheme == "zscore" for n in result.plans.normalization)
+    data = np.load(result.layout.data_file(result.splits[0]["train"][0]))
+    assert data.shape[0] == 2
+
+
+def test_cli_runs_and_reports_bad_input_without_traceback(ct_task, capsys):
+    assert cli_main(["-t", "Task901", "-np", "1"]) == 0
+    assert "monetPlans.json" in capsys.readouterr().out
+    bad = ct_task.raw / "Task901_SyntheticCT" / "imagesTr" / "synct_002.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    assert cli_main(["-t", "901", "-np", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "synct_002.nii.gz" in err and "Traceback" not in err
+
+
+def test_unknown_task_cli_lists_tasks(ct_task, capsys):
+    assert cli_main(["-t", "Task77"]) == 1
+    assert "Task901_SyntheticCT" in capsys.readouterr().err
+
+
+# --- bad input: each names the file and nothing half-written is left -----------------------------------
+
+def _corrupt(raw, how):
+    import SimpleITK as sitk
+    folder = raw / "Task901_SyntheticCT"
+    label = folder / "labelsTr" / "synct_003.nii.gz"
+    img = sitk.ReadImage(str(label))
+    if how == "undeclared":
+        arr = sitk.GetArrayFromImage(img)
+        arr[0, 0, 0] = 9
+        new = sitk.GetImageFromArray(arr)
+        new.CopyInformation(img)
+    elif how == "spacing":
+        new = img
+        new.SetSpacing((1.0, 1.0, 1.0))
+    elif how == "size":
+        new = img[:-2, :, :]
+    sitk.WriteImage(new, str(label))
+    return label
+
+
+@pytest.mark.parametrize("how, message", [
+    ("undeclared", "not declared"), ("spacing", "spacing"), ("size", "size")])
+def test_bad_labels_are_reported_by_name(ct_task, how, message):
+    _corrupt(ct_task.raw, how)
+    # one variant through worker processes: the error must cross the process boundary intact
+    with pytest.raises(DatasetError, match=f"synct_003.nii.gz.*{message}"):
+        plan_and_preprocess("901", num_processes=2 if how == "size" else 1)
+    leftovers = [p for p in ct_task.preprocessed.rglob(".tmp-*")]
+    assert not leftovers
+
+
+def test_wrong_channel_count_is_reported(ct_task):
+    folder = ct_task.raw / "Task901_SyntheticCT"
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["modality"] = {"0": "CT", "1": "PET"}
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="channel"):
+        plan_and_preprocess("901", num_processes=1)
+
+
+def test_inputs_are_never_modified(ct_task):
+    folder = ct_task.raw / "Task901_SyntheticCT"
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+    plan_and_preprocess("901", num_processes=1)
+    after = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+    assert before == after
+
+
+# --- real data --------------------------------------------------------------------------------------
+
+def test_real_msd_task04_hippocampus(shared_data, monet_roots):
+    src = shared_data / "Task04_Hippocampus"
+    if not src.is_dir():
+        pytest.skip("Task04_Hippocampus absent")
+    os.symlink(src, monet_roots.raw / "Task04_Hippocampus")
+    result = plan_and_preprocess("Task04", num_processes=2)
+    plans = result.plans
+    assert result.num_built == 200
+    assert plans.slice_axis == 0 and plans.target_spacing == (1.0, 1.0)
+    assert plans.patch_size == (64, 48) and plans.num_classes == 3
+    assert len(result.splits[0]["val"]) == 60 and len(result.splits[0]["train"]) == 140
+    # float32 label files in the real data (003, 243) were cast, not refused
+    seg = np.load(result.layout.seg_file("hippocampus_003"))
+    assert seg.dtype == np.uint8 and set(np.unique(seg)) <= {0, 1, 2}
+    again = plan_and_preprocess("Task04", num_processes=2)
+    assert again.num_skipped == 200 and again.seconds < result.seconds / 3
+
+
+def test_real_ct_geometry_survives_preprocessing(shared_data, tmp_path):
+    ct = shared_data / "ct" / "lung1_image_zcrop.nii.gz"
+    if not ct.is_file():
+        pytest.skip("real CT absent")
+    image, geometry = read_volume([ct])
+    plans = _ct_plans_for_lung(geometry)
+    data, props = preprocess_image(image, geometry, plans)
+    assert data.shape[2] <= 256 and data.shape[3] <= 256  # 512 at 0.57 mm -> <= 256 at the plan's spacing
+    probs = np.zeros((1, *data.shape[1:]), np.float32)
+    restored = restore_probabilities(probs, props, plans)
+    assert restored.shape[1:] == geometry.shape_zyx
+    assert Geometry.from_dict(props["geometry"]) == geometry
+
+
+def _ct_plans_for_lung(geometry):
+    from monetpipe.preprocessing.plans import ChannelNormalization
+    spacing = geometry.spacing_zyx
+    return Plans(plans_name="monetPlans", task="Task99_Lung", slice_axis=0, transpose_forward=(0, 1, 2),
+                 transpose_backward=(0, 1, 2), target_spacing=in_plane_target_spacing(spacing[1:], [512, 512], 256),
+                 patch_size=(256, 256), median_shape=(11, 256, 256), crop_to_nonzero=True,
+                 normalization=(ChannelNormalization("ct", (-1000.0, 400.0), -300.0, 400.0),), channel_names=("CT",),
+                 dataset_labels={0: "bg", 1: "tumour"}, label_mapping={0: 0, 1: 1}, output_labels={0: 0, 1: 1},
+                 class_names=("bg", "tumour"), num_classes=1, batch_size=8, max_size=256)
