@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import pytest
 from monetpipe.evaluation.cli import main
 from monetpipe.evaluation.evaluator import EvaluationError, evaluate_folders, summary_ok
 from monetpipe.evaluation.metrics import compute_label_metrics
-from monetpipe.io.image import Geometry, write_label
+from monetpipe.io.image import Geometry, read_label, write_label
 
 SHAPE = (6, 12, 10)  # Z, Y, X
 GEOMETRY = Geometry((10, 12, 6), (0.8, 0.9, 2.5), (1.0, -2.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -96,10 +97,9 @@ def test_unpaired_and_mismatched_files_are_reported_by_name(folders, caplog):
 def test_explicit_labels_case_ids_output_and_parallel(folders, tmp_path):
     ref, pred = folders
     out = tmp_path / "elsewhere" / "s.json"
-    one = evaluate_folders(ref, pred, labels=[1], output_file=out, num_processes=1, case_ids=["case_a", "case_b"],
-                           progress=False)
-    two = evaluate_folders(ref, pred, labels=[1], output_file=out, num_processes=2, case_ids=["case_a", "case_b"],
-                           progress=False)
+    kw = {"labels": [1], "output_file": out, "case_ids": ["case_a", "case_b"], "progress": False}
+    one = evaluate_folders(ref, pred, num_processes=1, **kw)
+    two = evaluate_folders(ref, pred, num_processes=2, **kw)
     assert one == two and summary_ok(one)  # case_c not expected; case_d outside case_ids
     assert one["labels"] == [1] and set(one["mean"]) == {"1"}
     assert out.is_file() and out.with_suffix(".csv").is_file() and not (pred / "summary.json").exists()
@@ -139,3 +139,33 @@ def test_cli_folder_mode(folders, tmp_path, capsys):
     assert main(["-ref", str(tmp_path / "missing"), "-pred", str(pred)]) == 1
     err = capsys.readouterr().err
     assert "missing: folder not found" in err and "Traceback" not in err
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.skipif(not (SHARED_DATA / "Task04_Hippocampus").is_dir(), reason="shared MSD data not present")
+def test_real_hippocampus_labels_agree_with_monai(tmp_path):
+    """Real label maps (two labels) against a one-voxel shift: per-case HD95 matches MONAI's."""
+    torch = pytest.importorskip("torch")
+    monai_metrics = pytest.importorskip("monai.metrics")
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    labels_tr = SHARED_DATA / "Task04_Hippocampus" / "labelsTr"
+    arrays = {}
+    for name in ("hippocampus_001", "hippocampus_003"):  # 003 is stored as float32 in MSD
+        ref, geometry = read_label(labels_tr / f"{name}.nii.gz")
+        pred = np.roll(ref, 1, axis=2)
+        write_label(ref, geometry, ref_dir / f"{name}.nii.gz")
+        write_label(pred, geometry, pred_dir / f"{name}.nii.gz")
+        arrays[name] = (ref, pred, geometry.spacing_zyx)
+    summary = evaluate_folders(ref_dir, pred_dir, num_processes=1, progress=False)
+    assert summary["labels"] == [1, 2] and summary_ok(summary)
+    for entry in summary["metric_per_case"]:
+        ref, pred, spacing = arrays[Path(entry["reference_file"]).name[: -len(".nii.gz")]]
+        for label in (1, 2):
+            y, yp = (torch.from_numpy((a == label)[None, None].astype(np.float32)) for a in (ref, pred))
+            expected = monai_metrics.compute_hausdorff_distance(
+                yp, y, include_background=True, percentile=95, spacing=list(spacing)).item()
+            assert entry["metrics"][str(label)]["HD95"] == pytest.approx(expected, rel=1e-6)
+            assert 0 < entry["metrics"][str(label)]["Dice"] < 1

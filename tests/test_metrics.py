@@ -27,13 +27,13 @@ from monetpipe.evaluation.metrics import (
 
 def cube(shape, lo, hi) -> np.ndarray:
     m = np.zeros(shape, dtype=bool)
-    m[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    m[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = True
     return m
 
 
 def ball(shape, center, radius) -> np.ndarray:
     grid = np.indices(shape)
-    return sum((g - c) ** 2 for g, c in zip(grid, center)) <= radius**2
+    return sum((g - c) ** 2 for g, c in zip(grid, center, strict=True)) <= radius**2
 
 
 def blobs(rng: np.random.Generator, shape, threshold: float) -> np.ndarray:

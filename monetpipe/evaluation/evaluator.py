@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from monetpipe.errors import DatasetError, MonetError
-from monetpipe.evaluation.metrics import METRIC_KEYS, compute_label_metrics, empty_label_metrics
+from monetpipe.evaluation.metrics import METRIC_KEYS, compute_label_metrics, empty_label_metrics, label_values
 from monetpipe.io.atomic import atomic_path, write_json
 from monetpipe.io.image import is_nifti, read_label, strip_nifti
 
@@ -76,7 +76,7 @@ def _evaluate_case(ref_path: Path, pred_path: Path, labels: Sequence[int] | None
         return {"error": f"{pred_path.name}: geometry differs from the reference {ref_path} ({diff}). "
                          f"Predictions must be written on the reference's grid."}
     if labels is None:
-        found = sorted((set(np.unique(ref).tolist()) | set(np.unique(pred).tolist())) - {0})
+        found = sorted((label_values(ref) | label_values(pred)) - {0})
     else:
         found = list(labels)
     metrics = compute_label_metrics(ref, pred, found, ref_geo.spacing_zyx)
@@ -147,13 +147,15 @@ def evaluate_folders(
     missing_predictions = [c for c in expected if c in refs and c not in preds]
     pairs = [c for c in expected if c in refs and c in preds]
     for case in missing_predictions:
-        logger.warning("%s: no prediction for reference %s; the case is reported as missing.", pred_dir, refs[case])
+        logger.warning("%s: no prediction for reference %s; the case is reported as missing.",
+                       pred_dir, refs[case])
     for case in missing_references:
-        logger.warning("%s: no reference %s.nii.gz in %s; the prediction is ignored.", preds[case], case, ref_dir)
+        logger.warning("%s: no reference %s.nii.gz in %s; the prediction is ignored.",
+                       preds[case], case, ref_dir)
     if not pairs:
         raise EvaluationError(
-            f"No prediction in {pred_dir} has a reference in {ref_dir} (cases are paired by file name without "
-            f".nii.gz). Check that both folders hold the same cases."
+            f"No prediction in {pred_dir} has a reference in {ref_dir} (cases are paired by file name "
+            f"without .nii.gz). Check that both folders hold the same cases."
         )
 
     label_list = None if labels is None else sorted({int(v) for v in labels})
@@ -161,14 +163,14 @@ def evaluate_folders(
     jobs = [(refs[c], preds[c], label_list) for c in pairs]
     bar = tqdm(total=len(jobs), desc="evaluating", unit="case", disable=not progress)
     if num_processes <= 1 or len(jobs) == 1:
-        for case, job in zip(pairs, jobs):
+        for case, job in zip(pairs, jobs, strict=True):
             results[case] = _evaluate_case(*job)
             bar.update()
     else:
         # forkserver: workers never inherit a parent's torch/OpenMP thread state (fork can deadlock there).
         ctx = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)), mp_context=ctx) as pool:
-            futures = {pool.submit(_evaluate_case, *job): case for case, job in zip(pairs, jobs)}
+            futures = {pool.submit(_evaluate_case, *job): case for case, job in zip(pairs, jobs, strict=True)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update()
@@ -181,7 +183,8 @@ def evaluate_folders(
     good = [c for c in pairs if "error" not in results[c]]
     if not good:
         raise EvaluationError(
-            f"None of the {len(pairs)} case(s) in {pred_dir} could be evaluated; first problem: {errors[0]['error']}"
+            f"None of the {len(pairs)} case(s) in {pred_dir} could be evaluated; "
+            f"first problem: {errors[0]['error']}"
         )
     if label_list is None:
         label_list = sorted({int(k) for c in good for k in results[c]["metrics"]})
@@ -189,8 +192,10 @@ def evaluate_folders(
     per_case = []
     for case in good:
         m = results[case]["metrics"]
-        metrics = {str(lab): m.get(lab) or empty_label_metrics(results[case]["n_voxels"]) for lab in label_list}
-        per_case.append({"reference_file": str(refs[case]), "prediction_file": str(preds[case]), "metrics": metrics})
+        empty = empty_label_metrics(results[case]["n_voxels"])  # a label neither map of this case holds
+        metrics = {str(lab): m.get(lab, empty) for lab in label_list}
+        per_case.append({"reference_file": str(refs[case]), "prediction_file": str(preds[case]),
+                         "metrics": metrics})
     mean, foreground, n_undefined = _aggregate(per_case, label_list)
 
     summary = {

@@ -1,0 +1,96 @@
+"""``monet_evaluate``: score a prediction folder (``-ref/-pred``) or build a task's leaderboard (``-t``)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Sequence
+
+from monetpipe.errors import MonetError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="monet_evaluate",
+        description="Dice / IoU / precision / recall / HD / HD95 / ASSD (mm, reference spacing) per case "
+                    "and label. With -ref/-pred: one folder pair -> summary.json + summary.csv (nnU-Net v2 "
+                    "layout). With -t: every trained model/fold of a task -> leaderboard.csv, "
+                    "leaderboard.png, overlays/.",
+    )
+    p.add_argument("-ref", help="folder of reference label maps (<case>.nii.gz)")
+    p.add_argument("-pred", help="folder of predicted label maps, same file names")
+    p.add_argument("-l", "--labels", type=int, nargs="+",
+                   help="labels to evaluate (default: every non-zero label in references and predictions)")
+    p.add_argument("-o", "--output", help="summary file (default PRED/summary.json; the CSV goes beside it)")
+    p.add_argument("-t", "--task", help="task for the leaderboard: Task04, 4, Task04_Hippocampus or a path")
+    p.add_argument("-m", "--models", nargs="+", help="leaderboard: only these models (default all)")
+    p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--no-plots", action="store_true", help="leaderboard: skip leaderboard.png and overlays/")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _fmt(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _folders(args: argparse.Namespace) -> int:
+    from monetpipe.evaluation.evaluator import evaluate_folders, summary_ok
+
+    summary = evaluate_folders(args.ref, args.pred, labels=args.labels, output_file=args.output,
+                               num_processes=args.num_processes)
+    print(f"{summary['n_cases']} case(s); labels {summary['labels']}")
+    print(f"{'label':>10} " + " ".join(f"{k:>9}" for k in ("Dice", "IoU", "HD95", "HD", "ASSD")))
+    rows = [(k, v) for k, v in summary["mean"].items()] + [("foreground", summary["foreground_mean"])]
+    for label, m in rows:
+        print(f"{label:>10} " + " ".join(f"{_fmt(m[k]):>9}" for k in ("Dice", "IoU", "HD95", "HD", "ASSD")))
+    print(f"HD95 undefined (an empty mask) in {summary['hd95_n_undefined']} case-label pair(s)")
+    if not summary_ok(summary):
+        missing = summary["unpaired"]["missing_predictions"]
+        print(f"error: {len(missing)} reference(s) without prediction and {len(summary['errors'])} case(s) "
+              f"not evaluable (listed under 'unpaired' and 'errors' in the summary); the means above exclude "
+              f"them.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from monetpipe.evaluation.leaderboard import build_leaderboard
+    from monetpipe.paths import MonetPaths
+
+    table = build_leaderboard(args.task, MonetPaths.from_env(), models=args.models,
+                              num_processes=args.num_processes, make_plots=not args.no_plots)
+    shown = ["model", "plans", "fold", "n_cases", "dice_mean", "dice_std", "hd95_mean", "hd95_std",
+             "hd95_n_undefined", "params_keras", "size_mib_fp32", "cpu_s_150", "n_missing"]
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(table[shown].to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``monet_evaluate``; returns the exit code (1 on a user error, with one message)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    folder_mode = args.ref is not None or args.pred is not None
+    if folder_mode == (args.task is not None):
+        parser.error("give either -ref REF -pred PRED, or -t TASK")
+    if folder_mode and (args.ref is None or args.pred is None):
+        parser.error("-ref and -pred go together")
+    if folder_mode and args.models:
+        parser.error("-m applies to the leaderboard (-t TASK) only")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return _folders(args) if folder_mode else _leaderboard(args)
+    except MonetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""One row per trained (model, plans, fold) of a task: validation Dice / HD95, size and speed.
+
+Scans ``MONET_results/<Task>/<model>__<plans>/fold_<k>/validation/*.nii.gz``, evaluates each fold's
+predictions against ``MONET_preprocessed/<Task>/gt_segmentations/<plans>/<case>.nii.gz`` (references
+in the plan's output label values, so a ``--binary`` plan is scored against the merged reference), and
+writes ``MONET_results/<Task>/leaderboard.csv`` (columns in :data:`BASE_COLUMNS`, then per label).
+A fold's ``validation/summary.json`` is reused when it is newer than every prediction and covers them.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from monetpipe.errors import MonetError
+from monetpipe.evaluation.evaluator import (
+    EvaluationError,
+    case_table,
+    evaluate_folders,
+    list_cases,
+    summary_ok,
+)
+from monetpipe.io.atomic import atomic_path, read_json
+from monetpipe.io.image import strip_nifti
+from monetpipe.paths import MonetPaths, find_task
+
+logger = logging.getLogger(__name__)
+
+BASE_COLUMNS = (
+    "task", "model", "plans", "fold", "n_cases", "dice_mean", "dice_std", "dice_median", "hd95_mean",
+    "hd95_std", "hd95_median", "hd95_n_undefined", "params_trainable", "params_keras", "size_mib_fp32",
+    "cpu_s_150", "n_missing",
+)
+
+
+@dataclass(frozen=True)
+class FoldRun:
+    """One trained fold of one ``<model>__<plans>`` results folder."""
+
+    task: str
+    model: str
+    plans: str
+    fold: str
+    model_dir: Path
+
+    @property
+    def validation_dir(self) -> Path:
+        return self.model_dir / f"fold_{self.fold}" / "validation"
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}__{self.plans}"
+
+
+@dataclass
+class FoldResult:
+    """A fold's evaluation: its summary and per-case foreground means (``case, dice, hd95`` columns)."""
+
+    run: FoldRun
+    summary: dict
+    per_case: pd.DataFrame
+    plans: dict
+
+
+def find_runs(results_task_dir: Path, models: Iterable[str] | None = None) -> list[FoldRun]:
+    """Every ``<model>__<plans>/fold_<k>`` with at least one validation prediction, sorted.
+
+    Args:
+        results_task_dir: ``MONET_results/<Task>``.
+        models: keep only these model names (the part before ``__``); default all.
+    """
+    wanted = None if models is None else set(models)
+    runs = []
+    for model_dir in sorted(p for p in results_task_dir.iterdir() if p.is_dir() and "__" in p.name):
+        model, plans = model_dir.name.split("__", 1)
+        if wanted is not None and model not in wanted:
+            continue
+        for fold_dir in sorted(model_dir.glob("fold_*")):
+            run = FoldRun(results_task_dir.name, model, plans, fold_dir.name[len("fold_"):], model_dir)
+            if run.validation_dir.is_dir() and list_cases(run.validation_dir):
+                runs.append(run)
+            else:
+                logger.warning("%s: no validation predictions yet; skipped.", fold_dir)
+    return runs
+
+
+def _split_val_cases(preprocessed_task_dir: Path, fold: str) -> list[str]:
+    """The fold's ``val`` cases from ``splits_final.json`` (empty when unknown)."""
+    path = preprocessed_task_dir / "splits_final.json"
+    if not fold.isdigit() or not path.is_file():
+        return []
+    try:
+        splits = read_json(path)
+        return [str(c) for c in splits[int(fold)]["val"]]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        logger.warning("%s: unreadable or has no fold %s; expected validation cases unknown.", path, fold)
+        return []
+
+
+def _output_labels(plans: dict) -> list[int] | None:
+    values = plans.get("output_labels")
+    if not isinstance(values, dict):
+        return None
+    labels = sorted({int(v) for v in values.values()} - {0})
+    return labels or None
+
+
+def _reusable(summary_file: Path, predictions: dict[str, Path], labels: list[int] | None) -> dict | None:
+    """The summary at ``summary_file`` if newer than every prediction and covering exactly them."""
+    if not summary_file.is_file():
+        return None
+    newest = max(p.stat().st_mtime for p in predictions.values())
+    if summary_file.stat().st_mtime <= newest:
+        return None
+    try:
+        summary = read_json(summary_file)
+        entries = summary["metric_per_case"]
+        cases = {strip_nifti(Path(e["prediction_file"]).name) for e in entries}
+        keys = {str(k) for e in entries for k in e["metrics"]}
+        complete = all({"Dice", "HD95"} <= set(m) for e in entries for m in e["metrics"].values())
+        failed = {str(e["case"]) for e in summary.get("errors", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not complete or cases | failed != set(predictions):
+        return None
+    if labels is not None and keys != {str(v) for v in labels}:
+        return None
+    summary.setdefault("unpaired", {"missing_predictions": [], "missing_references": []})
+    summary.setdefault("errors", [])
+    return summary
+
+
+def per_case_foreground(summary: dict) -> pd.DataFrame:
+    """Per case: Dice and HD95 averaged over the foreground labels (NaN labels excluded).
+
+    Returns:
+        Columns ``case, dice, hd95, reference_file, prediction_file``.
+    """
+    table = case_table(summary)
+    grouped = table.groupby("case", sort=True)
+    out = grouped[["Dice", "HD95"]].mean().rename(columns={"Dice": "dice", "HD95": "hd95"})
+    files = grouped[["reference_file", "prediction_file"]].first()
+    return out.join(files).reset_index()
+
+
+def evaluate_run(run: FoldRun, paths: MonetPaths, num_processes: int = 2) -> FoldResult:
+    """Evaluate (or reuse the summary of) one fold's validation predictions.
+
+    Raises:
+        EvaluationError: the plan's reference folder is missing, or nothing could be evaluated.
+    """
+    plans_file = run.model_dir / "plans.json"
+    plans = read_json(plans_file) if plans_file.is_file() else {}
+    labels = _output_labels(plans)
+    preprocessed_task = paths.preprocessed / run.task
+    gt_dir = preprocessed_task / "gt_segmentations" / run.plans
+    if not gt_dir.is_dir():
+        raise EvaluationError(
+            f"{gt_dir}: reference folder not found for {run.name}. Run monet_plan_and_preprocess "
+            f"-t {run.task} with the options that made plans {run.plans!r} (it writes the references), "
+            f"or set MONET_preprocessed."
+        )
+    predictions = list_cases(run.validation_dir)
+    summary_file = run.validation_dir / "summary.json"
+    summary = _reusable(summary_file, predictions, labels)
+    if summary is None:
+        expected = sorted(set(predictions) | set(_split_val_cases(preprocessed_task, run.fold)))
+        summary = evaluate_folders(gt_dir, run.validation_dir, labels=labels, output_file=summary_file,
+                                   num_processes=num_processes, case_ids=expected, progress=False)
+    else:
+        logger.info("%s: up to date, reused", summary_file)
+    if not summary_ok(summary):
+        logger.warning("%s/fold_%s: %d validation case(s) missing, %d unreadable or mismatched; see %s",
+                       run.name, run.fold, len(summary["unpaired"]["missing_predictions"]),
+                       len(summary["errors"]), summary_file)
+    return FoldResult(run, summary, per_case_foreground(summary), plans)
+
+
+class _ParamCounter:
+    """Parameter counts per (model, channels, classes); blank when monetpipe.networks is unavailable."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple, dict] = {}
+
+    def __call__(self, model: str, plans: dict) -> dict:
+        blank = {"params_trainable": None, "params_keras": None}
+        in_ch, classes = plans.get("num_input_channels"), plans.get("num_classes")
+        if in_ch is None or classes is None:
+            return blank
+        key = (model, int(in_ch), int(classes))
+        if key not in self._cache:
+            try:
+                from monetpipe.networks import build_network, count_parameters
+            except ImportError as exc:
+                logger.warning("monetpipe.networks not importable (%s); parameter columns left blank.", exc)
+                return blank
+            try:
+                counts = count_parameters(build_network(model, int(in_ch), int(classes)))
+                self._cache[key] = {k: int(counts[k]) for k in ("params_trainable", "params_keras")}
+            except (MonetError, KeyError, ValueError, TypeError) as exc:
+                logger.warning("cannot build %s to count parameters (%s); columns left blank.", model, exc)
+                self._cache[key] = blank
+        return self._cache[key]
+
+
+def _cpu_times(results_task_dir: Path) -> dict[str, float]:
+    path = results_task_dir / "benchmark.csv"
+    if not path.is_file():
+        return {}
+    try:
+        table = pd.read_csv(path)
+        if "device" in table.columns:
+            cpu = table[table["device"].astype(str).str.lower() == "cpu"]
+            table = cpu if len(cpu) else table
+        return {str(m): float(t) for m, t in table.groupby("model")["cpu_s_mean"].first().items()}
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
+        logger.warning("%s: unreadable (%s); cpu_s_150 left blank.", path, exc)
+        return {}
+
+
+def _stats(values: pd.Series) -> tuple[float, float, float]:
+    v = values.dropna().to_numpy(dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, float(np.median(v))
+
+
+def leaderboard_row(result: FoldResult, params: dict, cpu_s: float | None) -> dict:
+    """The leaderboard row of one evaluated fold (see :data:`BASE_COLUMNS`)."""
+    table = case_table(result.summary)
+    dice = _stats(result.per_case["dice"])
+    hd = _stats(result.per_case["hd95"])
+    keras = params.get("params_keras")
+    row = {
+        "task": result.run.task, "model": result.run.model, "plans": result.run.plans,
+        "fold": result.run.fold,
+        "n_cases": len(result.per_case),
+        "dice_mean": dice[0], "dice_std": dice[1], "dice_median": dice[2],
+        "hd95_mean": hd[0], "hd95_std": hd[1], "hd95_median": hd[2],
+        "hd95_n_undefined": int(table["HD95"].isna().sum()),
+        "params_trainable": params.get("params_trainable"), "params_keras": keras,
+        "size_mib_fp32": keras * 4 / 2**20 if keras is not None else math.nan,
+        "cpu_s_150": math.nan if cpu_s is None else cpu_s,
+        "n_missing": len(result.summary["unpaired"]["missing_predictions"]) + len(result.summary["errors"]),
+    }
+    for label, group in table.groupby("label", sort=True):
+        row[f"dice_{label}"] = float(group["Dice"].mean())  # pandas' mean skips NaN
+        row[f"hd95_{label}"] = float(group["HD95"].mean())
+    return row
+
+
+def _resolve_task(task: str | os.PathLike, paths: MonetPaths) -> str:
+    name, _ = find_task(task, [paths.results, paths.preprocessed, paths.raw])
+    return name
+
+
+def collect_results(
+    task: str | os.PathLike, paths: MonetPaths, models: Iterable[str] | None = None, num_processes: int = 2
+) -> list[FoldResult]:
+    """Evaluate every trained fold of ``task`` (optionally only ``models``).
+
+    Raises:
+        MonetError: the task has no results folder or no fold with validation predictions.
+    """
+    name = _resolve_task(task, paths)
+    results_task = paths.results / name
+    if not results_task.is_dir():
+        raise EvaluationError(
+            f"{results_task}: no results for {name}. Train a model first (monet_train -t {name})."
+        )
+    runs = find_runs(results_task, models)
+    if not runs:
+        which = f" for model(s) {', '.join(models)}" if models else ""
+        raise EvaluationError(
+            f"{results_task}: no fold with validation predictions{which}. Train (monet_train) or run "
+            f"monet_train --val-only to predict the validation cases."
+        )
+    results = []
+    for run in runs:
+        try:
+            results.append(evaluate_run(run, paths, num_processes))
+        except EvaluationError as exc:
+            logger.warning("%s/fold_%s skipped: %s", run.name, run.fold, exc)
+    if not results:
+        raise EvaluationError(f"{results_task}: no fold could be evaluated; see the warnings above.")
+    return results
+
+
+def leaderboard_table(results: list[FoldResult]) -> pd.DataFrame:
+    """Rows of :func:`leaderboard_row` for ``results``, sorted by ``dice_mean`` (best first)."""
+    if not results:
+        return pd.DataFrame(columns=list(BASE_COLUMNS))
+    count = _ParamCounter()
+    cpu = _cpu_times(results[0].run.model_dir.parent)
+    rows = [leaderboard_row(r, count(r.run.model, r.plans), cpu.get(r.run.model)) for r in results]
+    table = pd.DataFrame(rows)
+    labels = sorted({int(c[5:]) for c in table.columns if c.startswith("dice_") and c[5:].isdigit()})
+    columns = list(BASE_COLUMNS) + [f"dice_{v}" for v in labels] + [f"hd95_{v}" for v in labels]
+    table = table.reindex(columns=columns)
+    for col in ("params_trainable", "params_keras"):
+        table[col] = table[col].astype("Int64")
+    table = table.sort_values(["dice_mean", "model", "plans", "fold"], ascending=[False, True, True, True],
+                              na_position="last", kind="stable")
+    return table.reset_index(drop=True)
+
+
+def default_image_lookup(task_name: str, paths: MonetPaths) -> Callable[[str], Path | None]:
+    """Find a case's image in ``MONET_raw/<Task>/imagesTr`` (``<case>.nii.gz`` or ``<case>_0000.nii.gz``)."""
+    folder = paths.raw / task_name / "imagesTr"
+
+    def lookup(case: str) -> Path | None:
+        for name in (f"{case}.nii.gz", f"{case}_0000.nii.gz", f"{case}.nii", f"{case}_0000.nii"):
+            if (folder / name).is_file():
+                return folder / name
+        return None
+
+    return lookup
+
+
+def build_leaderboard(
+    task: str | os.PathLike,
+    paths: MonetPaths,
+    models: Iterable[str] | None = None,
+    num_processes: int = 2,
+    make_plots: bool = True,
+    image_lookup: Callable[[str], Path | None] | None = None,
+) -> pd.DataFrame:
+    """Evaluate every trained model/fold of ``task`` and write ``MONET_results/<Task>/leaderboard.csv``.
+
+    Args:
+        task: a ``-t`` task spec (``Task04``, ``4``, a folder name or path).
+        paths: the data roots.
+        models: only these model names; default every model.
+        num_processes: worker processes for evaluation.
+        make_plots: also write ``leaderboard.png`` and ``overlays/`` (see :mod:`monetpipe.evaluation.plots`).
+        image_lookup: case id -> image file for overlays; default the raw task's ``imagesTr``.
+
+    Returns:
+        The leaderboard, one row per (model, plans, fold), best ``dice_mean`` first (blank = unknown).
+    """
+    results = collect_results(task, paths, models, num_processes)
+    table = leaderboard_table(results)
+    results_task = results[0].run.model_dir.parent
+    with atomic_path(results_task / "leaderboard.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    logger.info("wrote %s", results_task / "leaderboard.csv")
+    if make_plots:
+        from monetpipe.evaluation.plots import plot_leaderboard, plot_overlays
+
+        lookup = image_lookup or default_image_lookup(results_task.name, paths)
+        plot_leaderboard(results, results_task / "leaderboard.png")
+        plot_overlays(results, results_task / "overlays", lookup)
+    return table

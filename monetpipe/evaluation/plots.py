@@ -1,0 +1,188 @@
+"""Leaderboard figures: per-model box plots (like the paper's Fig. 4) and contour overlays.
+
+Figures are drawn on matplotlib ``Figure`` objects with the Agg canvas (no pyplot, no display needed)
+and saved atomically. Folds of one ``<model>__<plans>`` are pooled: every case appears once per fold
+that validated it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from monetpipe.errors import MonetError
+from monetpipe.evaluation.leaderboard import FoldResult
+from monetpipe.io.atomic import atomic_path
+from monetpipe.io.image import read_label, read_volume
+
+logger = logging.getLogger(__name__)
+
+
+def _figure(width: float, height: float, ncols: int = 1):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+
+
+def pooled_cases(results: list[FoldResult]) -> dict[str, pd.DataFrame]:
+    """Per ``<model>__<plans>``: per-case foreground Dice / HD95 of all its folds (column ``fold`` added)."""
+    groups: dict[str, list[pd.DataFrame]] = {}
+    for r in results:
+        groups.setdefault(r.run.name, []).append(r.per_case.assign(fold=r.run.fold))
+    return {name: pd.concat(frames, ignore_index=True) for name, frames in groups.items()}
+
+
+def _labels(names: list[str]) -> list[str]:
+    models = [n.split("__", 1)[0] for n in names]
+    if len(set(models)) == len(models):
+        return models
+    return [n.replace("__", "\n") for n in names]
+
+
+def plot_leaderboard(results: list[FoldResult], path: str | os.PathLike) -> Path:
+    """Box plots of per-case foreground-mean Dice and HD95 (mm) per model, written to ``path`` (PNG).
+
+    Returns:
+        ``path``.
+    """
+    groups = pooled_cases(results)
+    names = sorted(groups, key=lambda n: -np.nan_to_num(groups[n]["dice"].mean(), nan=-1.0))
+    fig, (ax_dice, ax_hd) = _figure(max(7.0, 2.4 * len(names) + 2.0), 4.5, ncols=2)
+    for ax, column, title, unit in ((ax_dice, "dice", "Dice", ""), (ax_hd, "hd95", "HD95", " (mm)")):
+        data = [groups[n][column].dropna().to_numpy(dtype=float) for n in names]
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(names) + 1), _labels(names), fontsize=8)
+        ax.set_title(f"{title} per case{unit}")
+        ax.grid(axis="y", alpha=0.3)
+        for i, d in enumerate(data, start=1):
+            ax.annotate(f"n={d.size}", (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 2),
+                        textcoords="offset points", ha="center", fontsize=7)
+    ax_dice.set_ylim(-0.02, 1.02)
+    task = results[0].run.task if results else ""
+    fig.suptitle(f"{task}: validation cases")
+    _save(fig, path)
+    logger.info("wrote %s", path)
+    return Path(path)
+
+
+def _slice_axis(plans: dict, spacing_zyx: tuple[float, float, float]) -> int:
+    axis = plans.get("slice_axis")
+    if isinstance(axis, int) and 0 <= axis < 3:
+        return axis
+    return int(np.argmax(spacing_zyx))  # the largest spacing, ties -> z (DESIGN §4)
+
+
+def most_informative_slice(ref: np.ndarray, pred: np.ndarray, axis: int) -> int:
+    """The index along ``axis`` with the most foreground, disagreeing voxels counting twice.
+
+    Score per slice: reference foreground + predicted foreground + voxels where the label maps differ,
+    so among equally full slices the one showing the errors wins.
+    """
+    other = tuple(a for a in range(ref.ndim) if a != axis)
+    score = (np.count_nonzero(ref, axis=other) + np.count_nonzero(pred, axis=other)
+             + np.count_nonzero(ref != pred, axis=other))
+    return int(np.argmax(score))
+
+
+def plot_overlay(
+    reference_file: str | os.PathLike,
+    prediction_file: str | os.PathLike,
+    path: str | os.PathLike,
+    image_file: str | os.PathLike | None = None,
+    slice_axis: int | None = None,
+    title: str = "",
+) -> Path:
+    """Reference (green) and prediction (red, dashed) contours on the most informative slice.
+
+    Args:
+        reference_file: reference label map.
+        prediction_file: predicted label map on the same grid.
+        path: output PNG.
+        image_file: the case's image (first channel shown); when missing or on another grid, the
+            reference itself is the background.
+        slice_axis: array axis (Z, Y, X order) to slice along; default the axis of largest spacing.
+        title: figure title.
+
+    Returns:
+        ``path``.
+    """
+    ref, geometry = read_label(reference_file)
+    pred, _ = read_label(prediction_file)
+    axis = _slice_axis({"slice_axis": slice_axis}, geometry.spacing_zyx)
+    index = most_informative_slice(ref, pred, axis)
+    background = (ref > 0).astype(np.float32)
+    if image_file is not None:
+        try:
+            image, image_geometry = read_volume([image_file])
+            if image_geometry.size == geometry.size:
+                background = image[0]
+            else:
+                logger.warning("%s: grid differs from %s; overlay drawn on the reference.", image_file,
+                               reference_file)
+        except MonetError as exc:
+            logger.warning("overlay drawn on the reference: %s", exc)
+    ref2, pred2, back2 = (np.take(a, index, axis=axis) for a in (ref, pred, background))
+    rows_sp, cols_sp = [s for a, s in enumerate(geometry.spacing_zyx) if a != axis]
+    fig, (ax,) = _figure(5.0, 5.0)
+    origin = "upper" if axis == 0 else "lower"  # keep z pointing up in coronal / sagittal slices
+    ax.imshow(back2, cmap="gray", origin=origin, aspect=rows_sp / cols_sp, interpolation="nearest")
+    for label in sorted((set(np.unique(ref2).tolist()) | set(np.unique(pred2).tolist())) - {0}):
+        for mask, color, style in ((ref2 == label, "lime", "solid"), (pred2 == label, "red", "dashed")):
+            if mask.any() and not mask.all():
+                ax.contour(mask.astype(np.float32), levels=[0.5], colors=[color], linestyles=style,
+                           linewidths=1.2, origin=origin)
+    ax.set_axis_off()
+    ax.set_title(f"{title}\nslice {index} of axis {'zyx'[axis]}; green: reference, red: prediction",
+                 fontsize=8)
+    _save(fig, path)
+    return Path(path)
+
+
+def plot_overlays(
+    results: list[FoldResult],
+    out_dir: str | os.PathLike,
+    image_lookup: Callable[[str], Path | None] | None = None,
+) -> list[Path]:
+    """For every ``<model>__<plans>``: overlays of its median and its worst case (by foreground Dice).
+
+    Files: ``out_dir/<model>__<plans>_median.png`` and ``..._worst.png``.
+
+    Returns:
+        The PNGs written.
+    """
+    out_dir = Path(out_dir)
+    plans_of = {r.run.name: r.plans for r in results}
+    written = []
+    for name, cases in pooled_cases(results).items():
+        scored = cases.dropna(subset=["dice"]).sort_values(["dice", "case"], kind="stable")
+        scored = scored.reset_index(drop=True)
+        if scored.empty:
+            logger.warning("%s: no case with a defined Dice; no overlay.", name)
+            continue
+        picks = {"median": scored.iloc[(len(scored) - 1) // 2], "worst": scored.iloc[0]}
+        axis = plans_of[name].get("slice_axis")
+        for kind, row in picks.items():
+            image = image_lookup(row["case"]) if image_lookup else None
+            hd = "undefined" if math.isnan(row["hd95"]) else f"{row['hd95']:.2f} mm"
+            title = (f"{name} fold {row['fold']}: {kind} case {row['case']} "
+                     f"(Dice {row['dice']:.3f}, HD95 {hd})")
+            try:
+                written.append(plot_overlay(row["reference_file"], row["prediction_file"],
+                                            out_dir / f"{name}_{kind}.png", image, axis, title))
+            except MonetError as exc:
+                logger.warning("%s: no %s overlay: %s", name, kind, exc)
+    logger.info("wrote %d overlay(s) to %s", len(written), out_dir)
+    return written

@@ -1,0 +1,165 @@
+"""The leaderboard on a fabricated results tree: two models, validation predictions, plans.json."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monetpipe.evaluation.cli import main
+from monetpipe.evaluation.leaderboard import BASE_COLUMNS, build_leaderboard
+from monetpipe.evaluation.plots import most_informative_slice, plot_overlay
+from monetpipe.io.image import Geometry, write_image, write_label
+from monetpipe.paths import MonetPaths
+
+TASK = "Task901_Toy"
+SHAPE = (5, 16, 14)
+GEOMETRY = Geometry((14, 16, 5), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+CASES = ["toy_000", "toy_001", "toy_002", "toy_003"]
+VAL = ["toy_001", "toy_002", "toy_003"]
+
+
+def reference(i: int) -> np.ndarray:
+    a = np.zeros(SHAPE, np.uint8)
+    a[1:4, 3 + i:10 + i, 3:10] = 1
+    a[2:4, 4 + i:7 + i, 4:7] = 2
+    return a
+
+
+def plans(binary: bool) -> dict:
+    return {"num_input_channels": 1, "num_classes": 1 if binary else 3, "slice_axis": 0,
+            "output_labels": {"0": 0, "1": 1} if binary else {"0": 0, "1": 1, "2": 2}}
+
+
+def write_model(results: Path, model: str, plans_name: str, predictions: dict[str, np.ndarray]) -> None:
+    folder = results / TASK / f"{model}__{plans_name}"
+    folder.mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans(plans_name.endswith("binary"))))
+    for case, array in predictions.items():
+        write_label(array, GEOMETRY, folder / "fold_0" / "validation" / f"{case}.nii.gz")
+
+
+@pytest.fixture
+def tree(tmp_path) -> MonetPaths:
+    paths = MonetPaths(tmp_path / "raw", tmp_path / "pre", tmp_path / "res")
+    pre = paths.preprocessed / TASK
+    for i, case in enumerate(CASES):
+        write_label(reference(i), GEOMETRY, pre / "gt_segmentations" / "monetPlans" / f"{case}.nii.gz")
+        write_label((reference(i) > 0).astype(np.uint8), GEOMETRY,
+                    pre / "gt_segmentations" / "monetPlans_binary" / f"{case}.nii.gz")
+        image = np.random.default_rng(i).normal(size=SHAPE).astype(np.float32) + reference(i)
+        write_image(image, GEOMETRY, paths.raw / TASK / "imagesTr" / f"{case}.nii.gz")
+    (pre / "splits_final.json").write_text(json.dumps([{"train": ["toy_000"], "val": VAL}]))
+    # "good" is perfect except one case that misses label 2; "poor" is shifted by one voxel everywhere
+    good = {c: reference(CASES.index(c)) for c in VAL}
+    good["toy_003"] = np.where(good["toy_003"] == 2, 1, good["toy_003"]).astype(np.uint8)
+    poor = {c: np.roll(reference(CASES.index(c)), 1, axis=2) for c in VAL}
+    write_model(paths.results, "monet", "monetPlans", good)
+    write_model(paths.results, "unet16", "monetPlans", poor)
+    write_model(paths.results, "monet", "monetPlans_binary", {c: (good[c] > 0).astype(np.uint8) for c in VAL})
+    pd.DataFrame({"model": ["monet", "unet16"], "cpu_s_mean": [14.88, 7.03]}).to_csv(
+        paths.results / TASK / "benchmark.csv", index=False)
+    return paths
+
+
+def test_leaderboard_rows_columns_and_files(tree):
+    table = build_leaderboard("901", tree, num_processes=1)
+    res = tree.results / TASK
+    written = pd.read_csv(res / "leaderboard.csv")
+    assert list(written.columns) == list(BASE_COLUMNS) + ["dice_1", "dice_2", "hd95_1", "hd95_2"]
+    assert len(written) == len(table) == 3
+    # sorted by dice_mean: the binary monet plan is perfect, then monet (one label missed), then unet16
+    assert list(zip(written["model"], written["plans"], strict=True)) == [
+        ("monet", "monetPlans_binary"), ("monet", "monetPlans"), ("unet16", "monetPlans")]
+    assert written["dice_mean"].is_monotonic_decreasing
+    binary, multi, poor = (written.iloc[i] for i in range(3))
+    assert binary["dice_mean"] == 1.0 and binary["hd95_mean"] == 0.0 and np.isnan(binary["dice_2"])
+    assert (binary["n_cases"], binary["fold"], binary["task"]) == (3, 0, TASK)
+    # monet on toy_003: label 1 Dice < 1, label 2 missed (Dice 0, HD95 undefined and counted)
+    assert multi["hd95_n_undefined"] == 1 and multi["dice_2"] == pytest.approx(2 / 3)
+    assert multi["dice_median"] == 1.0 and multi["dice_mean"] < 1.0
+    assert poor["dice_mean"] < multi["dice_mean"] and poor["hd95_mean"] > 0 and poor["n_missing"] == 0
+    assert poor["cpu_s_150"] == 7.03 and multi["cpu_s_150"] == 14.88
+    # the reference labels come from the plan: the binary plan has no label 2 column values
+    summary_file = res / "monet__monetPlans_binary" / "fold_0" / "validation" / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    assert set(summary["mean"]) == {"1"}
+    assert (res / "leaderboard.png").stat().st_size > 1000
+    overlays = sorted(p.name for p in (res / "overlays").iterdir())
+    assert overlays == sorted(f"{m}_{k}.png" for m in ("monet__monetPlans", "monet__monetPlans_binary",
+                                                       "unet16__monetPlans") for k in ("median", "worst"))
+
+
+def test_parameter_columns(tree):
+    table = build_leaderboard(TASK, tree, models=["monet"], num_processes=1, make_plots=False)
+    assert set(table["model"]) == {"monet"}
+    try:
+        from monetpipe.networks import build_network, count_parameters
+    except ImportError:  # networks not available yet: the columns stay blank rather than failing
+        assert table["params_keras"].isna().all() and table["size_mib_fp32"].isna().all()
+        return
+    expected = count_parameters(build_network("monet", 1, 1))
+    row = table[table["plans"] == "monetPlans_binary"].iloc[0]
+    assert row["params_keras"] == expected["params_keras"]
+    assert row["params_trainable"] == expected["params_trainable"]
+    assert row["size_mib_fp32"] == pytest.approx(expected["params_keras"] * 4 / 2**20)
+
+
+def test_summary_reused_until_a_prediction_changes(tree):
+    build_leaderboard(TASK, tree, models=["unet16"], num_processes=1, make_plots=False)
+    val = tree.results / TASK / "unet16__monetPlans" / "fold_0" / "validation"
+    summary_file = val / "summary.json"
+    stamp = summary_file.stat().st_mtime_ns
+    build_leaderboard(TASK, tree, models=["unet16"], num_processes=1, make_plots=False)
+    assert summary_file.stat().st_mtime_ns == stamp  # reused, not re-evaluated
+    # a re-predicted case (newer than the summary) is evaluated again
+    time.sleep(0.01)
+    write_label(reference(1), GEOMETRY, val / "toy_001.nii.gz")
+    future = time.time() + 5
+    os.utime(val / "toy_001.nii.gz", (future, future))
+    table = build_leaderboard(TASK, tree, models=["unet16"], num_processes=1, make_plots=False)
+    assert summary_file.stat().st_mtime_ns != stamp
+    assert json.loads(summary_file.read_text())["metric_per_case"][0]["metrics"]["1"]["Dice"] == 1.0
+    assert len(table) == 1
+
+
+def test_missing_validation_prediction_is_counted(tree, caplog):
+    (tree.results / TASK / "unet16__monetPlans" / "fold_0" / "validation" / "toy_002.nii.gz").unlink()
+    table = build_leaderboard(TASK, tree, models=["unet16"], num_processes=1, make_plots=False)
+    row = table.iloc[0]
+    assert row["n_cases"] == 2 and row["n_missing"] == 1
+    assert "missing" in caplog.text
+
+
+def test_cli_leaderboard(tree, monkeypatch, capsys):
+    monkeypatch.setenv("MONET_raw", str(tree.raw))
+    monkeypatch.setenv("MONET_preprocessed", str(tree.preprocessed))
+    monkeypatch.setenv("MONET_results", str(tree.results))
+    assert main(["-t", "Task901", "-m", "unet16", "--no-plots", "-np", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "unet16" in out and "dice_mean" in out and "monetPlans" in out
+    assert main(["-t", "Task901", "-m", "nosuchmodel"]) == 1
+    assert "no fold with validation predictions" in capsys.readouterr().err
+    assert main(["-t", "999"]) == 1
+    assert "No task matches" in capsys.readouterr().err
+
+
+def test_most_informative_slice_prefers_errors():
+    ref = np.zeros((4, 6, 6), np.uint8)
+    pred = ref.copy()
+    ref[1, 1:4, 1:4] = pred[1, 1:4, 1:4] = 1  # agreement: score 18
+    ref[2, 1:4, 1:4] = 1
+    pred[2, 1:4, 1:4] = 2  # same amount of foreground, all wrong: score 18 + 9
+    assert most_informative_slice(ref, pred, axis=0) == 2
+    assert most_informative_slice(ref, pred, axis=1) in (1, 2, 3)
+
+
+def test_overlay_without_image_draws_on_the_reference(tmp_path):
+    ref = tmp_path / "r.nii.gz"
+    write_label(reference(0), GEOMETRY, ref)
+    out = plot_overlay(ref, ref, tmp_path / "o" / "x.png", image_file=tmp_path / "absent.nii.gz", title="t")
+    assert out.stat().st_size > 1000
