@@ -70,7 +70,7 @@ class Geometry:
         for name in ("spacing", "origin", "direction"):
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
             if not np.allclose(a, b, rtol=rtol, atol=atol):
-                return f"{name} {tuple(np.round(a, 4))} vs {tuple(np.round(b, 4))}"
+                return f"{name} {tuple(np.round(a, 4).tolist())} vs {tuple(np.round(b, 4).tolist())}"
         return None
 
     def to_dict(self) -> dict:
