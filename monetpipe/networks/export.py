@@ -49,6 +49,11 @@ def export_onnx(
         ImportError: onnx / onnxscript missing, with the install command.
         ValueError: a size the model cannot take.
     """
+    path = Path(path)
+    name = getattr(model, "model_name", type(model).__name__)
+    divisor = getattr(model, "size_divisor", 1)
+    example = torch.zeros(2, in_channels, height, width)  # batch 2: a batch of 1 would be specialised
+    check_input(example, getattr(model, "in_channels", in_channels), divisor, name)
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -56,11 +61,6 @@ def export_onnx(
         raise ImportError(
             f"ONNX export needs onnx and onnxscript ({err.name} is missing): pip install 'monetpipe[onnx]'"
         ) from err
-    path = Path(path)
-    name = getattr(model, "model_name", type(model).__name__)
-    divisor = getattr(model, "size_divisor", 1)
-    example = torch.zeros(2, in_channels, height, width)  # batch 2: a batch of 1 would be specialised
-    check_input(example, getattr(model, "in_channels", in_channels), divisor, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     was_training = model.training
