@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,6 @@ logger = logging.getLogger(__name__)
 #: Bumped whenever the generated content changes, so an old folder is never mistaken for a current one.
 GENERATOR_VERSION = 1
 LABELS = {"0": "background", "1": "organ", "2": "lesion"}
-MIN_SIZE = (32, 32, 8)
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,18 @@ class _Kind:
     channels: tuple[str, ...]
     size: tuple[int, int, int]  # default (x, y, z) of a case, before per-case variation
     spacing: tuple[float, float, float]  # (x, y, z) mm
+    min_size: tuple[int, int, int]  # the smallest (x, y, z) that always holds an organ with a lesion inside
     description: str
 
 
 KINDS: dict[str, _Kind] = {
     "ct": _Kind(
-        1, 901, "SyntheticCT", "synct", ("CT",), (96, 80, 24), (0.8, 0.8, 2.5),
+        1, 901, "SyntheticCT", "synct", ("CT",), (96, 80, 24), (0.8, 0.8, 2.5), (32, 32, 8),
         "Synthetic CT-like task from monetpipe: int16 HU, anisotropic 0.8x0.8x2.5 mm, an enhanced "
         "organ-like blob (label 1) with a hypodense lesion inside (label 2).",
     ),
     "mr": _Kind(
-        2, 902, "SyntheticMR", "synmr", ("T1", "T2"), (72, 88, 36), (1.0, 1.0, 1.2),
+        2, 902, "SyntheticMR", "synmr", ("T1", "T2"), (72, 88, 36), (1.0, 1.0, 1.2), (32, 32, 16),
         "Synthetic two-sequence MR-like task from monetpipe: 4D (x, y, z, channel) float32, arbitrary "
         "scale, zero outside the head, an organ-like region (label 1) with a lesion inside (label 2).",
     ),
@@ -66,7 +67,7 @@ KINDS: dict[str, _Kind] = {
 
 
 def task_folder_name(kind: str, task_id: int | None = None) -> str:
-    """``Task901_SyntheticCT`` for ``kind="ct"`` (``Task902_SyntheticMR`` for ``"mr"``), or with ``task_id``."""
+    """``Task901_SyntheticCT`` for ``"ct"``, ``Task902_SyntheticMR`` for ``"mr"`` (or with ``task_id``)."""
     spec = _kind(kind)
     return f"Task{spec.task_id if task_id is None else task_id:03d}_{spec.name}"
 
@@ -97,7 +98,7 @@ def make_synthetic_task(
         task_id: the task number in the folder name (default 901 for ct, 902 for mr).
         shape: the typical case size ``(x, y, z)`` in voxels, as SimpleITK's ``GetSize()`` orders it
             (default ``(96, 80, 24)`` for ct, ``(72, 88, 36)`` for mr); each case varies around it by
-            a few voxels. At least ``(32, 32, 8)``.
+            a few voxels. At least ``(32, 32, 8)`` for ct, ``(32, 32, 16)`` for mr.
         overwrite: replace an existing folder that differs from what would be written.
 
     Returns:
@@ -109,8 +110,9 @@ def make_synthetic_task(
     """
     spec = _kind(kind)
     size = tuple(int(s) for s in (spec.size if shape is None else shape))
-    if len(size) != 3 or any(s < m for s, m in zip(size, MIN_SIZE)):
-        raise ValueError(f"shape must be (x, y, z) with every size at least {MIN_SIZE}, got {shape}")
+    if len(size) != 3 or any(s < m for s, m in zip(size, spec.min_size, strict=True)):
+        raise ValueError(f"shape must be (x, y, z) of at least {spec.min_size} for kind {kind!r}, "
+                         f"got {shape}")
     if num_cases < 1 or num_test < 0:
         raise ValueError(f"need num_cases >= 1 and num_test >= 0, got {num_cases} and {num_test}")
     if seed < 0:
@@ -125,8 +127,8 @@ def make_synthetic_task(
             logger.info("%s is already up to date; nothing written", target)
             return target
         raise DatasetError(
-            f"{target}: already exists and was not written by this generator with these arguments. "
-            f"Pass overwrite=True (--overwrite) to replace it, or choose another output folder."
+            f"{target}: already exists and is not a complete task written by this generator with these "
+            f"arguments. Pass overwrite=True (--overwrite) to replace it, or choose another output folder."
         )
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -157,7 +159,7 @@ def make_case(kind: str, case_number: int, seed: int = 0, shape: tuple[int, int,
     """
     spec = _kind(kind)
     rng = np.random.default_rng(np.random.SeedSequence([seed, spec.code, case_number]))
-    size = _case_size(rng, spec.size if shape is None else shape)
+    size = _case_size(rng, spec.size if shape is None else shape, spec.min_size)
     geometry = _case_geometry(rng, kind, size, spec.spacing)
     make = _ct_case if kind == "ct" else _mr_case
     image, label = make(rng, geometry)
@@ -196,7 +198,8 @@ def _write_task(folder: Path, spec: _Kind, name: str, size: tuple[int, int, int]
         _write_case_image(image, geometry, folder / sub / f"{case_id}.nii.gz")
         if number <= num_cases:
             write_label(label, geometry, folder / "labelsTr" / f"{case_id}.nii.gz")
-            training.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
+            training.append({"image": f"./imagesTr/{case_id}.nii.gz",
+                             "label": f"./labelsTr/{case_id}.nii.gz"})
         else:
             test.append(f"./imagesTs/{case_id}.nii.gz")
     (folder / "imagesTs").mkdir(parents=True, exist_ok=True)
@@ -245,10 +248,11 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
 # --- one case: size and geometry ------------------------------------------------------------------------
 
 
-def _case_size(rng: np.random.Generator, base: tuple[int, int, int]) -> tuple[int, int, int]:
-    """The typical size plus a few voxels either way (about 5 % in-plane, 2 slices), never below MIN_SIZE."""
+def _case_size(rng: np.random.Generator, base: tuple[int, int, int], min_size: tuple[int, int, int]
+               ) -> tuple[int, int, int]:
+    """The typical size give or take a few voxels (5 % in-plane, 2 slices), never below ``min_size``."""
     out = []
-    for s, low in zip(base, MIN_SIZE):
+    for s, low in zip(base, min_size, strict=True):
         delta = max(1, round(0.05 * s)) if len(out) < 2 else min(2, max(1, s // 8))
         out.append(max(low, int(s) + int(rng.integers(-delta, delta + 1))))
     return tuple(out)  # type: ignore[return-value]
@@ -297,14 +301,15 @@ def _smooth_field(rng: np.random.Generator, grid: tuple[np.ndarray, ...], wavele
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
         k = 2 * np.pi / rng.uniform(*wavelength)
-        field += np.cos(k * (direction[0] * z + direction[1] * y + direction[2] * x) + rng.uniform(0, 2 * np.pi))
+        phase = k * (direction[0] * z + direction[1] * y + direction[2] * x)
+        field += np.cos(phase + rng.uniform(0, 2 * np.pi))
     return field / np.sqrt(terms / 2)
 
 
 def _blob(rng: np.random.Generator, grid: tuple[np.ndarray, ...], centre: np.ndarray, semi_axes: np.ndarray,
           angle: float, wobble: float) -> np.ndarray:
     """A deformed ellipsoid (rotated by ``angle`` in-plane): its normalized radius is modulated smoothly."""
-    z, y, x = (g - c for g, c in zip(grid, centre))
+    z, y, x = (g - c for g, c in zip(grid, centre, strict=True))
     u = np.cos(angle) * x + np.sin(angle) * y
     v = -np.sin(angle) * x + np.cos(angle) * y
     radius = np.sqrt((u / semi_axes[2]) ** 2 + (v / semi_axes[1]) ** 2 + (z / semi_axes[0]) ** 2)
@@ -312,22 +317,32 @@ def _blob(rng: np.random.Generator, grid: tuple[np.ndarray, ...], centre: np.nda
     return radius <= 1.0 + wobble * np.clip(field, -1.5, 1.5)
 
 
-def _lesion_inside(rng: np.random.Generator, grid: tuple[np.ndarray, ...], organ: np.ndarray,
-                   spacing_zyx: tuple[float, float, float]) -> np.ndarray:
-    """A lesion strictly inside ``organ``: at least one voxel (the largest spacing) of organ around it."""
-    depth = ndimage.distance_transform_edt(organ, sampling=spacing_zyx)
+def _organ_and_lesion(rng: np.random.Generator, grid: tuple[np.ndarray, ...],
+                      draw_organ: Callable[[], np.ndarray], spacing_zyx: tuple[float, float, float],
+                      tries: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Draw an organ until one is thick enough to hold a lesion, then place the lesion strictly inside it.
+
+    "Strictly": every lesion voxel has organ (not background) as its neighbour along every axis, so the
+    lesion is at least one voxel (the largest spacing) deep inside the organ.
+    """
     margin = max(spacing_zyx) + 0.1
-    radius = min(rng.uniform(0.35, 0.6) * depth.max(), depth.max() - margin)
-    if radius < 1.5 * min(spacing_zyx):
-        raise ValueError("case too small for an organ with a lesion inside; use a larger shape")
+    min_radius = 1.2 * min(spacing_zyx)
+    for _ in range(tries):
+        organ = draw_organ()
+        depth = ndimage.distance_transform_edt(organ, sampling=spacing_zyx)
+        if depth.max() - margin >= min_radius:
+            break
+    else:
+        raise ValueError("case too small to hold an organ with a lesion inside; use a larger shape")
+    radius = max(min_radius, min(rng.uniform(0.4, 0.65) * depth.max(), depth.max() - margin))
     candidates = np.flatnonzero(depth >= radius + margin)
     centre_index = np.unravel_index(candidates[rng.integers(len(candidates))], organ.shape)
-    centre = np.array([g.ravel()[i] for g, i in zip(grid, centre_index)])
+    centre = np.array([g.ravel()[i] for g, i in zip(grid, centre_index, strict=True)])
     semi_axes = radius * rng.uniform(0.7, 1.0, size=3)
     lesion = _blob(rng, grid, centre, semi_axes, rng.uniform(0, np.pi), wobble=0.12)
     # The wobble may push the blob past ``radius``; the ball keeps it where the organ surely is.
-    ball = sum(((g - c) / radius) ** 2 for g, c in zip(grid, centre)) <= 1.0
-    return lesion & ball & organ
+    ball = sum(((g - c) / radius) ** 2 for g, c in zip(grid, centre, strict=True)) <= 1.0
+    return organ, lesion & ball & organ
 
 
 def _ct_case(rng: np.random.Generator, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
@@ -347,11 +362,20 @@ def _ct_case(rng: np.random.Generator, geometry: Geometry) -> tuple[np.ndarray, 
     in_a, in_b = 0.87 * a, 0.87 * b
     centre = np.array([rng.uniform(-0.1, 0.1) * extent[0], rng.uniform(-0.3, 0.0) * in_b,
                        rng.uniform(-0.25, 0.25) * in_a])
-    semi = np.array([rng.uniform(0.25, 0.35) * extent[0], rng.uniform(0.42, 0.55) * in_b,
-                     rng.uniform(0.42, 0.55) * in_b])
-    organ = _blob(rng, grid, centre, semi, rng.uniform(-np.pi / 4, np.pi / 4), wobble=0.12)
-    organ &= inner & ~ndimage.binary_dilation(spine, iterations=2)
-    lesion = _lesion_inside(rng, grid, organ, geometry.spacing_zyx)
+    keep_out = ~inner | ndimage.binary_dilation(spine, iterations=2)
+
+    def draw_organ() -> np.ndarray:
+        semi = np.array([rng.uniform(0.25, 0.35) * extent[0], rng.uniform(0.5, 0.62) * in_b,
+                         rng.uniform(0.5, 0.7) * in_b])
+        return _blob(rng, grid, centre, semi, rng.uniform(-np.pi / 4, np.pi / 4), wobble=0.12) & ~keep_out
+
+    organ, lesion = _organ_and_lesion(rng, grid, draw_organ, geometry.spacing_zyx)
+    # An unlabelled, less enhanced blob beside the organ: brightness alone must not define "organ".
+    side = 1.0 if centre[2] < 0 else -1.0
+    decoy_centre = np.array([rng.uniform(-0.15, 0.15) * extent[0], 0.25 * in_b, side * 0.6 * in_a])
+    decoy = _blob(rng, grid, decoy_centre, np.array([0.22 * extent[0], 0.22 * in_b, 0.16 * in_a]),
+                  rng.uniform(-0.5, 0.5), wobble=0.1)
+    decoy &= inner & ~spine & ~ndimage.binary_dilation(organ, iterations=2)
 
     tissue = 40.0 + rng.uniform(-5, 5)
     organ_hu = tissue + rng.uniform(65, 85)
@@ -359,6 +383,7 @@ def _ct_case(rng: np.random.Generator, geometry: Geometry) -> tuple[np.ndarray, 
     hu[body] = -90.0 + rng.uniform(-10, 10)
     hu[inner] = tissue
     hu[spine & inner] = rng.uniform(350, 450)
+    hu[decoy] = tissue + rng.uniform(25, 35)
     hu[organ] = organ_hu
     hu[lesion] = organ_hu - rng.uniform(50, 70)
     texture = ndimage.gaussian_filter(rng.standard_normal(hu.shape), sigma=(0.6, 2.0, 2.0))
@@ -379,7 +404,8 @@ def _mr_case(rng: np.random.Generator, geometry: Geometry) -> tuple[np.ndarray, 
     extent = np.array(geometry.spacing_zyx) * np.array(geometry.shape_zyx)
 
     # Head (skull-stripped, as MSD's brain tasks): zero outside; white matter, grey rim, two ventricles.
-    head_semi = extent / 2 * np.array([rng.uniform(0.78, 0.86), rng.uniform(0.74, 0.84), rng.uniform(0.72, 0.82)])
+    head_semi = extent / 2 * np.array([rng.uniform(0.78, 0.86), rng.uniform(0.74, 0.84),
+                                       rng.uniform(0.72, 0.82)])
     head_centre = rng.uniform(-2, 2, size=3)
     head = _blob(rng, grid, head_centre, head_semi, rng.uniform(-0.1, 0.1), wobble=0.04)
     white = _blob(rng, grid, head_centre, head_semi * 0.72, 0.0, wobble=0.08) & head
@@ -389,11 +415,15 @@ def _mr_case(rng: np.random.Generator, geometry: Geometry) -> tuple[np.ndarray, 
         ventricles |= _blob(rng, grid, c, head_semi * np.array([0.3, 0.28, 0.09]), 0.0, wobble=0.1)
 
     # Organ: a deformed, roughly isotropic blob off-centre, well inside the head.
-    radius = rng.uniform(0.42, 0.52) * head_semi.min()
-    centre = head_centre + rng.uniform(-0.4, 0.4, size=3) * (head_semi - radius)
-    organ = _blob(rng, grid, centre, radius * rng.uniform(0.85, 1.15, size=3), rng.uniform(0, np.pi), wobble=0.12)
-    organ &= _blob(rng, grid, head_centre, head_semi * 0.88, 0.0, wobble=0.0)
-    lesion = _lesion_inside(rng, grid, organ, geometry.spacing_zyx)
+    deep_head = _blob(rng, grid, head_centre, head_semi * 0.88, 0.0, wobble=0.0)
+
+    def draw_organ() -> np.ndarray:
+        semi = np.minimum(rng.uniform(0.34, 0.44) * np.median(head_semi) * rng.uniform(0.85, 1.15, size=3),
+                          0.6 * head_semi)
+        centre = head_centre + rng.uniform(-0.4, 0.4, size=3) * (head_semi - semi)
+        return _blob(rng, grid, centre, semi, rng.uniform(0, np.pi), wobble=0.12) & deep_head
+
+    organ, lesion = _organ_and_lesion(rng, grid, draw_organ, geometry.spacing_zyx)
 
     #            grey  white  csf   organ  lesion   (relative signal; the two sequences disagree)
     contrast = {"T1": (0.75, 1.00, 0.30, 0.55, 1.35), "T2": (0.90, 0.70, 1.80, 1.50, 0.80)}
