@@ -394,16 +394,16 @@ def _check_onnx_round_trip(model: nn.Module, path) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("name", ["monet", "unet16", "attention_unet"])
+@pytest.mark.parametrize("name", ["monet", "attention_unet"])
 def test_onnx_round_trip_with_dynamic_batch(name, tmp_path):
-    """Every code path (unet64 is unet16's graph with wider layers); the 31M models are slow tests."""
+    """Every op type: MoNet's, and the U-Nets' plus the gate (narrowed to filters=8 to export fast)."""
     torch.manual_seed(0)
-    overrides = {"filters": 8} if name in BIG else {}
+    overrides = {"filters": 8} if name == "attention_unet" else {}
     _check_onnx_round_trip(build_network(name, 2, 3, **overrides), tmp_path / f"{name}.onnx")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(BIG))
+@pytest.mark.parametrize("name", ["unet16", "unet64", "attention_unet"])
 def test_onnx_round_trip_full_size(name, tmp_path):
     _check_onnx_round_trip(base_model(name), tmp_path / f"{name}.onnx")
 

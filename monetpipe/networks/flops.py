@@ -79,7 +79,7 @@ def flops_per_slice(
         num_classes: output channels; default 1 for a name (ignored for a model).
 
     Returns:
-        The FLOP count as an int (MoNet at 256x256, C = K = 1: 9,513,877,504).
+        The FLOP count as an int (MoNet at 256x256, C = K = 1: 9,516,875,776).
     """
     if isinstance(name_or_model, str):
         from monetpipe.networks.registry import build_network

@@ -97,6 +97,12 @@ def fold_bn_into_next_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
     return _with_params(conv, w * scale.view(1, -1, 1, 1), b)
 
 
+def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
+    """``root.set_submodule(path, module)`` for torch versions that lack it (< 2.4)."""
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
 def fuse_for_inference(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with every exactly foldable BatchNorm folded and no Dropout.
 
@@ -120,12 +126,12 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     forward_folds = getattr(fused, "exact_forward_bn_folds", None)
     for bn_path, conv_path in forward_folds() if forward_folds is not None else []:
         bn, conv = fused.get_submodule(bn_path), fused.get_submodule(conv_path)
-        fused.set_submodule(conv_path, fold_bn_into_next_conv(bn, conv))
-        fused.set_submodule(bn_path, nn.Identity())
+        _replace(fused, conv_path, fold_bn_into_next_conv(bn, conv))
+        _replace(fused, bn_path, nn.Identity())
         n_folded += 1
     dropouts = [name for name, m in fused.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
     for name in dropouts:
-        fused.set_submodule(name, nn.Identity())
+        _replace(fused, name, nn.Identity())
     remaining = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
     logger.info(
         "folded %d BatchNorm layers (%d left unfolded), removed %d Dropout",
