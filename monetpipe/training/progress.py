@@ -1,0 +1,69 @@
+"""``training_log.csv`` and ``progress.png``, rewritten after every epoch from the run's history.
+
+The history lives in the checkpoint, so after a crash both files are rebuilt from the last complete
+epoch: the log can never have a gap or a repeated epoch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from pathlib import Path
+
+from monetpipe.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+
+
+def write_log_csv(history: list[dict], path: str | Path) -> None:
+    """One row per completed epoch, columns :data:`COLUMNS` (``val_dice`` = mean inner-val foreground Dice)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in history:
+        writer.writerow([row["epoch"]] + [_fmt(row[c]) for c in COLUMNS[1:]])
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
+def read_log_csv(path: str | Path) -> list[dict]:
+    """The rows of a ``training_log.csv`` as dicts of floats (``epoch`` as int)."""
+    with open(path, newline="") as f:
+        return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _fmt(value: float) -> str:
+    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
+
+
+def plot_progress(history: list[dict], path: str | Path, title: str = "") -> None:
+    """Losses and inner-val Dice per epoch (left), learning rate (right), as a PNG."""
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
+    ax.plot(epochs, [r["train_loss"] for r in history], "b-", label="train loss")
+    ax.plot(epochs, [r["val_loss"] for r in history], "r-", label="inner-val loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax_dice = ax.twinx()
+    ax_dice.plot(epochs, [r["val_dice"] for r in history], "g--", label="inner-val Dice")
+    ax_dice.set_ylabel("Dice")
+    ax_dice.set_ylim(0, 1)
+    lines = ax.get_lines() + ax_dice.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right")
+    ax.set_title(title)
+    ax_lr.semilogy(epochs, [r["lr"] for r in history], "k-")
+    ax_lr.set_xlabel("epoch")
+    ax_lr.set_ylabel("learning rate")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,239 @@
+"""Unit tests of the training parts that need no task on disk: losses, sampling, patches, checkpoints, config."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import fields
+
+import numpy as np
+import pytest
+import torch
+
+from monetpipe.errors import MonetError
+from monetpipe.training.checkpoint import load_pretrained, restore_rng_states, rng_states, save_checkpoint
+from monetpipe.training.config import TrainConfig
+from monetpipe.training.data import (
+    NO_CLASS,
+    CaseSlices,
+    SliceIndex,
+    carve_inner_validation,
+    epoch_schedule,
+    foreground_places,
+    iterations_per_epoch,
+    rank_columns,
+    read_patch,
+)
+from monetpipe.training.losses import (
+    DiceCELoss,
+    SoftDiceLoss,
+    dice_from_confusion,
+    dice_statistics,
+    hard_confusion,
+    loss_from_statistics,
+)
+from monetpipe.training.progress import read_log_csv, write_log_csv
+from monetpipe.training.trainer import EarlyStopping
+
+
+def _logits_for(target: torch.Tensor, num_classes: int, strength: float = 20.0) -> torch.Tensor:
+    """Logits that put (almost) all probability on ``target``."""
+    if num_classes == 1:
+        return (target.float() * 2 - 1).unsqueeze(1) * strength
+    return torch.nn.functional.one_hot(target, num_classes).permute(0, 3, 1, 2).float() * strength
+
+
+# ---- losses -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_dice_loss_is_zero_for_a_perfect_and_one_for_a_disjoint_prediction(num_classes):
+    target = torch.zeros(2, 16, 16, dtype=torch.long)
+    target[:, 2:8, 2:8] = 1
+    if num_classes == 3:
+        target[:, 10:14, 10:14] = 2
+    loss = SoftDiceLoss()
+    assert loss(_logits_for(target, num_classes), target).item() < 1e-4
+    wrong = torch.zeros_like(target)
+    wrong[:, 8:10, 0:16] = 1 if num_classes == 1 else 2  # overlaps no reference foreground
+    assert loss(_logits_for(wrong, num_classes), target).item() > 0.99
+
+
+def test_dice_loss_ignores_background_and_uses_the_batch_as_one_volume():
+    # slice 0 holds all the foreground, slice 1 none: a per-slice Dice would punish slice 1 for nothing.
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[0, :4] = 1
+    logits = _logits_for(target, 2)
+    assert SoftDiceLoss()(logits, target).item() < 1e-4
+    # predicting background everywhere is a total miss of the (only) foreground class
+    assert SoftDiceLoss()(_logits_for(torch.zeros_like(target), 2), target).item() > 0.99
+
+
+def test_dice_ce_adds_cross_entropy():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    assert DiceCELoss()(logits, target).item() == pytest.approx(SoftDiceLoss()(logits, target).item() + ce.item(), 1e-5)
+    binary = target.clamp(max=1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], binary.float())
+    assert DiceCELoss()(logits[:, :1], binary).item() == pytest.approx(
+        SoftDiceLoss()(logits[:, :1], binary).item() + bce.item(), 1e-5)
+
+
+def test_loss_from_accumulated_statistics_equals_the_loss_of_the_whole_set():
+    torch.manual_seed(1)
+    logits, target = torch.randn(6, 3, 8, 8), torch.randint(0, 3, (6, 8, 8))
+    stats = dice_statistics(logits[:2], target[:2]) + dice_statistics(logits[2:], target[2:])
+    ce_sum = sum(torch.nn.functional.cross_entropy(logits[s], target[s], reduction="sum").item()
+                 for s in (slice(0, 2), slice(2, 6)))
+    assert loss_from_statistics("dice", stats, 0.0, 0) == pytest.approx(SoftDiceLoss()(logits, target).item(), 1e-5)
+    assert loss_from_statistics("dice_ce", stats, ce_sum, target.numel()) == pytest.approx(
+        DiceCELoss()(logits, target).item(), 1e-5)
+
+
+def test_hard_dice_per_class_with_nan_for_absent_classes():
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, 0, :2] = 1  # 2 pixels of class 1, no class 2
+    pred = torch.zeros_like(target)
+    pred[0, 0, :1] = 1  # 1 TP, 1 FN
+    pred[0, 3, 3] = 1  # 1 FP
+    dice = dice_from_confusion(hard_confusion(_logits_for(pred, 3), target))
+    assert dice[0] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+    assert math.isnan(dice[1])
+
+
+# ---- sampling and patches -----------------------------------------------------------------------------
+
+def _index(layout=None) -> SliceIndex:
+    cases = [
+        CaseSlices("a", 5, {1: np.array([1, 2]), 2: np.array([2])}),
+        CaseSlices("b", 3, {1: np.array([], dtype=np.int64), 2: np.array([], dtype=np.int64)}),
+        CaseSlices("c", 4, {1: np.array([0]), 2: np.array([], dtype=np.int64)}),
+    ]
+    return SliceIndex(layout, cases)
+
+
+def test_inner_validation_is_seeded_disjoint_and_at_least_one_case():
+    ids = [f"case_{i:03d}" for i in range(25)]
+    train, inner = carve_inner_validation(ids, 0.1, seed=7)
+    assert len(inner) == 2 and not set(train) & set(inner) and sorted(train + inner) == ids
+    assert carve_inner_validation(list(reversed(ids)), 0.1, seed=7) == (train, inner)  # order of input irrelevant
+    assert carve_inner_validation(ids, 0.1, seed=8)[1] != inner
+    assert len(carve_inner_validation(ids[:3], 0.1)[1]) == 1
+    with pytest.raises(MonetError, match="at least 2"):
+        carve_inner_validation(ids[:1])
+
+
+def test_a_third_of_each_batch_is_reserved_for_foreground_and_spread_across_ranks():
+    assert foreground_places(32, 1 / 3).sum() == 11
+    assert foreground_places(3, 1 / 3).sum() == 1
+    assert foreground_places(8, 0.0).sum() == 0
+    places = foreground_places(12, 1 / 3)
+    for rank in range(2):  # each half of the batch (a rank's share) gets its part
+        assert places[rank_columns(12, rank, 2)].sum() == 2
+
+
+def test_rank_columns_partition_the_batch():
+    for batch, world in [(32, 2), (7, 3), (4, 4)]:
+        covered = np.concatenate([np.arange(batch)[rank_columns(batch, r, world)] for r in range(world)])
+        assert covered.tolist() == list(range(batch))
+
+
+def test_epoch_schedule_is_deterministic_covers_every_slice_and_forces_foreground():
+    index = _index()
+    assert index.num_slices == 12 and index.foreground_cases == [0, 2]
+    iterations = iterations_per_epoch(index.num_slices, 6, cap=250)
+    assert iterations == 2
+    s = epoch_schedule(index, epoch=3, iterations=iterations, batch_size=6, foreground_fraction=1 / 3, seed=5)
+    assert np.array_equal(s, epoch_schedule(index, 3, iterations, 6, 1 / 3, 5))
+    assert not np.array_equal(s, epoch_schedule(index, 4, iterations, 6, 1 / 3, 5))
+    forced = s[:, foreground_places(6, 1 / 3)].reshape(-1, 3)
+    for case, sl, cls in forced:
+        assert cls != NO_CLASS and sl in index.cases[case].class_slices[cls]
+    uniform = s[:, ~foreground_places(6, 1 / 3)].reshape(-1, 3)
+    assert (uniform[:, 2] == NO_CLASS).all()
+    flat = index.offsets[uniform[:, 0]] + uniform[:, 1]
+    assert len(set(flat.tolist())) == len(flat)  # a pass draws without replacement
+    assert iterations_per_epoch(100_000, 32, cap=250) == 250
+
+
+def test_read_patch_pads_small_slices_centred_and_keeps_the_forced_class_when_cropping():
+    rng = np.random.default_rng(0)
+    data = np.arange(1 * 2 * 6 * 10, dtype=np.float16).reshape(1, 2, 6, 10) + 1
+    seg = np.zeros((2, 6, 10), dtype=np.uint8)
+    out_d, out_s = np.zeros((1, 8, 8), np.float32), np.zeros((8, 8), np.float32)
+    read_patch(data, seg, 1, (8, 8), NO_CLASS, rng, out_d, out_s)
+    assert (out_d[0, 0] == 0).all() and (out_d[0, 7] == 0).all()  # padded rows (6 -> 8, centred)
+    assert (out_d[0, 1:7] > 0).all()  # width 10 cropped to 8: every column real data
+    big_seg = np.zeros((1, 40, 40), dtype=np.uint8)
+    big_seg[0, 37, 2] = 2  # a single pixel of class 2 in a corner
+    big_data = np.zeros((1, 1, 40, 40), dtype=np.float32)
+    for trial in range(20):
+        out_d, out_s = np.zeros((1, 16, 16), np.float32), np.zeros((16, 16), np.float32)
+        read_patch(big_data, big_seg, 0, (16, 16), 2, np.random.default_rng(trial), out_d, out_s)
+        assert (out_s == 2).sum() == 1
+
+
+# ---- checkpoints, schedule, config, log ---------------------------------------------------------------
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    save_checkpoint({"rng": rng_states()}, tmp_path / "c.pth")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    loaded = torch.load(tmp_path / "c.pth", weights_only=True)
+    restore_rng_states(loaded["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+    assert not list(tmp_path.glob(".tmp-*"))  # atomic write left nothing behind
+
+
+def test_pretrained_weights_copy_what_fits_and_name_the_rest():
+    from monetpipe.networks import build_network
+
+    source = build_network("monet", 1, 3)
+    target = build_network("monet", 1, 1)
+    copied, untouched = load_pretrained(target, {"model_state": source.state_dict()}, "src.pth")
+    assert copied > 50 and untouched and all("head" in name or "out" in name or "final" in name
+                                             for name in untouched), untouched
+    with pytest.raises(ValueError, match="none of its weights"):
+        load_pretrained(target, {"model_state": {"x": torch.zeros(1)}}, "src.pth")
+
+
+def test_early_stopping_counts_epochs_without_improvement_and_resumes():
+    stopper = EarlyStopping(patience=2)
+    assert [stopper.step(v) for v in (1.0, 0.9, 0.95, 0.9)] == [False, False, False, True]
+    again = EarlyStopping(patience=2)
+    again.load_state_dict(EarlyStopping(2).state_dict() | {"best": 0.9, "bad_epochs": 1})
+    assert again.step(0.91) is True
+
+
+def test_config_rejects_bad_values_with_the_flag_name():
+    with pytest.raises(MonetError, match="--epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(MonetError, match="--loss"):
+        TrainConfig(loss="focal")
+    assert TrainConfig.from_dict(TrainConfig(lr=1e-3).to_dict() | {"unknown": 1}) == TrainConfig(lr=1e-3)
+
+
+def test_every_config_field_is_a_flag_with_the_same_default():
+    from monetpipe.training.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["-t", "4", "-m", "monet"])
+    assert config_from_args(args) == TrainConfig()
+    custom = build_parser().parse_args(["-t", "4", "-m", "monet", "--epochs", "7", "--rotation", "5", "--mirror",
+                                        "--loss", "dice_ce", "--num-workers", "0", "--batch-size", "6"])
+    cfg = config_from_args(custom)
+    assert (cfg.epochs, cfg.rotation_deg, cfg.mirror, cfg.loss, cfg.num_workers, cfg.batch_size) == \
+        (7, 5.0, True, "dice_ce", 0, 6)
+    assert {f.name for f in fields(TrainConfig)} <= set(vars(args)) | {"rotation_deg"}
+
+
+def test_training_log_round_trip(tmp_path):
+    rows = [{"epoch": e, "train_loss": 0.5 / e, "val_loss": 0.6 / e, "val_dice": float("nan") if e == 1 else 0.7,
+             "lr": 5e-4, "seconds": 1.5} for e in (1, 2)]
+    write_log_csv(rows, tmp_path / "training_log.csv")
+    back = read_log_csv(tmp_path / "training_log.csv")
+    assert (tmp_path / "training_log.csv").read_text().splitlines()[0] == "epoch,train_loss,val_loss,val_dice,lr,seconds"
+    assert [r["epoch"] for r in back] == [1, 2] and math.isnan(back[0]["val_dice"])
+    assert back[1]["train_loss"] == pytest.approx(0.25)
