@@ -300,9 +300,10 @@ def _smooth_field(rng: np.random.Generator, grid: tuple[np.ndarray, ...], wavele
     for _ in range(terms):
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
-        k = 2 * np.pi / rng.uniform(*wavelength)
-        phase = k * (direction[0] * z + direction[1] * y + direction[2] * x)
-        field += np.cos(phase + rng.uniform(0, 2 * np.pi))
+        kz, ky, kx = 2 * np.pi / rng.uniform(*wavelength) * direction
+        # cos(k.r + phi) as the real part of a product of three 1D complex waves: one full-size product.
+        wave = np.exp(1j * (kz * z + rng.uniform(0, 2 * np.pi))) * np.exp(1j * ky * y) * np.exp(1j * kx * x)
+        field += wave.real
     return field / np.sqrt(terms / 2)
 
 
@@ -317,6 +318,19 @@ def _blob(rng: np.random.Generator, grid: tuple[np.ndarray, ...], centre: np.nda
     return radius <= 1.0 + wobble * np.clip(field, -1.5, 1.5)
 
 
+def _depth(mask: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+    """Distance (mm) from each voxel of ``mask`` to the nearest voxel outside it or outside the image."""
+    depth = np.zeros(mask.shape)
+    boxes = ndimage.find_objects(mask.astype(np.uint8))
+    if not boxes:
+        return depth
+    # Only the mask's bounding box, padded with background: faster, and the image border counts as outside.
+    box = boxes[0]
+    inner = ndimage.distance_transform_edt(np.pad(mask[box], 1), sampling=spacing_zyx)
+    depth[box] = inner[1:-1, 1:-1, 1:-1]
+    return depth
+
+
 def _organ_and_lesion(rng: np.random.Generator, grid: tuple[np.ndarray, ...],
                       draw_organ: Callable[[], np.ndarray], spacing_zyx: tuple[float, float, float],
                       tries: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -329,7 +343,7 @@ def _organ_and_lesion(rng: np.random.Generator, grid: tuple[np.ndarray, ...],
     min_radius = 1.2 * min(spacing_zyx)
     for _ in range(tries):
         organ = draw_organ()
-        depth = ndimage.distance_transform_edt(organ, sampling=spacing_zyx)
+        depth = _depth(organ, spacing_zyx)
         if depth.max() - margin >= min_radius:
             break
     else:

@@ -32,9 +32,11 @@ def mr_task(tmp_path_factory) -> Path:
 
 
 def _lesion_enclosed(label: np.ndarray) -> bool:
-    """Every face neighbour of a lesion voxel is organ or lesion: the lesion never touches background."""
-    grown = ndimage.binary_dilation(label == 2)
-    return bool(np.all(label[grown] > 0))
+    """Every face neighbour of a lesion voxel is organ or lesion: the lesion touches neither background
+    nor the image border."""
+    padded = np.pad(label, 1)
+    grown = ndimage.binary_dilation(padded == 2)
+    return bool(np.all(padded[grown] > 0))
 
 
 def test_ct_task_is_a_valid_msd_folder(ct_task):
