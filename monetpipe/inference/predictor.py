@@ -3,6 +3,7 @@
 The one prediction code path: training's final validation and ``monet_predict`` both call
 :func:`predict_preprocessed` (or :func:`predict_case`, which preprocesses first).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from monetpipe.preprocessing.preprocessor import preprocess_image, restore_proba
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Zero-pad the last two dims of ``x`` up to a multiple; returns the padded tensor and (left, right, top, bottom)."""
+    """Zero-pad the last two dims of ``x`` up to a multiple; returns it and (left, right, top, bottom)."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
@@ -30,8 +31,15 @@ def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_slices(models: Sequence[torch.nn.Module], data: np.ndarray | torch.Tensor, batch_size: int = 16,
-                   tta: bool = False, device: str | torch.device = "cpu", size_multiple: int = 16) -> torch.Tensor:
+def predict_slices(
+    models: Sequence[torch.nn.Module],
+    data: np.ndarray | torch.Tensor,
+    batch_size: int = 16,
+    tta: bool = False,
+    device: str | torch.device = "cpu",
+    size_multiple: int = 16,
+    channels_last: bool = False,
+) -> torch.Tensor:
     """Average the probabilities of ``models`` over slices ``(C, S, H, W)``.
 
     Args:
@@ -41,6 +49,7 @@ def predict_slices(models: Sequence[torch.nn.Module], data: np.ndarray | torch.T
         tta: also average over horizontal, vertical and both flips.
         device: where the networks live.
         size_multiple: pad H and W up to this multiple (16 fits every registered network).
+        channels_last: feed NHWC batches (use with models converted to ``torch.channels_last``).
 
     Returns:
         ``(K, S, H, W)`` float32 probabilities on the CPU (K = network output channels).
@@ -51,7 +60,9 @@ def predict_slices(models: Sequence[torch.nn.Module], data: np.ndarray | torch.T
     flips = [(), (3,), (2,), (2, 3)] if tta else [()]
     out = None
     for start in range(0, x_all.shape[0], batch_size):
-        x, pad = pad_to_multiple(x_all[start:start + batch_size].to(device, torch.float32), size_multiple)
+        x, pad = pad_to_multiple(x_all[start : start + batch_size].to(device, torch.float32), size_multiple)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         acc = None
         for model in models:
             for dims in flips:
@@ -59,10 +70,10 @@ def predict_slices(models: Sequence[torch.nn.Module], data: np.ndarray | torch.T
                 p = logits_to_probabilities(model(xi).float())
                 p = torch.flip(p, dims) if dims else p
                 acc = p if acc is None else acc + p
-        acc = (acc / (len(models) * len(flips)))[..., pad[2]:pad[2] + h, pad[0]:pad[0] + w].cpu()
+        acc = (acc / (len(models) * len(flips)))[..., pad[2] : pad[2] + h, pad[0] : pad[0] + w].cpu()
         if out is None:
             out = torch.empty((x_all.shape[0], acc.shape[1], h, w), dtype=torch.float32)
-        out[start:start + acc.shape[0]] = acc
+        out[start : start + acc.shape[0]] = acc
     return out.transpose(0, 1)
 
 
@@ -73,15 +84,42 @@ def with_background(probabilities: np.ndarray) -> np.ndarray:
     return np.concatenate([1.0 - probabilities, probabilities], axis=0)
 
 
-def predict_preprocessed(models: Sequence[torch.nn.Module], data: np.ndarray, properties: dict, plans: Plans,
-                         batch_size: int = 16, tta: bool = False, device: str | torch.device = "cpu") -> np.ndarray:
+def predict_preprocessed(
+    models: Sequence[torch.nn.Module],
+    data: np.ndarray,
+    properties: dict,
+    plans: Plans,
+    batch_size: int = 16,
+    tta: bool = False,
+    device: str | torch.device = "cpu",
+    channels_last: bool = False,
+) -> np.ndarray:
     """Predict preprocessed slices and return ``(K, Z, Y, X)`` probabilities on the original grid."""
-    probs = predict_slices(models, data, batch_size=batch_size, tta=tta, device=device)
+    probs = predict_slices(
+        models, data, batch_size=batch_size, tta=tta, device=device, channels_last=channels_last
+    )
     return restore_probabilities(probs, properties, plans)
 
 
-def predict_case(models: Sequence[torch.nn.Module], image: np.ndarray, geometry: Geometry, plans: Plans,
-                 batch_size: int = 16, tta: bool = False, device: str | torch.device = "cpu") -> np.ndarray:
+def predict_case(
+    models: Sequence[torch.nn.Module],
+    image: np.ndarray,
+    geometry: Geometry,
+    plans: Plans,
+    batch_size: int = 16,
+    tta: bool = False,
+    device: str | torch.device = "cpu",
+    channels_last: bool = False,
+) -> np.ndarray:
     """Preprocess a raw ``(C, Z, Y, X)`` volume as in training, predict, and restore to its grid."""
     data, properties = preprocess_image(image, geometry, plans)
-    return predict_preprocessed(models, data, properties, plans, batch_size=batch_size, tta=tta, device=device)
+    return predict_preprocessed(
+        models,
+        data,
+        properties,
+        plans,
+        batch_size=batch_size,
+        tta=tta,
+        device=device,
+        channels_last=channels_last,
+    )

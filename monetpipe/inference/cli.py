@@ -1,0 +1,103 @@
+"""``monet_predict``: segment a folder of NIfTI volumes with a trained model (see docs/inference.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from monetpipe.cli_common import run_cli, setup_logging
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="monet_predict",
+        description="Segment every case in IN with a trained model and write OUT/<case>.nii.gz (uint8, the "
+        "input's exact geometry). Cases whose output exists are skipped, so an interrupted run resumes.",
+    )
+    p.add_argument(
+        "-i", "--input", required=True, help="folder of images: case_0000.nii.gz per channel, or case.nii.gz"
+    )
+    p.add_argument("-o", "--output", required=True, help="output folder (not inside the input folder)")
+    p.add_argument("-t", "--task", help="task of the model: Task04, 4, Task04_Hippocampus, ... (with -m)")
+    p.add_argument(
+        "-m", "--model", help="network the model was trained as: monet, unet16, unet64, attention_unet"
+    )
+    p.add_argument(
+        "-p", "--plans", default=None, help="plans name (default monetPlans; e.g. monetPlans_binary)"
+    )
+    p.add_argument(
+        "--model-folder", help="a results folder <model>__<plans>/ instead of -t/-m (needs nothing else)"
+    )
+    p.add_argument(
+        "-f",
+        "--folds",
+        nargs="+",
+        default=None,
+        metavar="FOLD",
+        help="folds to ensemble, e.g. 0 1 2 or 'all' (default: every fold with the checkpoint)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        choices=("final", "best", "latest"),
+        default="final",
+        help="which checkpoint of each fold (default final)",
+    )
+    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (4x slower)")
+    p.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write <case>.npz (key 'probabilities', float16, (K incl. background, Z, Y, X))",
+    )
+    p.add_argument(
+        "--largest-component", action="store_true", help="keep only the largest connected component per label"
+    )
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="slices per forward pass (default: the plan's)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: available cores)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="re-predict cases whose output already exists")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model_folder and (args.task or args.model):
+        parser.error("give either --model-folder or -t/-m, not both")
+    if not args.model_folder and not (args.task and args.model):
+        parser.error("say which model to use: -t TASK -m MODEL [-p PLANS], or --model-folder DIR")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    setup_logging(args.verbose)
+
+    def body() -> int:
+        from monetpipe.inference.api import predict_folder
+        from monetpipe.inference.loading import resolve_model_folder
+
+        folder = args.model_folder or resolve_model_folder(args.task, args.model, args.plans).root
+        summary = predict_folder(
+            args.input,
+            args.output,
+            folder,
+            folds=args.folds,
+            checkpoint=args.checkpoint,
+            tta=args.tta,
+            save_probabilities=args.save_probabilities,
+            largest_component=args.largest_component,
+            device=args.device,
+            batch_size=args.batch_size,
+            overwrite=args.overwrite,
+            num_threads=args.threads,
+        )
+        print(summary.report(), file=sys.stderr if summary.failed else sys.stdout)
+        return 1 if summary.failed else 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""monet_predict without networks: input grouping, largest component, fast label path, raw NIfTI."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from monetpipe.errors import MonetError
+from monetpipe.inference.fast import labels_on_original_grid
+from monetpipe.inference.inputs import group_input_files
+from monetpipe.inference.loading import choose_folds, configure_threads, resolve_device
+from monetpipe.inference.nifti import find_nonfinite, write_labels_like
+from monetpipe.inference.postprocessing import keep_largest_component
+from monetpipe.io.image import Geometry
+from monetpipe.preprocessing.plans import ChannelNormalization, Plans
+from monetpipe.preprocessing.preprocessor import (
+    preprocess_image,
+    probabilities_to_labels,
+    restore_probabilities,
+)
+from monetpipe.results import ModelFolder
+
+
+def touch(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (folder / n).write_bytes(b"")
+
+
+# --- input naming ---------------------------------------------------------------------------------
+
+
+def ids(cases):
+    return {c.case_id: [f.name for f in c.files] for c in cases if c.error is None}
+
+
+def test_nnunet_channel_files_form_cases(tmp_path):
+    touch(
+        tmp_path,
+        "a_0000.nii.gz",
+        "a_0001.nii.gz",
+        "b_0001.nii.gz",
+        "b_0000.nii.gz",
+        ".hidden_0000.nii.gz",
+        "._a_0000.nii.gz",
+        "notes.txt",
+    )
+    cases, naming = group_input_files(tmp_path, 2)
+    assert naming == "nnunet"
+    assert ids(cases) == {"a": ["a_0000.nii.gz", "a_0001.nii.gz"], "b": ["b_0000.nii.gz", "b_0001.nii.gz"]}
+
+
+def test_msd_names_with_four_digits_are_whole_cases(tmp_path):
+    """``lung_0001``/``lung_0002`` for a 1-channel model: no complete channel groups -> MSD cases."""
+    touch(tmp_path, "lung_0001.nii.gz", "lung_0002.nii.gz", "lung_0003.nii")
+    cases, naming = group_input_files(tmp_path, 1)
+    assert naming == "msd"
+    assert sorted(ids(cases)) == ["lung_0001", "lung_0002", "lung_0003"]
+
+
+def test_single_channel_suffix_is_a_channel(tmp_path):
+    touch(tmp_path, "liver_3_0000.nii.gz", "liver_10_0000.nii.gz")
+    cases, naming = group_input_files(tmp_path, 1)
+    assert naming == "nnunet" and sorted(ids(cases)) == ["liver_10", "liver_3"]
+
+
+def test_mixed_names_fall_back_to_msd(tmp_path):
+    touch(tmp_path, "a_0000.nii.gz", "b.nii.gz")
+    cases, naming = group_input_files(tmp_path, 1)
+    assert naming == "msd" and sorted(ids(cases)) == ["a_0000", "b"]
+
+
+def test_case_missing_a_channel_is_an_error_for_that_case_only(tmp_path):
+    touch(tmp_path, "a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz")
+    cases, naming = group_input_files(tmp_path, 2)
+    assert naming == "nnunet"
+    by_id = {c.case_id: c for c in cases}
+    assert by_id["a"].error is None
+    assert "b_0001.nii.gz" in by_id["b"].error and "missing" in by_id["b"].error
+
+
+def test_duplicate_msd_case_is_an_error(tmp_path):
+    touch(tmp_path, "a.nii.gz", "a.nii", "b.nii.gz")
+    cases, _ = group_input_files(tmp_path, 1)
+    errors = {c.case_id: c.error for c in cases}
+    assert errors["b"] is None and "a.nii" in errors["a"]
+
+
+def test_empty_or_missing_folder_is_refused(tmp_path):
+    with pytest.raises(MonetError, match="no NIfTI"):
+        group_input_files(tmp_path, 1)
+    with pytest.raises(MonetError, match="not found"):
+        group_input_files(tmp_path / "nope", 1)
+
+
+# --- largest component ----------------------------------------------------------------------------
+
+
+def test_keep_largest_component_per_label():
+    labels = np.zeros((5, 20, 20), np.uint8)
+    labels[1:4, 2:10, 2:10] = 1  # organ, big
+    labels[1:4, 15:17, 15:17] = 1  # organ, stray
+    labels[2, 4:6, 4:6] = 2  # lesion inside the organ: stays although it touches label 1
+    labels[2, 18, 1] = 2  # stray lesion voxel
+    out = keep_largest_component(labels)
+    assert out.dtype == labels.dtype
+    assert (out[1:4, 15:17, 15:17] == 0).all() and out[2, 18, 1] == 0
+    assert (out[2, 4:6, 4:6] == 2).all()
+    assert (
+        (out == 1)
+        == ((labels == 1) & (np.arange(20)[None, None, :] < 12) & (np.arange(20)[None, :, None] < 12))
+    ).all()
+    # Diagonal neighbours are separate with face connectivity, joined with full connectivity.
+    diag = np.zeros((1, 4, 6), np.uint8)
+    diag[0, 0, 0] = diag[0, 1, 1] = diag[0, 2, 2] = 3  # a diagonal chain of three
+    diag[0, 0, 4] = diag[0, 0, 5] = 3  # a face-connected pair
+    assert keep_largest_component(diag)[0, 0, 4:].all() and keep_largest_component(diag).sum() == 6
+    assert keep_largest_component(diag, connectivity=3)[0, :3, :3].trace() == 9
+
+
+# --- fast label path = reference path -------------------------------------------------------------
+
+
+def plans_for(num_classes: int, slice_axis: int) -> Plans:
+    fwd = (slice_axis,) + tuple(a for a in range(3) if a != slice_axis)
+    return Plans(
+        plans_name="t",
+        task="t",
+        slice_axis=slice_axis,
+        transpose_forward=fwd,
+        transpose_backward=tuple(int(i) for i in np.argsort(fwd)),
+        target_spacing=(1.3, 0.7),
+        patch_size=(32, 32),
+        median_shape=(5, 20, 20),
+        crop_to_nonzero=True,
+        normalization=(ChannelNormalization("zscore"),),
+        channel_names=("MR",),
+        dataset_labels={0: "bg", 3: "a", 5: "b"},
+        label_mapping={0: 0, 3: 1, 5: 2},
+        output_labels={0: 0, 1: 3, 2: 5} if num_classes > 1 else {0: 0, 1: 5},
+        class_names=("bg", "a", "b") if num_classes > 1 else ("bg", "b"),
+        num_classes=num_classes,
+        batch_size=2,
+        max_size=256,
+    )
+
+
+@pytest.mark.parametrize("num_classes,slice_axis", [(3, 0), (1, 0), (3, 2), (1, 1)])
+def test_fast_labels_equal_restore_then_argmax(num_classes, slice_axis):
+    rng = np.random.default_rng(num_classes + slice_axis)
+    image = np.zeros((1, 9, 23, 17), np.float32)
+    image[0, 2:8, 3:21, 1:15] = rng.normal(size=(6, 18, 14)) + 2  # a crop box that is not the whole volume
+    geometry = Geometry((17, 23, 9), (0.9, 1.1, 2.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    plans = plans_for(num_classes, slice_axis)
+    data, props = preprocess_image(image, geometry, plans)
+    logits = torch.from_numpy(rng.normal(size=(num_classes, *data.shape[1:])).astype(np.float32))
+    probs = torch.sigmoid(logits) if num_classes == 1 else torch.softmax(logits, 0)
+    reference = probabilities_to_labels(restore_probabilities(probs, props, plans), plans)
+    fast = labels_on_original_grid(probs, props, plans, chunk=2)
+    assert fast.shape == image.shape[1:] and fast.dtype == np.uint8
+    np.testing.assert_array_equal(fast, reference)
+    assert set(np.unique(fast)) <= set(plans.output_labels.values())
+
+
+# --- raw NIfTI: header copy, NaN ------------------------------------------------------------------
+
+
+def test_label_written_with_input_header_has_identical_geometry(tmp_path):
+    a, b = 0.4, -0.3
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    image = sitk.GetImageFromArray(np.zeros((5, 7, 11, 2), np.float32), isVector=True)  # two components
+    image.SetSpacing((0.33, 1.7, 4.1))
+    image.SetOrigin((-12.25, 7.5, 300.125))
+    image.SetDirection(tuple((rz @ rx).ravel()))
+    sitk.WriteImage(image, str(tmp_path / "in.nii"))
+    src = sitk.ReadImage(str(tmp_path / "in.nii"))
+    geometry = Geometry.of(src)
+    labels = np.random.default_rng(0).integers(0, 3, geometry.shape_zyx).astype(np.uint8)
+    write_labels_like(labels, tmp_path / "in.nii", geometry, tmp_path / "out.nii.gz")
+    out = sitk.ReadImage(str(tmp_path / "out.nii.gz"))
+    assert out.GetPixelID() == sitk.sitkUInt8 and out.GetNumberOfComponentsPerPixel() == 1
+    assert (out.GetSize(), out.GetSpacing(), out.GetOrigin(), out.GetDirection()) == (
+        src.GetSize(),
+        src.GetSpacing(),
+        src.GetOrigin(),
+        src.GetDirection(),
+    )
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), labels)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
+
+
+def test_non_nifti_reference_falls_back_to_simpleitk(tmp_path):
+    image = sitk.GetImageFromArray(np.zeros((3, 4, 5), np.int16))
+    image.SetSpacing((0.5, 0.75, 2.0))
+    sitk.WriteImage(image, str(tmp_path / "in.nrrd"))
+    geometry = Geometry.of(sitk.ReadImage(str(tmp_path / "in.nrrd")))
+    write_labels_like(np.ones((3, 4, 5), np.uint8), tmp_path / "in.nrrd", geometry, tmp_path / "out.nii.gz")
+    out = sitk.ReadImage(str(tmp_path / "out.nii.gz"))
+    assert Geometry.of(out).mismatch(geometry) is None and sitk.GetArrayFromImage(out).sum() == 60
+
+
+def test_nan_in_float_nifti_is_found_although_simpleitk_reads_it_as_zero(tmp_path):
+    array = np.zeros((4, 6, 8), np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "ok.nii.gz"))
+    array[2, 3, 4] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "nan.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "nan.nii"))
+    assert np.isfinite(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nan.nii.gz")))
+    ).all()  # why it is needed
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 6, 8), np.int16)), str(tmp_path / "int.nii.gz"))
+    assert find_nonfinite(tmp_path / "nan.nii.gz") and find_nonfinite(tmp_path / "nan.nii")
+    assert not find_nonfinite(tmp_path / "ok.nii.gz") and not find_nonfinite(tmp_path / "int.nii.gz")
+    # Big-endian float64 with inf, written by hand.
+    raw = bytearray(gzip.decompress((tmp_path / "ok.nii.gz").read_bytes())[:352])
+    hdr = (
+        bytearray(struct.pack(">i", 348))
+        + raw[4:40]
+        + struct.pack(">8h", 3, 8, 6, 4, 1, 1, 1, 1)
+        + raw[56:70]
+    )
+    hdr += struct.pack(">hh", 64, 64) + raw[74:108] + struct.pack(">f", 352.0) + raw[112:352]
+    data = np.zeros((4, 6, 8), ">f8")
+    data[0, 0, 1] = np.inf
+    (tmp_path / "be.nii").write_bytes(bytes(hdr) + data.tobytes())
+    assert find_nonfinite(tmp_path / "be.nii")
+
+
+# --- model folder and device ----------------------------------------------------------------------
+
+
+def test_choose_folds(tmp_path):
+    for fold in ("0", "1", "all"):
+        touch(tmp_path / f"fold_{fold}", "checkpoint_final.pth")
+    touch(tmp_path / "fold_2", "checkpoint_best.pth")
+    folder = ModelFolder(tmp_path)
+    assert choose_folds(folder, None, "final") == [0, 1]  # the ensemble of numbered folds, not 'all'
+    assert choose_folds(folder, ["all"], "final") == ["all"]
+    assert choose_folds(folder, None, "best") == [2]
+    with pytest.raises(MonetError, match="fold_2"):
+        choose_folds(folder, ["2"], "final")
+    with pytest.raises(MonetError, match="no fold has checkpoint_latest"):
+        choose_folds(folder, None, "latest")
+
+
+def test_device_and_threads():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(MonetError, match="--device cuda"):
+            resolve_device("cuda")
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_plans_replace_helper_is_valid():
+    """The helper plans above are a valid Plans (guards the fast-path test against a silently wrong setup)."""
+    plans = plans_for(3, 2)
+    assert Plans.from_dict(plans.to_dict()) == plans
+    assert dataclasses.replace(plans, num_classes=1).is_binary
