@@ -417,6 +417,25 @@ def test_binary_and_label_subset_plans_write_original_label_values(ct_env, tmp_p
     assert set(np.unique(read_labels(tmp_path / "lab2" / "c.nii.gz"))) == {0, 2}
 
 
+def test_binary_model_probabilities_and_labels_agree(ct_env, tmp_path):
+    """A one-output (sigmoid) model: the npz holds [1 - p, p]; the label map is 1 exactly where p >= 0.5."""
+    binary = ct_env["binary"]
+    slices = ct_env["paths"].preprocessed / ct_env["task"].name / f"{binary.plans_name}_slices"
+    folder = save_results(
+        tmp_path / "monet__monetPlans_binary", binary, {0: make_model(binary, slices, seed=4)}
+    )
+    summary = predict_folder(ct_env["images"], tmp_path / "out", folder, save_probabilities=True)
+    assert summary.ok
+    case = summary.predicted[0]
+    probs = np.load(tmp_path / "out" / f"{case}.npz")["probabilities"].astype(np.float32)
+    labels = read_labels(tmp_path / "out" / f"{case}.nii.gz")
+    assert probs.shape == (2, *labels.shape)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=2e-3)
+    assert set(np.unique(labels)) <= {0, 1}
+    decided = np.abs(probs[1] - 0.5) > 2e-3  # away from float16 rounding of the threshold
+    np.testing.assert_array_equal(labels[decided], (probs[1] >= 0.5)[decided].astype(np.uint8))
+
+
 def test_largest_component_flag(ct_env, tmp_path):
     inp = tmp_path / "in"
     hu = np.full((6, 30, 40), -1000.0)

@@ -268,3 +268,59 @@ def test_plans_replace_helper_is_valid():
     plans = plans_for(3, 2)
     assert Plans.from_dict(plans.to_dict()) == plans
     assert dataclasses.replace(plans, num_classes=1).is_binary
+
+
+def test_fast_labels_ties_go_to_the_first_class():
+    plans = plans_for(3, 0)
+    props = {"shape_after_crop": [2, 6, 6], "shape_zyx": [2, 6, 6], "crop_box_zyx": [[0, 2], [0, 6], [0, 6]]}
+    probs = torch.full((3, 2, 6, 6), 1 / 3)
+    probs[1:, 1] = 0.5  # a tie between classes 1 and 2 on the second slice
+    probs[0, 1] = 0.0
+    fast = labels_on_original_grid(probs, props, plans)
+    reference = probabilities_to_labels(restore_probabilities(probs, props, plans), plans)
+    np.testing.assert_array_equal(fast, reference)
+    assert (fast[0] == 0).all() and (fast[1] == 3).all()
+
+
+def test_inference_form_gives_the_eval_models_probabilities():
+    """BN folding, in-place activations and channels_last change nothing beyond float rounding."""
+    from monetpipe.inference.loading import prepare_for_inference
+    from monetpipe.inference.predictor import predict_slices
+    from monetpipe.networks import build_network
+
+    torch.manual_seed(0)
+    net = build_network("monet", 2, 3)
+    for m in net.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    data = np.random.default_rng(1).normal(size=(2, 5, 37, 29)).astype(np.float32)  # odd sizes: padded
+    reference = predict_slices([net], data, batch_size=2)
+    for channels_last in (False, True):
+        fast = prepare_for_inference(net, torch.device("cpu"), channels_last)
+        got = predict_slices([fast], data, batch_size=3, channels_last=channels_last)
+        assert got.shape == (3, 5, 37, 29)
+        torch.testing.assert_close(got, reference, atol=1e-4, rtol=1e-4)
+    assert any(getattr(m, "inplace", False) for m in fast.modules())
+
+
+def test_tta_averages_the_four_mirrored_predictions():
+    from monetpipe.inference.predictor import predict_slices
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 3, 5, padding=2).eval()  # not mirror-symmetric
+    data = np.random.default_rng(2).normal(size=(1, 3, 16, 32)).astype(np.float32)
+    got = predict_slices([net], data, batch_size=2, tta=True)
+    x = torch.from_numpy(data).transpose(0, 1)
+    with torch.no_grad():
+        flips = [(), (3,), (2,), (2, 3)]
+        expected = (
+            sum(
+                torch.softmax(net(x.flip(d) if d else x), 1).flip(d) if d else torch.softmax(net(x), 1)
+                for d in flips
+            )
+            / 4
+        )
+    torch.testing.assert_close(got, expected.transpose(0, 1), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(got, predict_slices([net], data, batch_size=2))

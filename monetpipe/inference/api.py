@@ -125,7 +125,7 @@ def predict_folder(
             ``(K incl. background, Z, Y, X)`` on the original grid.
         largest_component: keep only the largest connected component of each label.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        batch_size: slices per forward pass (default: the plan's training batch size).
+        batch_size: slices per forward pass (default: the plan's training batch size, at most 16 on CPU).
         overwrite: re-predict cases whose output already exists.
         num_threads: PyTorch CPU threads (default: :func:`~monetpipe.inference.loading.configure_threads`).
         overlap: read the next and write the previous case in helper threads while the network runs.
@@ -172,6 +172,13 @@ def check_folders(input_dir: str | Path, output_dir: str | Path) -> None:
         raise MonetError(f"{output_dir}: exists and is not a folder. Choose another -o.")
 
 
+def default_batch_size(plans: Plans, device) -> int:
+    """The plan's training batch size; on CPU at most 16 (larger batches only cost memory there:
+    8 and 16 ran equally fast, 32 slower, in scripts/benchmark_predict.py --formats)."""
+    on_cpu = getattr(device, "type", str(device)) == "cpu"
+    return min(plans.batch_size, 16) if on_cpu else plans.batch_size
+
+
 def predict_files(
     input_dir: str | Path,
     output_dir: str | Path,
@@ -216,7 +223,8 @@ def predict_files(
             sum(o.status == "skipped" for o in outcomes.values()),
         )
 
-    batch_size = batch_size or plans.batch_size
+    if batch_size is None:
+        batch_size = default_batch_size(plans, device)
 
     def prepare(case: InputCase) -> _Prepared:
         return _prepare(case, plans)

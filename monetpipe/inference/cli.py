@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument(
-        "--batch-size", type=int, default=None, help="slices per forward pass (default: the plan's)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="slices per forward pass (default: the plan's, at most 16 on CPU)",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads for PyTorch (default: available cores)"

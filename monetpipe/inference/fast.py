@@ -17,6 +17,21 @@ from monetpipe.preprocessing.preprocessor import output_lookup
 from monetpipe.preprocessing.resampling import resample_images
 
 
+def first_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """Index of the largest of ``scores[0], scores[1], ...`` per element (the first one on ties), uint8.
+
+    The same answer as ``np.argmax(scores, axis=0)``, from elementwise comparisons: on CPU,
+    ``torch.argmax`` over a short leading dimension is ~30x slower (23 s vs 0.8 s for 150 x 3 x 512 x 512)
+    and ``torch.max(dim).indices`` ~1.6x slower.
+    """
+    best = scores[0]
+    index = torch.zeros(scores.shape[1:], dtype=torch.uint8)
+    for k in range(1, scores.shape[0]):
+        index.masked_fill_(scores[k] > best, k)
+        best = torch.maximum(best, scores[k])
+    return index
+
+
 @torch.inference_mode()
 def labels_on_original_grid(
     probabilities: torch.Tensor | np.ndarray, properties: dict, plans: Plans, chunk: int = 16
@@ -38,7 +53,7 @@ def labels_on_original_grid(
     classes = np.empty((slices, *crop_hw), dtype=np.uint8)
     for start in range(0, slices, chunk):
         part = resample_images(probs[:, start : start + chunk].float(), crop_hw)
-        picked = part[0] >= 0.5 if num == 1 else torch.argmax(part, dim=0)
+        picked = part[0] >= 0.5 if num == 1 else first_argmax(part)
         classes[start : start + chunk] = picked.to(torch.uint8).numpy()
     shape_zyx = properties["shape_zyx"]
     full_t = np.zeros([shape_zyx[a] for a in plans.transpose_forward], dtype=np.uint8)

@@ -1,0 +1,210 @@
+"""End-to-end CPU timing of ``monet_predict`` on CT-sized volumes: seconds per case and where they go.
+
+Writes ``--cases`` CT-like volumes (default 150 slices of 512 x 512, int16 HU, 0.8 x 0.8 x 2.5 mm) and a
+MoNet results folder (random weights: timing does not depend on them; plans resample 512 -> 256 in-plane
+as the paper does, 3 classes), then runs :func:`monetpipe.inference.api.predict_folder` exactly as the
+command does (read -> preprocess -> network -> restore -> write) and prints a table of seconds per stage
+and the share spent outside the network.
+
+    python scripts/benchmark_predict.py                      # 1 case, sequential stages
+    python scripts/benchmark_predict.py --cases 3 --overlap  # read/write overlapped with the network
+    python scripts/benchmark_predict.py --formats            # network only: contiguous vs channels_last
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from monetpipe.preprocessing.plans import ChannelNormalization, Plans
+
+
+def ct_volume(slices: int, size: int, seed: int) -> np.ndarray:
+    """A CT-like int16 volume: air, a body with fat and soft tissue, a bright spine, an organ, noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
+    body = (x / 0.85) ** 2 + (y / 0.7) ** 2
+    plane = np.full((size, size), -1000.0, np.float32)
+    plane[body < 1] = -90
+    plane[body < 0.8] = 40
+    plane[(x - 0.02) ** 2 + (y - 0.45) ** 2 < 0.01] = 400
+    vol = np.repeat(plane[None], slices, axis=0)
+    z = np.linspace(-1, 1, slices)[:, None, None]
+    organ = ((x + 0.25) / 0.3) ** 2 + ((y + 0.1) / 0.25) ** 2 + (z / 0.6) ** 2 < 1
+    vol[organ] = 110
+    vol += rng.normal(0, 12, vol.shape).astype(np.float32)
+    return np.clip(np.rint(vol), -1024, 3071).astype(np.int16)
+
+
+def benchmark_plans(size: int, spacing: float) -> Plans:
+    target = spacing * max(1.0, size / 256)
+    return Plans(
+        plans_name="monetPlans",
+        task="Task999_Benchmark",
+        slice_axis=0,
+        transpose_forward=(0, 1, 2),
+        transpose_backward=(0, 1, 2),
+        target_spacing=(target, target),
+        patch_size=(256, 256),
+        median_shape=(150, 256, 256),
+        crop_to_nonzero=True,
+        normalization=(ChannelNormalization("ct", (-1000.0, 1500.0), 60.0, 200.0),),
+        channel_names=("CT",),
+        dataset_labels={0: "background", 1: "organ", 2: "lesion"},
+        label_mapping={0: 0, 1: 1, 2: 2},
+        output_labels={0: 0, 1: 1, 2: 2},
+        class_names=("background", "organ", "lesion"),
+        num_classes=3,
+        batch_size=16,
+        max_size=256,
+    )
+
+
+def write_model_folder(folder: Path, plans: Plans, network: str) -> None:
+    import torch
+
+    from monetpipe.networks import build_network
+
+    torch.manual_seed(0)
+    net = build_network(network, plans.num_input_channels, plans.num_classes)
+    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
+    plans.save(folder / "plans.json")
+    torch.save(
+        {
+            "network": {"name": network, "in_channels": 1, "num_classes": plans.num_classes},
+            "model_state": net.state_dict(),
+            "plans": plans.to_dict(),
+            "epoch": 0,
+        },
+        folder / "fold_0" / "checkpoint_final.pth",
+    )
+
+
+def compare_formats(folder: Path, slices: int, batch_sizes: list[int], repeats: int) -> None:
+    """Network time alone for ``slices`` 256 x 256 slices: contiguous vs channels_last and batch sizes.
+
+    The variants take turns within each repeat, so a change in machine load hits them alike; the best
+    of ``repeats`` is reported.
+    """
+    import torch
+
+    from monetpipe.inference.loading import load_models
+    from monetpipe.inference.predictor import predict_slices
+    from monetpipe.networks import flops_per_slice
+
+    data = np.random.default_rng(0).normal(size=(1, slices, 256, 256)).astype(np.float32)
+    models = {cl: load_models(folder, device="cpu", channels_last=cl).models for cl in (False, True)}
+    variants = [(False, batch_sizes[0])] + [(True, b) for b in batch_sizes]
+    times: dict = {v: [] for v in variants}
+    for cl, b in variants:  # warm up
+        predict_slices(models[cl], data[:, :b], b, channels_last=cl)
+    for _ in range(repeats):
+        for cl, b in variants:
+            t = time.perf_counter()
+            predict_slices(models[cl], data, b, channels_last=cl)
+            times[(cl, b)].append(time.perf_counter() - t)
+    gflop = flops_per_slice(models[False][0], 256, 256) / 1e9
+    print(f"\nnetwork only (BN folded), {slices} slices of 256x256, {torch.get_num_threads()} threads, "
+          f"best of {repeats}")
+    print(f"{'format':<16}{'batch':>6}{'s':>9}{'s/slice':>10}{'GFLOP/s':>9}")
+    for (cl, b), ts in times.items():
+        best = min(ts)
+        name = "channels_last" if cl else "contiguous"
+        print(f"{name:<16}{b:>6}{best:>9.2f}{best / slices:>10.3f}{gflop * slices / best:>9.1f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", type=int, default=1)
+    p.add_argument("--slices", type=int, default=150)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--network", default="monet")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--overlap",
+        action="store_true",
+        help="overlap reading/writing with the network (default: off, "
+        "so the stages are timed without competing)",
+    )
+    p.add_argument("--formats", action="store_true",
+                   help="network only: contiguous vs channels_last, and the --batch-sizes")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16, 32], help="for --formats")
+    p.add_argument("--repeats", type=int, default=3, help="repeats for --formats")
+    p.add_argument(
+        "--workdir", type=Path, default=None, help="keep inputs and outputs here (default: a temp dir)"
+    )
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import torch
+
+    from monetpipe.inference.api import STAGES, predict_folder
+    from monetpipe.inference.loading import configure_threads
+
+    threads = configure_threads(args.threads)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="monet_bench_"))
+    plans = benchmark_plans(args.size, 0.8)
+    folder = work / "model" / f"{args.network}__monetPlans"
+    write_model_folder(folder, plans, args.network)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch "
+        f"{torch.__version__}, {threads} threads, load average {os.getloadavg()[0]:.1f}"
+    )
+    if args.formats:
+        compare_formats(folder, args.slices, args.batch_sizes, args.repeats)
+        return
+
+    inp = work / "in"
+    inp.mkdir(parents=True, exist_ok=True)
+    for i in range(args.cases):
+        path = inp / f"ct_{i:03d}.nii.gz"
+        if not path.is_file():
+            image = sitk.GetImageFromArray(ct_volume(args.slices, args.size, i))
+            image.SetSpacing((0.8, 0.8, 2.5))
+            image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+            sitk.WriteImage(image, str(path), True)
+    summary = predict_folder(
+        inp,
+        work / "out",
+        folder,
+        device="cpu",
+        batch_size=args.batch_size,
+        overwrite=True,
+        num_threads=threads,
+        overlap=args.overlap,
+    )
+    if not summary.ok:
+        raise SystemExit(summary.report())
+
+    n = len(summary.predicted)
+    st = summary.stage_seconds()
+    staged = sum(st.values())
+    mode = "overlapped" if args.overlap else "sequential"
+    side = round(args.size * 0.8 / plans.target_spacing[0])
+    print(
+        f"\n{args.network}: {n} case(s) of {args.slices} x {args.size} x {args.size} int16 -> "
+        f"{args.slices} x {side} x {side}, batch {args.batch_size}, {mode}"
+    )
+    print(f"{'stage':<14}{'s/case':>10}{'share':>9}")
+    for s in STAGES:
+        print(f"{s:<14}{st[s] / n:>10.2f}{st[s] / staged:>9.1%}")
+    print(f"{'sum of stages':<14}{staged / n:>10.2f}")
+    print(f"{'wall':<14}{summary.seconds / n:>10.2f}   (end to end, read -> write, per case)")
+    outside = staged - st["network"]
+    print(
+        f"outside the network: {outside / n:.2f} s/case = {outside / staged:.1%} of the stage time; "
+        f"network {st['network'] / n / args.slices * 1000:.0f} ms/slice"
+    )
+
+
+if __name__ == "__main__":
+    main()
