@@ -1,0 +1,201 @@
+"""``monet_benchmark``: paper Tables 2 and 3 (CPU / GPU time, parameters, size) on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+MODELS = ("monet", "unet16", "unet64", "attention_unet")
+BACKENDS = ("eager", "torch", "torch_compile", "onnxruntime")  # monetpipe.inference.backends.BACKENDS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="monet_benchmark",
+        description="Parameters, serialized size (fp32/fp16 MiB), GFLOP per slice, CPU seconds per 150 "
+        "slices (mean +- sd over repeats after a warm-up), achieved GFLOP/s against this "
+        "machine's torch.matmul rate (measured in the same run, same threads) and, on CUDA, "
+        "seconds per training batch of 32. Variants of a model are timed in alternation. "
+        "See docs/performance.md.",
+    )
+    p.add_argument(
+        "-m",
+        "--models",
+        nargs="+",
+        default=["all"],
+        metavar="MODEL",
+        help=f"networks to measure: {', '.join(MODELS)} or all (default all)",
+    )
+    p.add_argument(
+        "--slices",
+        type=int,
+        default=150,
+        help="slices per timed pass (default 150, the paper's volume); times are reported "
+        "per 150 slices whatever this is",
+    )
+    p.add_argument("--size", type=int, default=256, help="slice height = width (default 256)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[8],
+        metavar="N",
+        help="slices per forward pass; several values are compared (default 8)",
+    )
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per variant (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "all"],
+        help="auto: CPU, plus the GPU columns when CUDA is present (default)",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, one per core)")
+    p.add_argument(
+        "--backend",
+        nargs="+",
+        default=["torch"],
+        choices=BACKENDS,
+        metavar="BACKEND",
+        help=f"CPU inference backends to compare: {', '.join(BACKENDS)} (default torch)",
+    )
+    p.add_argument("--in-channels", type=int, default=1, help="input channels (default 1, as the paper)")
+    p.add_argument("--num-classes", type=int, default=1, help="output channels (default 1, as the paper)")
+    p.add_argument("-o", "--output", help="write every row to this CSV")
+    p.add_argument(
+        "--update-leaderboard",
+        metavar="TASK",
+        help="also write MONET_results/<TASK>/benchmark.csv (each model's fastest CPU row), "
+        "which monet_evaluate -t TASK shows as cpu_s_150",
+    )
+    p.add_argument(
+        "--export-dir",
+        help="write each model's fp16 state_dict and folded ONNX here, with "
+        "their sizes and the fp16 mask agreement as extra columns",
+    )
+    p.add_argument(
+        "--profile", action="store_true", help="print where the torch backend's time goes, per layer kind"
+    )
+    p.add_argument("--no-matmul", action="store_true", help="skip the matmul reference (no floor ratio)")
+    p.add_argument(
+        "--matmul-size",
+        type=int,
+        default=4096,
+        help="n of the n x n float32 matmul that gives the machine's rate (default 4096)",
+    )
+    p.add_argument("--train-steps", type=int, default=10, help="timed GPU training steps (default 10)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _export(rows: list[dict], args: argparse.Namespace, models: Sequence[str]) -> None:
+    import torch
+
+    from monetpipe.benchmark.compact import export_compact, fp16_agreement
+    from monetpipe.benchmark.measure import make_slices
+    from monetpipe.networks import build_network
+
+    x = make_slices(min(args.slices, 8), args.size, args.in_channels)
+    for name in models:
+        torch.manual_seed(0)
+        model = build_network(name, args.in_channels, args.num_classes).eval()
+        extra = export_compact(model, args.export_dir, args.in_channels, args.size)
+        extra["fp16_mask_agreement"] = fp16_agreement(model, x)
+        print(
+            f"{name}: fp16 state_dict {extra['fp16_file_mib']:.2f} MiB, folded ONNX "
+            f"{extra['onnx_mib']:.2f} MiB, fp16 masks agree on {extra['fp16_mask_agreement']:.4%} of voxels"
+        )
+        for row in rows:
+            if row["model"] == name:
+                row.update(extra)
+
+
+def _update_leaderboard(rows: list[dict], task: str) -> None:
+    import pandas as pd
+
+    from monetpipe.benchmark.tables import leaderboard_times, write_csv
+    from monetpipe.paths import MonetPaths, find_task
+
+    paths = MonetPaths.from_env()
+    name, _ = find_task(task, [paths.results, paths.preprocessed, paths.raw])
+    target = paths.results / name / "benchmark.csv"
+    best = leaderboard_times(rows)
+    if target.is_file():  # keep the models this run did not measure
+        old = pd.read_csv(target)
+        best = pd.concat([old[~old["model"].isin(best["model"])], best], ignore_index=True)
+    write_csv(best.to_dict("records"), target)
+    print(f"wrote {target} (cpu_s_mean of {', '.join(best['model'])}); monet_evaluate -t {name} shows it")
+
+
+def _profile(args: argparse.Namespace, models: Sequence[str]) -> None:
+    import torch
+
+    from monetpipe.benchmark.measure import make_slices, matmul_gflops
+    from monetpipe.benchmark.profile import format_profile, profile_layer_kinds
+    from monetpipe.inference.backends import make_inference_model
+    from monetpipe.networks import build_network
+
+    for name in models:
+        fn = make_inference_model(
+            build_network(name, args.in_channels, args.num_classes), "torch", threads=args.threads
+        )
+        x = make_slices(args.slices, args.size, args.in_channels)
+        if fn.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        rate = matmul_gflops(repeats=2)
+        kinds, total = profile_layer_kinds(fn.module, x, args.batch_size[0])
+        print(
+            f"\n{name}, torch backend, batch {args.batch_size[0]}, {torch.get_num_threads()} thread(s): "
+            f"{total * 150 / args.slices:.2f} s per 150 slices (matmul {rate:.1f} GFLOP/s)"
+        )
+        print(format_profile(kinds, total, rate))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from monetpipe.cli_common import run_cli, setup_logging
+
+    setup_logging(args.verbose)
+
+    def body() -> int:
+        from monetpipe.benchmark.runner import BenchmarkConfig, resolve_devices, run_benchmark
+        from monetpipe.benchmark.tables import format_table, write_csv
+        from monetpipe.errors import MonetError
+
+        models = list(MODELS) if "all" in args.models else [m.lower() for m in args.models]
+        unknown = sorted(set(models) - set(MODELS))
+        if unknown:
+            raise MonetError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)} or all")
+        config = BenchmarkConfig(
+            models=models,
+            backends=args.backend,
+            batch_sizes=args.batch_size,
+            slices=args.slices,
+            size=args.size,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            devices=resolve_devices(args.device),
+            threads=args.threads,
+            in_channels=args.in_channels,
+            num_classes=args.num_classes,
+            train_steps=args.train_steps,
+            matmul_size=0 if args.no_matmul else args.matmul_size,
+        )
+        rows = run_benchmark(config, log=logging.getLogger("monet_benchmark").info)
+        if args.export_dir:
+            _export(rows, args, models)
+        print(format_table(rows))
+        if args.output:
+            print(f"wrote {write_csv(rows, args.output)}")
+        if args.update_leaderboard:
+            _update_leaderboard(rows, args.update_leaderboard)
+        if args.profile:
+            _profile(args, models)
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

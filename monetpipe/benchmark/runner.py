@@ -1,0 +1,213 @@
+"""``run_benchmark``: paper Tables 2 and 3 for every model, measured side by side on the machine at hand.
+
+For each model: parameters, serialized size (fp32 and fp16), GFLOP per slice, and for each backend and
+batch size the CPU seconds per 150 slices, timed in alternation with the model's other variants,
+with the machine's matmul rate taken between the rounds; on CUDA also the seconds per training batch
+of 32 and the GPU inference time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from monetpipe.benchmark.measure import (
+    PAPER_SLICES,
+    Variant,
+    make_slices,
+    mean_sd,
+    serialized_size_mib,
+    time_interleaved,
+    time_pass,
+    train_step_seconds,
+)
+from monetpipe.errors import MonetError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchmarkConfig:
+    """What to measure; the defaults are the paper's protocol (150 slices, 256x256, 5 repeats)."""
+
+    models: Sequence[str] = ("monet", "unet16", "unet64", "attention_unet")
+    backends: Sequence[str] = ("torch",)
+    batch_sizes: Sequence[int] = (8,)
+    slices: int = PAPER_SLICES
+    size: int = 256
+    repeats: int = 5
+    warmup: int = 1
+    devices: Sequence[str] = ("cpu",)
+    threads: int | None = None
+    in_channels: int = 1
+    num_classes: int = 1
+    train_steps: int = 10
+    matmul_size: int = 4096  # n of the reference matmul; 0 skips it (no floor ratio)
+
+
+def resolve_devices(device: str) -> list[str]:
+    """``auto``: the CPU, plus CUDA when present; ``cpu`` / ``cuda``: that one; ``all``: both (needs CUDA)."""
+    has_cuda = torch.cuda.is_available()
+    if device == "auto":
+        return ["cpu", "cuda"] if has_cuda else ["cpu"]
+    wanted = ["cpu", "cuda"] if device == "all" else [device]
+    if "cuda" in wanted and not has_cuda:
+        raise MonetError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu (or auto)")
+    return wanted
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return {"cpu_model": cpu, "torch_version": torch.__version__, "load_avg": round(load, 2)}
+
+
+def model_facts(name: str, in_channels: int, num_classes: int, size: int) -> dict:
+    """Table 3 and the FLOP count of one model: parameters, sizes in MiB, GFLOP per slice."""
+    from monetpipe.networks import build_network, count_parameters, flops_per_slice
+
+    model = build_network(name, in_channels, num_classes)
+    return {
+        "model": name,
+        **count_parameters(model),
+        "size_mib_fp32": serialized_size_mib(model, torch.float32),
+        "size_mib_fp16": serialized_size_mib(model, torch.float16),
+        "gflop_per_slice": flops_per_slice(model, size, size) / 1e9,
+    }
+
+
+def _cpu_rows(name: str, facts: dict, config: BenchmarkConfig, log: Callable[[str], None]) -> list[dict]:
+    from monetpipe.inference.backends import make_inference_model, set_threads
+    from monetpipe.networks import build_network
+
+    threads = set_threads(config.threads)
+    model = build_network(name, config.in_channels, config.num_classes).eval()
+    x = make_slices(config.slices, config.size, config.in_channels)
+    variants = []
+    for backend in config.backends:
+        fn = None
+        for batch in config.batch_sizes:
+            if fn is None or backend == "torch_compile":  # compiled code is specialised to one batch size
+                fn = make_inference_model(model, backend, device="cpu", threads=config.threads)
+            variants.append(Variant(f"{backend}/b{batch}", fn, batch))
+    rates = time_interleaved(
+        variants,
+        x,
+        config.repeats,
+        config.warmup,
+        "cpu",
+        config.matmul_size,
+        progress=lambda s: log(f"{name}: {s}"),
+    )
+    matmul = statistics.median(rates) if rates else float("nan")
+    scale = PAPER_SLICES / config.slices
+    flop_150 = facts["gflop_per_slice"] * PAPER_SLICES
+    rows = []
+    for v in variants:
+        backend = v.label.split("/")[0]
+        per_150 = [t * scale for t in v.times]
+        mean, sd = mean_sd(per_150)
+        median = statistics.median(per_150)
+        floor = flop_150 / matmul if rates else float("nan")
+        rows.append(
+            {
+                **facts,
+                "device": "cpu",
+                "backend": backend,
+                "batch_size": v.batch_size,
+                "threads": threads,
+                "size": config.size,
+                "slices_timed": config.slices,
+                "repeats": config.repeats,
+                "cpu_s_mean": mean,
+                "cpu_s_std": sd,
+                "cpu_s_median": median,
+                "achieved_gflops": flop_150 / median,
+                "matmul_gflops": matmul,
+                "floor_s": floor,
+                "floor_ratio": median / floor if rates else float("nan"),
+                "setup_s": v.fn.setup_s,
+                "cpu_times": " ".join(f"{t:.3f}" for t in per_150),
+            }
+        )
+    return rows
+
+
+def _cuda_row(name: str, facts: dict, config: BenchmarkConfig) -> dict:
+    from monetpipe.inference.backends import make_inference_model
+    from monetpipe.networks import build_network
+
+    model = build_network(name, config.in_channels, config.num_classes)
+    step = train_step_seconds(model, 32, config.size, steps=config.train_steps, device="cuda")
+    fn = make_inference_model(model, "torch", device="cuda")
+    batch = config.batch_sizes[0]
+    x = make_slices(config.slices, config.size, config.in_channels).to("cuda")
+    for _ in range(config.warmup):
+        time_pass(fn, x, batch, "cuda")
+    times = [time_pass(fn, x, batch, "cuda") * PAPER_SLICES / config.slices for _ in range(config.repeats)]
+    return {
+        **facts,
+        "device": "cuda",
+        "backend": "torch",
+        "batch_size": batch,
+        "size": config.size,
+        "slices_timed": config.slices,
+        "repeats": config.repeats,
+        "gpu_s_per_batch32": step,
+        "gpu_s_150": statistics.fmean(times),
+        "gpu_model": torch.cuda.get_device_name(),
+    }
+
+
+def run_benchmark(config: BenchmarkConfig, log: Callable[[str], None] = logger.info) -> list[dict]:
+    """Measure every model of ``config`` on every requested device.
+
+    Args:
+        config: models, backends, batch sizes, protocol.
+        log: receives progress lines (one per timing round).
+
+    Returns:
+        One row per (model, device, backend, batch size) with the columns of
+        :data:`~monetpipe.benchmark.tables.COLUMNS` and :data:`~monetpipe.benchmark.tables.RUN_COLUMNS`.
+    """
+    from monetpipe.networks import list_networks
+
+    unknown = [m for m in config.models if m not in list_networks()]
+    if unknown:
+        raise MonetError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_networks())}")
+    if config.slices < 1 or config.repeats < 1 or any(b < 1 for b in config.batch_sizes):
+        raise MonetError("--slices, --repeats and --batch-size must be at least 1")
+    rows = []
+    for name in config.models:
+        facts = model_facts(name, config.in_channels, config.num_classes, config.size)
+        machine = _machine()
+        cpu_rows = []
+        if "cpu" in config.devices:
+            cpu_rows = [{**r, **machine} for r in _cpu_rows(name, facts, config, log)]
+        if "cuda" in config.devices:
+            gpu = _cuda_row(name, facts, config)
+            log(
+                f"{name}: GPU {gpu['gpu_s_per_batch32']:.4f} s per training batch of 32, "
+                f"{gpu['gpu_s_150']:.3f} s per {PAPER_SLICES} slices"
+            )
+            if cpu_rows:  # paper Table 2 puts both columns in one row
+                gpu_columns = {k: gpu[k] for k in ("gpu_s_per_batch32", "gpu_s_150")}
+                cpu_rows = [{**r, **gpu_columns, "gpu_model": gpu["gpu_model"]} for r in cpu_rows]
+            else:
+                cpu_rows = [{**machine, **gpu}]
+        rows += cpu_rows
+    return rows

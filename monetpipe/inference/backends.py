@@ -1,0 +1,363 @@
+"""Fast inference forms of a network: one call, ``make_inference_model(model, backend=...)``.
+
+Every backend returns a callable ``f(x) -> logits`` for a float32 ``(B, C, H, W)`` batch (NCHW or
+channels_last) that gives the eager model's logits up to float rounding (BatchNorm folding and fused
+kernels reorder sums; masks agree on >= 99.99 % of voxels, tested in tests/test_backends.py):
+
+``eager``
+    The network as built, in eval mode (the reference; NCHW).
+``torch``
+    BatchNorm folded where exact (:func:`~monetpipe.networks.fuse_for_inference`), Dropout removed,
+    activations that read a fresh conv output run in place, ``channels_last`` on CPU (oneDNN's NHWC
+    convolutions), ``torch.inference_mode``. No compile step; the default on CPU and GPU.
+``torch_compile``
+    The ``torch`` form through ``torch.compile`` (Inductor, weights frozen): fuses the elementwise ops
+    (ELU, residual additions, concatenations) into generated C++ loops. Needs a C++ compiler; the first
+    batch of each shape compiles (a minute or more on 2 cores; cached on disk afterwards). Batches are
+    padded to the first batch's size, so a short last batch does not compile again.
+``onnxruntime``
+    The folded graph exported to ONNX (one export per input size, cached) and run by ONNX Runtime's
+    CPU provider with every graph optimisation. Optional: ``pip install 'monetpipe[onnx]'``.
+
+Which is fastest depends on the machine; docs/performance.md lists what was measured and how to re-run
+it (``monet_benchmark --backend eager torch torch_compile onnxruntime``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from monetpipe.errors import MonetError
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("eager", "torch", "torch_compile", "onnxruntime")
+DEFAULT_BACKEND = "torch"
+
+
+class InferenceModel:
+    """A network prepared for inference: call it like the model, ``logits = f(x)``.
+
+    Attributes:
+        backend: the backend's name.
+        setup_s: seconds spent preparing it (folding, exporting, compiling); ``torch_compile`` and
+            ``onnxruntime`` add their per-shape compile / export time here on first use.
+        module: the prepared PyTorch module (``eager`` / ``torch``; ``None`` otherwise), for profiling.
+        in_channels, num_classes, size_divisor, model_name: copied from the network.
+    """
+
+    def __init__(
+        self,
+        backend: str,
+        run: Callable[[torch.Tensor], torch.Tensor],
+        source: nn.Module,
+        device: torch.device,
+        channels_last: bool,
+        setup_s: float,
+        module: nn.Module | None = None,
+    ) -> None:
+        self.backend = backend
+        self.module = module
+        self._run = run
+        self.device = device
+        self.channels_last = channels_last
+        self.setup_s = setup_s
+        for name in ("in_channels", "num_classes", "size_divisor", "model_name"):
+            setattr(self, name, getattr(source, name, None))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K, H, W)`` (contiguous NCHW, on the model's device) for a ``(B, C, H, W)`` batch."""
+        return self._run(x)
+
+    def eval(self) -> InferenceModel:
+        """No-op (an inference model is always in eval mode); lets callers treat it as a module."""
+        return self
+
+    def __repr__(self) -> str:
+        return f"InferenceModel({self.model_name!r}, backend={self.backend!r}, device={self.device})"
+
+
+def set_threads(threads: int | None) -> int:
+    """Set PyTorch's intra-op thread count (process-wide) and return the count now in use.
+
+    Args:
+        threads: threads; ``None`` or 0 keeps the current setting (PyTorch defaults to the cores).
+    """
+    if threads:
+        if threads < 0:
+            raise MonetError(f"--threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def available_backends() -> list[str]:
+    """The backends usable in this environment (``onnxruntime`` needs onnxruntime, onnx, onnxscript)."""
+    names = ["eager", "torch", "torch_compile"]
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return names
+    return [*names, "onnxruntime"]
+
+
+def _inplace_activations(model: nn.Module) -> int:
+    """Run activations in place where their input is a fresh conv / BatchNorm output nobody else reads.
+
+    Only the known-safe spots of the registered networks are touched: the activation of every
+    ``ConvNormAct`` (MoNet's ELUs, fed by their own conv) and the ReLUs of the U-Net blocks (fed by
+    their own conv). Saves one full-size tensor write per activation.
+    """
+    from monetpipe.networks.blocks import ConvNormAct
+    from monetpipe.networks.unet import UNetBlock
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, ConvNormAct):
+            names = ["act"]
+        elif isinstance(m, UNetBlock):
+            names = ["act1", "act2"]
+        else:
+            continue
+        for name in names:
+            act = getattr(m, name)
+            if isinstance(act, nn.ELU | nn.ReLU) and not act.inplace:
+                act.inplace = True
+                n += 1
+    return n
+
+
+class ExpELU(nn.Module):
+    """ELU written with ``exp(x) - 1`` instead of ``expm1``, for code generators (torch.compile).
+
+    ATen's ELU calls a vectorised ``expm1`` that runs ~6x slower than its ``exp`` on AVX-512; compiled,
+    this form is one fused loop at ~4x ATen ELU's speed. For x <= 0 the two differ by at most 6e-8
+    (an absolute error of float32 rounding at 1), far below what changes a mask.
+    """
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, x, self.alpha * (torch.exp(x) - 1))
+
+
+def _exp_elus(model: nn.Module) -> int:
+    """Replace every ``nn.ELU`` of ``model`` by :class:`ExpELU`; returns how many."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.ELU)]
+    for name in names:
+        model.set_submodule(name, ExpELU(model.get_submodule(name).alpha))
+    return len(names)
+
+
+def _prepared_torch(
+    model: nn.Module, device: torch.device, channels_last: bool, exp_elu: bool = False
+) -> nn.Module:
+    """Folded, Dropout-free, in-place-activation copy of ``model`` on ``device`` (not modified)."""
+    from monetpipe.networks import fuse_for_inference
+
+    fused = fuse_for_inference(model)
+    if exp_elu:
+        _exp_elus(fused)
+    else:
+        _inplace_activations(fused)
+    fused = fused.to(device)
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    return fused.eval()
+
+
+def _as_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device=device, dtype=torch.float32)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def _module_runner(
+    module: nn.Module, device: torch.device, channels_last: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(_as_input(x, device, channels_last)).contiguous()
+
+    return run
+
+
+class _StaticBatchRunner:
+    """Runs a shape-specialised callable at one batch size: short batches are zero-padded, long split."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], on_first: Callable[[float], None]) -> None:
+        self.fn = fn
+        self.batch: int | None = None
+        self.shapes: set[tuple[int, ...]] = set()
+        self.on_first = on_first
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batch is None:
+            self.batch = x.shape[0]
+        b = self.batch
+        if x.shape[0] > b:
+            return torch.cat([self(part) for part in torch.split(x, b)])
+        n = x.shape[0]
+        if n < b:
+            x = torch.cat([x, x.new_zeros((b - n, *x.shape[1:]))])
+        key = tuple(x.shape)
+        start = time.perf_counter()
+        out = self.fn(x)
+        if key not in self.shapes:
+            self.shapes.add(key)
+            self.on_first(time.perf_counter() - start)
+        return out[:n]
+
+
+def _compiled(
+    model: nn.Module, device: torch.device, channels_last: bool, holder: list[InferenceModel]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    import torch._inductor.config as inductor_config
+
+    prepared = _prepared_torch(model, device, channels_last, exp_elu=True)
+    try:
+        compiled = torch.compile(prepared, dynamic=False)
+    except Exception as exc:  # torch.compile raises many types when no backend is usable
+        raise MonetError(f"torch.compile is unavailable here ({exc}); use --backend torch") from exc
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        # Freezing (weights as constants) lets Inductor pre-pack them for oneDNN: 1.5x on MoNet. It is
+        # read from the global config when a graph compiles (torch.compile's options= does not reach it).
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            return compiled(_as_input(x, device, channels_last)).contiguous()
+
+    def first_use(seconds: float) -> None:
+        holder[0].setup_s += seconds
+        logger.info("torch.compile: compiled a new input shape in %.1f s", seconds)
+
+    return _StaticBatchRunner(run, first_use)
+
+
+def _onnx_session(onnx_file: Path, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+
+
+def _onnxruntime(
+    model: nn.Module, threads: int | None, cache_dir: Path | None, holder: list[InferenceModel]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise MonetError(
+            "the onnxruntime backend needs ONNX Runtime: pip install 'monetpipe[onnx]' "
+            "(or choose --backend torch)"
+        ) from exc
+    from monetpipe.networks import export_onnx
+
+    fused = _prepared_torch(model, torch.device("cpu"), channels_last=False)
+    sessions: dict[tuple[int, int, int], object] = {}
+    workdir = cache_dir or Path(tempfile.mkdtemp(prefix="monet_onnx_"))
+    name = getattr(model, "model_name", type(model).__name__)
+
+    def session_for(c: int, h: int, w: int):
+        key = (c, h, w)
+        if key not in sessions:
+            start = time.perf_counter()
+            path = export_onnx(fused, Path(workdir) / f"{name}_{c}x{h}x{w}.onnx", c, h, w)
+            sessions[key] = _onnx_session(path, threads)
+            seconds = time.perf_counter() - start
+            holder[0].setup_s += seconds
+            logger.info("onnxruntime: exported and loaded %s at %dx%dx%d in %.1f s", name, c, h, w, seconds)
+        return sessions[key]
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            raise MonetError("the onnxruntime backend runs on the CPU; use --device cpu or --backend torch")
+        x = x.detach().to(torch.float32).contiguous()
+        session = session_for(*x.shape[1:])
+        (logits,) = session.run(None, {"image": x.numpy()})
+        return torch.from_numpy(logits)
+
+    return run
+
+
+def make_inference_model(
+    model: nn.Module,
+    backend: str = DEFAULT_BACKEND,
+    *,
+    device: str | torch.device = "cpu",
+    channels_last: bool | None = None,
+    threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> InferenceModel:
+    """Prepare ``model`` for fast inference with the chosen backend.
+
+    Args:
+        model: a network from :func:`~monetpipe.networks.build_network` with trained weights (not
+            modified; the backends work on copies).
+        backend: one of :data:`BACKENDS`.
+        device: where to run (``onnxruntime`` is CPU-only).
+        channels_last: NHWC activations; default: on for CPU with ``torch`` / ``torch_compile``.
+        threads: intra-op threads; set process-wide for PyTorch (``torch.set_num_threads``) and per
+            session for ONNX Runtime. Default: leave PyTorch's setting (one per core).
+        cache_dir: where ``onnxruntime`` writes its ONNX files (default: a new temp folder).
+
+    Returns:
+        An :class:`InferenceModel`; ``f(x)`` returns logits like ``model.eval()(x)``.
+
+    Raises:
+        MonetError: unknown backend, or a backend that is not installed / not usable on ``device``.
+    """
+    key = backend.strip().lower()
+    if key not in BACKENDS:
+        raise MonetError(f"unknown inference backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    device = torch.device(device)
+    if key == "onnxruntime" and device.type != "cpu":
+        raise MonetError(f"the onnxruntime backend runs on the CPU, not {device}; use --backend torch there")
+    set_threads(threads)
+    if channels_last is None:
+        channels_last = device.type == "cpu" and key in ("torch", "torch_compile")
+    start = time.perf_counter()
+    holder: list[InferenceModel] = []
+    module = None
+    if key == "eager":
+        module = copy.deepcopy(model).to(device).eval()
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        run = _module_runner(module, device, channels_last)
+    elif key == "torch":
+        module = _prepared_torch(model, device, channels_last)
+        run = _module_runner(module, device, channels_last)
+    elif key == "torch_compile":
+        run = _compiled(model, device, channels_last, holder)
+    else:
+        run = _onnxruntime(model, threads, Path(cache_dir) if cache_dir else None, holder)
+        channels_last = False
+    inference_model = InferenceModel(
+        key, run, model, device, channels_last, time.perf_counter() - start, module
+    )
+    holder.append(inference_model)
+    logger.info(
+        "prepared %s for inference: backend %s on %s%s, %d thread(s)",
+        inference_model.model_name,
+        key,
+        device,
+        ", channels_last" if channels_last else "",
+        torch.get_num_threads(),
+    )
+    return inference_model

@@ -1,0 +1,141 @@
+"""Every inference backend predicts what the eager network predicts: logits close, masks the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from monetpipe.errors import MonetError
+from monetpipe.inference.backends import (
+    BACKENDS,
+    ExpELU,
+    InferenceModel,
+    _StaticBatchRunner,
+    available_backends,
+    make_inference_model,
+)
+from monetpipe.networks import build_network, list_networks
+
+# (H, W) per network: non-square, legal for its size divisor (4 for MoNet, 16 for the U-Nets)
+SIZES = {"monet": (36, 28), "unet16": (48, 32), "unet64": (32, 48), "attention_unet": (32, 48)}
+
+
+def trained_like(name: str, num_classes: int, seed: int = 0) -> nn.Module:
+    """A network whose BatchNorm statistics and affine terms are not the identity, as after training.
+
+    With default statistics (mean 0, var 1, gamma 1, beta 0) folding would be nearly a no-op and a
+    wrong fold could pass unnoticed.
+    """
+    torch.manual_seed(seed)
+    model = build_network(name, 1, num_classes)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def masks(logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, 0] > 0 if logits.shape[1] == 1 else logits.argmax(1)
+
+
+def assert_same_prediction(reference: torch.Tensor, logits: torch.Tensor) -> None:
+    assert logits.shape == reference.shape and logits.dtype == torch.float32
+    scale = reference.abs().max().item()
+    torch.testing.assert_close(logits, reference, rtol=1e-3, atol=1e-3 * max(scale, 1.0))
+    agreement = (masks(logits) == masks(reference)).float().mean().item()
+    assert agreement >= 0.9999
+
+
+def check_backend(name: str, backend: str, num_classes: int) -> InferenceModel:
+    model = trained_like(name, num_classes)
+    h, w = SIZES[name]
+    x = torch.randn(3, 1, h, w, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(x)
+    fn = make_inference_model(model, backend)
+    assert_same_prediction(reference, fn(x))
+    # a short batch (the last one of a volume) and channels_last input give the same answer
+    assert_same_prediction(reference[:2], fn(x[:2].contiguous(memory_format=torch.channels_last)))
+    assert fn(x).is_contiguous()
+    return fn
+
+
+@pytest.mark.parametrize("name", list_networks())
+def test_torch_backend_matches_eager(name):
+    check_backend(name, "torch", num_classes=3 if name == "monet" else 1)
+
+
+def test_eager_backend_is_the_model():
+    check_backend("monet", "eager", num_classes=1)
+
+
+def test_torch_backend_folds_and_leaves_the_model_alone():
+    model = trained_like("monet", 2).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fn = make_inference_model(model, "torch")
+    assert model.training  # the caller's model is neither switched to eval nor changed
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fn.module.modules())
+    assert fn.channels_last and fn.model_name == "monet" and fn.size_divisor == 4
+
+
+def test_onnxruntime_backend_matches_eager():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    fn = check_backend("monet", "onnxruntime", num_classes=2)
+    assert fn.setup_s > 0  # the export is counted as set-up, not as inference time
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["unet16", "attention_unet"])
+def test_onnxruntime_backend_matches_eager_unets(name):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    check_backend(name, "onnxruntime", num_classes=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["monet", "unet16"])
+def test_torch_compile_backend_matches_eager(name):
+    check_backend(name, "torch_compile", num_classes=3)
+
+
+def test_exp_elu_equals_elu():
+    x = torch.linspace(-30, 10, 200_001)
+    torch.testing.assert_close(ExpELU()(x), nn.functional.elu(x), rtol=0, atol=1e-7)
+    torch.testing.assert_close(ExpELU(0.5)(x), nn.functional.elu(x, alpha=0.5), rtol=0, atol=1e-7)
+
+
+def test_static_batch_runner_pads_short_and_splits_long_batches():
+    seen = []
+
+    def fn(x):
+        seen.append(x.shape[0])
+        return x * 2
+
+    firsts = []
+    runner = _StaticBatchRunner(fn, firsts.append)
+    x = torch.arange(10.0).view(10, 1, 1, 1)
+    assert torch.equal(runner(x[:4]), x[:4] * 2)
+    assert torch.equal(runner(x[:3]), x[:3] * 2)  # padded to 4, cropped back
+    assert torch.equal(runner(x), x * 2)  # split into 4 + 4 + 2 (padded)
+    assert set(seen) == {4} and len(firsts) == 1  # one shape only: nothing to recompile
+
+
+def test_unknown_or_unusable_backend_is_refused_with_the_choices():
+    model = build_network("monet", 1, 1)
+    with pytest.raises(MonetError, match="torch_compile"):
+        make_inference_model(model, "tensorrt")
+    with pytest.raises(MonetError, match="CPU"):
+        make_inference_model(model, "onnxruntime", device="meta")
+    assert set(available_backends()) <= set(BACKENDS)
+
+
+def test_cli_lists_the_same_backends():
+    from monetpipe.benchmark import cli
+
+    assert tuple(cli.BACKENDS) == BACKENDS
