@@ -4,6 +4,7 @@ SIGKILL, ``-m all`` / ``-f all``, every network, learning, and a 2-process gloo 
 Budgets are tiny (a few iterations of a few 48x48 slices) and torch uses one thread, so the suite
 stays fast on a busy 2-core machine.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,9 @@ def finished_run(synthetic_task, tmp_path_factory):
     """One finished 2-epoch MoNet run (with a background augmentation worker)."""
     from monetpipe.training import train_fold
 
-    paths = MonetPaths(synthetic_task.raw, synthetic_task.preprocessed, tmp_path_factory.mktemp("run") / "results")
+    paths = MonetPaths(
+        synthetic_task.raw, synthetic_task.preprocessed, tmp_path_factory.mktemp("run") / "results"
+    )
     result = train_fold("901", "monet", 0, TINY.with_changes(num_workers=1), paths=paths)
     return paths, result
 
@@ -70,12 +73,17 @@ def _cli(paths: MonetPaths, *args: str) -> list[str]:
 
 
 def _env(paths: MonetPaths) -> dict:
-    return os.environ | {"MONET_raw": str(paths.raw), "MONET_preprocessed": str(paths.preprocessed),
-                         "MONET_results": str(paths.results), "OMP_NUM_THREADS": "1",
-                         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return os.environ | {
+        "MONET_raw": str(paths.raw),
+        "MONET_preprocessed": str(paths.preprocessed),
+        "MONET_results": str(paths.results),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
 
 
 # ---- a finished run ---------------------------------------------------------------------------------
+
 
 def test_run_folder_is_self_contained_and_records_everything(finished_run):
     paths, result = finished_run
@@ -83,8 +91,9 @@ def test_run_folder_is_self_contained_and_records_everything(finished_run):
     fold = model_dir / "fold_0"
     assert result.fold_dir == fold and result.epochs == 2
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
-        assert (model_dir / name).read_bytes() == (paths.preprocessed / TASK / (
-            "monetPlans.json" if name == "plans.json" else name)).read_bytes()
+        assert (model_dir / name).read_bytes() == (
+            paths.preprocessed / TASK / ("monetPlans.json" if name == "plans.json" else name)
+        ).read_bytes()
     assert (fold / "progress.png").read_bytes()[:4] == b"\x89PNG"
     log = read_log_csv(fold / "training_log.csv")
     assert [r["epoch"] for r in log] == [1, 2]
@@ -121,7 +130,9 @@ def test_final_validation_has_the_reference_geometry_and_a_summary(finished_run)
     assert sorted(p.name for p in val_dir.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in val_cases]
     for case in val_cases:
         pred = sitk.ReadImage(str(val_dir / f"{case}.nii.gz"))
-        ref = sitk.ReadImage(str(paths.preprocessed / TASK / "gt_segmentations" / "monetPlans" / f"{case}.nii.gz"))
+        ref = sitk.ReadImage(
+            str(paths.preprocessed / TASK / "gt_segmentations" / "monetPlans" / f"{case}.nii.gz")
+        )
         assert pred.GetSize() == ref.GetSize()
         assert pred.GetSpacing() == ref.GetSpacing() and pred.GetOrigin() == ref.GetOrigin()
         assert pred.GetDirection() == ref.GetDirection()
@@ -163,6 +174,23 @@ def test_val_only_and_continue_redo_only_the_validation(finished_run):
     assert json.loads((val_dir / "summary.json").read_text())["n_cases"] == len(_split(paths)["val"])
 
 
+def test_pretrained_weights_start_a_new_run_from_a_checkpoint(finished_run, roots, caplog):
+    from monetpipe.training import train_fold
+
+    paths, _ = finished_run
+    source = paths.results / TASK / "monet__monetPlans" / "fold_0" / "checkpoint_final.pth"
+    config = TINY.with_changes(epochs=1, iters_per_epoch=1, lr=1e-12, pretrained_weights=str(source))
+    with caplog.at_level("INFO"):
+        result = train_fold("901", "monet", 0, config, paths=roots)
+    assert "pretrained weights" in caplog.text
+    record = json.loads((result.fold_dir / "config.json").read_text())
+    assert record["config"]["pretrained_weights"] == str(source)
+    start = torch.load(source, weights_only=True)["model_state"]
+    after = torch.load(result.fold_dir / "checkpoint_final.pth", weights_only=True)["model_state"]
+    conv = next(k for k in start if k.endswith("conv.weight"))
+    assert torch.allclose(start[conv], after[conv], atol=1e-6)  # lr 1e-12: still the pretrained weights
+
+
 def test_bad_model_or_fold_is_a_one_line_error(roots, capsys):
     from monetpipe.training.cli import main
 
@@ -173,6 +201,7 @@ def test_bad_model_or_fold_is_a_one_line_error(roots, capsys):
 
 
 # ---- training behaviour --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["monet", "unet16", "unet64", "attention_unet"])
 def test_every_network_takes_training_steps(synthetic_task, name):
@@ -192,22 +221,30 @@ def test_every_network_takes_training_steps(synthetic_task, name):
     net = build_network(name, 1, plans.num_classes)
     before = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.NAdam(net.parameters(), lr=5e-4)
-    parts = TrainingParts(net, build_loss("dice_ce"), opt, torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
-                          torch.amp.GradScaler("cpu", enabled=False), EarlyStopping(10), torch.device("cpu"))
+    parts = TrainingParts(
+        net,
+        build_loss("dice_ce"),
+        opt,
+        torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
+        torch.amp.GradScaler("cpu", enabled=False),
+        EarlyStopping(10),
+        torch.device("cpu"),
+    )
     patch = (32, 32)  # a crop of the 48x48 slices keeps the 31M-parameter U-Nets quick
     loader = SliceBatchLoader(index, patch, 1, 2, 2, 1 / 3, seed=0)
     with batch_stream(loader, training_transforms(TrainConfig(), patch), 0) as batches:
         loss = train_epoch(parts, batches, iterations=2, first_batch=0, progress=False)
     assert np.isfinite(loss)
-    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
 
 
 def test_training_loss_falls_on_the_easy_task(roots):
     """A small fixed budget clearly lowers the training loss (U-Net-16: the quickest learner here)."""
     from monetpipe.training import train_fold
 
-    config = TrainConfig(epochs=3, iters_per_epoch=10, batch_size=8, lr=2e-3, loss="dice_ce", num_workers=0,
-                         num_threads=1)
+    config = TrainConfig(
+        epochs=3, iters_per_epoch=10, batch_size=8, lr=2e-3, loss="dice_ce", num_workers=0, num_threads=1
+    )
     result = train_fold("901", "unet16", 0, config, paths=roots)
     log = read_log_csv(result.fold_dir / "training_log.csv")
     assert [r["epoch"] for r in log] == [1, 2, 3]
@@ -223,13 +260,21 @@ def test_monet_beats_its_untrained_self_on_inner_validation(roots):
     from monetpipe.training.distributed import DistContext
     from monetpipe.training.trainer import inner_validation
 
-    config = TrainConfig(epochs=6, iters_per_epoch=50, batch_size=8, lr=2e-3, loss="dice_ce", num_workers=1,
-                         num_threads=1)
+    config = TrainConfig(
+        epochs=6, iters_per_epoch=50, batch_size=8, lr=2e-3, loss="dice_ce", num_workers=1, num_threads=1
+    )
     fp = plan_fold("901", "monet", 0, paths=roots)
     torch.manual_seed(config.seed)  # the very initialization training starts from
     untrained = build_network("monet", 1, fp.plans.num_classes)
-    before = inner_validation(untrained, fp.layout, fp.inner_val_cases, "dice_ce", fp.plans.num_classes,
-                              torch.device("cpu"), DistContext())
+    before = inner_validation(
+        untrained,
+        fp.layout,
+        fp.inner_val_cases,
+        "dice_ce",
+        fp.plans.num_classes,
+        torch.device("cpu"),
+        DistContext(),
+    )
     result = train_fold("901", "monet", 0, config, paths=roots)
     assert result.best_dice > before["val_dice"] + 0.3, before
     assert result.validation["foreground_mean"]["Dice"] > before["val_dice"] + 0.3
@@ -239,11 +284,15 @@ def test_fold_all_trains_on_every_case_and_skips_validation(roots, caplog):
     from monetpipe.training import train_fold
 
     with caplog.at_level("INFO"):
-        result = train_fold("901", "monet", "all", TINY.with_changes(epochs=1, iters_per_epoch=1), paths=roots)
+        result = train_fold(
+            "901", "monet", "all", TINY.with_changes(epochs=1, iters_per_epoch=1), paths=roots
+        )
     record = json.loads((result.fold_dir / "config.json").read_text())
     split = _split(roots)
     assert result.fold_dir.name == "fold_all" and result.validation is None
-    assert sorted(record["cases"]["train"] + record["cases"]["inner_val"]) == sorted(split["train"] + split["val"])
+    assert sorted(record["cases"]["train"] + record["cases"]["inner_val"]) == sorted(
+        split["train"] + split["val"]
+    )
     assert not (result.fold_dir / "validation").exists()
     assert "skipping the final validation" in caplog.text
 
@@ -263,6 +312,7 @@ def test_model_all_trains_each_network_on_the_same_split(roots, monkeypatch):
 
 # ---- crash and resume, distributed ----------------------------------------------------------------------
 
+
 def _wait_for_gone(pgid: int, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -278,12 +328,25 @@ def test_continue_after_sigkill_resumes_without_gap_or_duplicate(roots, tmp_path
     from monetpipe.training import train_fold
 
     epochs = 6
-    args = ["-m", "monet", "--epochs", str(epochs), "--iters-per-epoch", "2", "--batch-size", "4",
-            "--num-workers", "1", "--num-threads", "1"]
+    args = [
+        "-m",
+        "monet",
+        "--epochs",
+        str(epochs),
+        "--iters-per-epoch",
+        "2",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "1",
+        "--num-threads",
+        "1",
+    ]
     fold = roots.results / TASK / "monet__monetPlans" / "fold_0"
     with open(tmp_path / "stderr.txt", "wb") as err:
-        proc = subprocess.Popen(_cli(roots, *args), env=_env(roots), stdout=subprocess.DEVNULL, stderr=err,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            _cli(roots, *args), env=_env(roots), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + 240
             while not (fold / "checkpoint_latest.pth").is_file() and proc.poll() is None:
@@ -314,11 +377,33 @@ def test_continue_after_sigkill_resumes_without_gap_or_duplicate(roots, tmp_path
 
 
 def test_two_process_gloo_ddp_run(roots, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "monetpipe.training", "-t", "901", "-m", "monet", "--epochs", "2", "--iters-per-epoch", "2",
-           "--batch-size", "4", "--num-workers", "0", "--device", "cpu"]
-    proc = subprocess.run(cmd, env=_env(roots) | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=400)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "monetpipe.training",
+        "-t",
+        "901",
+        "-m",
+        "monet",
+        "--epochs",
+        "2",
+        "--iters-per-epoch",
+        "2",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.run(
+        cmd, env=_env(roots) | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=400
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     fold = roots.results / TASK / "monet__monetPlans" / "fold_0"
     record = json.loads((fold / "config.json").read_text())
@@ -334,7 +419,8 @@ def test_model_all_with_every_registered_network(roots):
     from monetpipe.networks import list_networks
     from monetpipe.training import train_models
 
-    results = train_models("901", ["all"], [0], TINY.with_changes(epochs=1, iters_per_epoch=1, batch_size=2),
-                           paths=roots)
+    results = train_models(
+        "901", ["all"], [0], TINY.with_changes(epochs=1, iters_per_epoch=1, batch_size=2), paths=roots
+    )
     assert [r.fold_dir.parent.name.split("__")[0] for r in results] == list_networks()
     assert all(r.validation is not None for r in results)

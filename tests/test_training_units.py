@@ -1,4 +1,6 @@
-"""Unit tests of the training parts that need no task on disk: losses, sampling, patches, checkpoints, config."""
+"""Unit tests of the training parts that need no task on disk: losses, sampling, patches, checkpoints,
+config."""
+
 from __future__ import annotations
 
 import math
@@ -44,6 +46,7 @@ def _logits_for(target: torch.Tensor, num_classes: int, strength: float = 20.0) 
 
 # ---- losses -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("num_classes", [1, 3])
 def test_dice_loss_is_zero_for_a_perfect_and_one_for_a_disjoint_prediction(num_classes):
     target = torch.zeros(2, 16, 16, dtype=torch.long)
@@ -71,22 +74,30 @@ def test_dice_ce_adds_cross_entropy():
     torch.manual_seed(0)
     logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
     ce = torch.nn.functional.cross_entropy(logits, target)
-    assert DiceCELoss()(logits, target).item() == pytest.approx(SoftDiceLoss()(logits, target).item() + ce.item(), 1e-5)
+    assert DiceCELoss()(logits, target).item() == pytest.approx(
+        SoftDiceLoss()(logits, target).item() + ce.item(), 1e-5
+    )
     binary = target.clamp(max=1)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], binary.float())
     assert DiceCELoss()(logits[:, :1], binary).item() == pytest.approx(
-        SoftDiceLoss()(logits[:, :1], binary).item() + bce.item(), 1e-5)
+        SoftDiceLoss()(logits[:, :1], binary).item() + bce.item(), 1e-5
+    )
 
 
 def test_loss_from_accumulated_statistics_equals_the_loss_of_the_whole_set():
     torch.manual_seed(1)
     logits, target = torch.randn(6, 3, 8, 8), torch.randint(0, 3, (6, 8, 8))
     stats = dice_statistics(logits[:2], target[:2]) + dice_statistics(logits[2:], target[2:])
-    ce_sum = sum(torch.nn.functional.cross_entropy(logits[s], target[s], reduction="sum").item()
-                 for s in (slice(0, 2), slice(2, 6)))
-    assert loss_from_statistics("dice", stats, 0.0, 0) == pytest.approx(SoftDiceLoss()(logits, target).item(), 1e-5)
+    ce_sum = sum(
+        torch.nn.functional.cross_entropy(logits[s], target[s], reduction="sum").item()
+        for s in (slice(0, 2), slice(2, 6))
+    )
+    assert loss_from_statistics("dice", stats, 0.0, 0) == pytest.approx(
+        SoftDiceLoss()(logits, target).item(), 1e-5
+    )
     assert loss_from_statistics("dice_ce", stats, ce_sum, target.numel()) == pytest.approx(
-        DiceCELoss()(logits, target).item(), 1e-5)
+        DiceCELoss()(logits, target).item(), 1e-5
+    )
 
 
 def test_hard_dice_per_class_with_nan_for_absent_classes():
@@ -102,6 +113,7 @@ def test_hard_dice_per_class_with_nan_for_absent_classes():
 
 # ---- sampling and patches -----------------------------------------------------------------------------
 
+
 def _index(layout=None) -> SliceIndex:
     cases = [
         CaseSlices("a", 5, {1: np.array([1, 2]), 2: np.array([2])}),
@@ -115,7 +127,10 @@ def test_inner_validation_is_seeded_disjoint_and_at_least_one_case():
     ids = [f"case_{i:03d}" for i in range(25)]
     train, inner = carve_inner_validation(ids, 0.1, seed=7)
     assert len(inner) == 2 and not set(train) & set(inner) and sorted(train + inner) == ids
-    assert carve_inner_validation(list(reversed(ids)), 0.1, seed=7) == (train, inner)  # order of input irrelevant
+    assert carve_inner_validation(list(reversed(ids)), 0.1, seed=7) == (
+        train,
+        inner,
+    )  # order of input irrelevant
     assert carve_inner_validation(ids, 0.1, seed=8)[1] != inner
     assert len(carve_inner_validation(ids[:3], 0.1)[1]) == 1
     with pytest.raises(MonetError, match="at least 2"):
@@ -174,6 +189,7 @@ def test_read_patch_pads_small_slices_centred_and_keeps_the_forced_class_when_cr
 
 # ---- checkpoints, schedule, config, log ---------------------------------------------------------------
 
+
 def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     torch.manual_seed(3)
     np.random.seed(3)
@@ -194,8 +210,11 @@ def test_pretrained_weights_copy_what_fits_and_name_the_rest():
     source = build_network("monet", 1, 3)
     target = build_network("monet", 1, 1)
     copied, untouched = load_pretrained(target, {"model_state": source.state_dict()}, "src.pth")
-    assert copied > 50 and untouched and all("head" in name or "out" in name or "final" in name
-                                             for name in untouched), untouched
+    assert (
+        copied > 50
+        and untouched
+        and all("head" in name or "out" in name or "final" in name for name in untouched)
+    ), untouched
     with pytest.raises(ValueError, match="none of its weights"):
         load_pretrained(target, {"model_state": {"x": torch.zeros(1)}}, "src.pth")
 
@@ -221,19 +240,79 @@ def test_every_config_field_is_a_flag_with_the_same_default():
 
     args = build_parser().parse_args(["-t", "4", "-m", "monet"])
     assert config_from_args(args) == TrainConfig()
-    custom = build_parser().parse_args(["-t", "4", "-m", "monet", "--epochs", "7", "--rotation", "5", "--mirror",
-                                        "--loss", "dice_ce", "--num-workers", "0", "--batch-size", "6"])
+    custom = build_parser().parse_args(
+        [
+            "-t",
+            "4",
+            "-m",
+            "monet",
+            "--epochs",
+            "7",
+            "--rotation",
+            "5",
+            "--mirror",
+            "--loss",
+            "dice_ce",
+            "--num-workers",
+            "0",
+            "--batch-size",
+            "6",
+        ]
+    )
     cfg = config_from_args(custom)
-    assert (cfg.epochs, cfg.rotation_deg, cfg.mirror, cfg.loss, cfg.num_workers, cfg.batch_size) == \
-        (7, 5.0, True, "dice_ce", 0, 6)
+    assert (cfg.epochs, cfg.rotation_deg, cfg.mirror, cfg.loss, cfg.num_workers, cfg.batch_size) == (
+        7,
+        5.0,
+        True,
+        "dice_ce",
+        0,
+        6,
+    )
     assert {f.name for f in fields(TrainConfig)} <= set(vars(args)) | {"rotation_deg"}
 
 
 def test_training_log_round_trip(tmp_path):
-    rows = [{"epoch": e, "train_loss": 0.5 / e, "val_loss": 0.6 / e, "val_dice": float("nan") if e == 1 else 0.7,
-             "lr": 5e-4, "seconds": 1.5} for e in (1, 2)]
+    rows = [
+        {
+            "epoch": e,
+            "train_loss": 0.5 / e,
+            "val_loss": 0.6 / e,
+            "val_dice": float("nan") if e == 1 else 0.7,
+            "lr": 5e-4,
+            "seconds": 1.5,
+        }
+        for e in (1, 2)
+    ]
     write_log_csv(rows, tmp_path / "training_log.csv")
     back = read_log_csv(tmp_path / "training_log.csv")
-    assert (tmp_path / "training_log.csv").read_text().splitlines()[0] == "epoch,train_loss,val_loss,val_dice,lr,seconds"
+    assert (tmp_path / "training_log.csv").read_text().splitlines()[
+        0
+    ] == "epoch,train_loss,val_loss,val_dice,lr,seconds"
     assert [r["epoch"] for r in back] == [1, 2] and math.isnan(back[0]["val_dice"])
     assert back[1]["train_loss"] == pytest.approx(0.25)
+
+
+# ---- output prior -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, expected", [("monet", "head.norm.bias"), ("unet16", "head.bias")])
+def test_the_output_bias_is_the_one_that_feeds_the_logits(name, expected):
+    from monetpipe.networks import build_network
+    from monetpipe.training.output_prior import find_output_bias, init_output_prior
+
+    net = build_network(name, 2, 3)
+    bias = find_output_bias(net, 2)
+    assert bias is dict(net.named_parameters())[expected]
+    assert init_output_prior(net, 2, 3, np.array([0.9, 0.06, 0.04]))
+    net.eval()
+    with torch.no_grad():
+        probs = torch.softmax(net(torch.zeros(1, 2, 32, 32)), 1)
+    assert probs[0, 0].mean() > 0.6  # background is now the default guess
+
+
+def test_prior_bias_reproduces_the_frequencies():
+    from monetpipe.training.output_prior import prior_bias
+
+    freqs = np.array([0.9, 0.07, 0.03])
+    assert np.allclose(torch.softmax(torch.tensor(prior_bias(freqs, 3)), 0).numpy(), freqs)
+    assert np.allclose(torch.sigmoid(torch.tensor(prior_bias(np.array([0.8, 0.2]), 1))).numpy(), [0.2])

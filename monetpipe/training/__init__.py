@@ -8,6 +8,7 @@ Library use::
 The recipe, every setting and the run folder are described in docs/training.md. The names below
 are imported on first use, so ``monet_train --help`` does not pay for torch.
 """
+
 from __future__ import annotations
 
 import importlib

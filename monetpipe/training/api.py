@@ -6,6 +6,7 @@ network, optimizer, schedule and data stream from the :class:`TrainConfig`; hand
 (:func:`monetpipe.training.trainer.fit`); save ``checkpoint_final``; predict the fold's ``val`` cases.
 Only rank 0 of a ``torchrun`` job writes files.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -59,8 +60,15 @@ class FoldResult:
     validation: dict | None
 
 
-def plan_fold(task: str, model: str, fold: int | str = 0, plans_name: str = DEFAULT_PLANS,
-              paths: MonetPaths | None = None, inner_val_fraction: float = 0.1, seed: int = 12345) -> FoldPlan:
+def plan_fold(
+    task: str,
+    model: str,
+    fold: int | str = 0,
+    plans_name: str = DEFAULT_PLANS,
+    paths: MonetPaths | None = None,
+    inner_val_fraction: float = 0.1,
+    seed: int = 12345,
+) -> FoldPlan:
     """Resolve names and cases for one fold (reads files, writes nothing).
 
     Raises:
@@ -83,11 +91,22 @@ def plan_fold(task: str, model: str, fold: int | str = 0, plans_name: str = DEFA
     elif 0 <= fold < len(splits):
         fold_train, val = sorted(splits[fold]["train"]), sorted(splits[fold]["val"])
     else:
-        raise MonetError(f"{splits_file} has {len(splits)} fold(s) (0..{len(splits) - 1}); fold {fold} does not "
-                         f"exist. Use -f 0..{len(splits) - 1} or -f all, or re-plan with --folds.")
+        raise MonetError(
+            f"{splits_file} has {len(splits)} fold(s) (0..{len(splits) - 1}); fold {fold} does not "
+            f"exist. Use -f 0..{len(splits) - 1} or -f all, or re-plan with --folds."
+        )
     train, inner = carve_inner_validation(fold_train, inner_val_fraction, seed)
-    return FoldPlan(task_name, model, fold, plans, layout, ModelFolder.for_run(paths.results, task_name, model,
-                                                                            plans_name), train, inner, val)
+    return FoldPlan(
+        task_name,
+        model,
+        fold,
+        plans,
+        layout,
+        ModelFolder.for_run(paths.results, task_name, model, plans_name),
+        train,
+        inner,
+        val,
+    )
 
 
 def _prepare_model_folder(fp: FoldPlan) -> None:
@@ -95,30 +114,44 @@ def _prepare_model_folder(fp: FoldPlan) -> None:
     folder = fp.folder
     if folder.plans_file.is_file():
         existing = read_json(folder.plans_file)
-        if existing != read_json(fp.layout.plans_file) and any(folder.fold_dir(f).is_dir() for f in
-                                                                 _fold_dirs(folder)):
+        if existing != read_json(fp.layout.plans_file) and any(
+            folder.fold_dir(f).is_dir() for f in _fold_dirs(folder)
+        ):
             raise MonetError(
-                f"{folder.plans_file} differs from {fp.layout.plans_file}: the task was re-planned after models "
-                f"in {folder.root} were trained. Delete {folder.root} to retrain with the new plans, or restore "
+                f"{folder.plans_file} differs from {fp.layout.plans_file}: the task was re-planned after "
+                f"models in {folder.root} were trained. Delete {folder.root} to retrain with the new plans, "
+                f"or restore "
                 f"the old plans."
             )
     folder.root.mkdir(parents=True, exist_ok=True)
-    for src, dst in ((fp.layout.plans_file, folder.plans_file),
-                     (fp.layout.task_dir / "dataset.json", folder.dataset_file),
-                     (fp.layout.task_dir / "dataset_fingerprint.json", folder.fingerprint_file)):
+    for src, dst in (
+        (fp.layout.plans_file, folder.plans_file),
+        (fp.layout.task_dir / "dataset.json", folder.dataset_file),
+        (fp.layout.task_dir / "dataset_fingerprint.json", folder.fingerprint_file),
+    ):
         if src.is_file():
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
 
 
 def _fold_dirs(folder: ModelFolder) -> list[str]:
-    return [d.name[len("fold_"):] for d in folder.root.iterdir() if d.is_dir() and d.name.startswith("fold_")] \
-        if folder.root.is_dir() else []
+    return (
+        [d.name[len("fold_") :] for d in folder.root.iterdir() if d.is_dir() and d.name.startswith("fold_")]
+        if folder.root.is_dir()
+        else []
+    )
 
 
-def train_fold(task: str, model: str, fold: int | str = 0, config: TrainConfig | None = None,
-               plans_name: str = DEFAULT_PLANS, paths: MonetPaths | None = None, continue_training: bool = False,
-               val_only: bool = False) -> FoldResult:
+def train_fold(
+    task: str,
+    model: str,
+    fold: int | str = 0,
+    config: TrainConfig | None = None,
+    plans_name: str = DEFAULT_PLANS,
+    paths: MonetPaths | None = None,
+    continue_training: bool = False,
+    val_only: bool = False,
+) -> FoldResult:
     """Train (or resume, or only validate) one model on one fold.
 
     Args:
@@ -135,7 +168,8 @@ def train_fold(task: str, model: str, fold: int | str = 0, config: TrainConfig |
         The fold folder, completed epochs, best inner-val Dice and the validation summary (if any).
 
     Raises:
-        MonetError: the run is finished (or started) and ``continue_training`` is false, or inputs are missing.
+        MonetError: the run is finished (or started) and ``continue_training`` is false, or inputs are
+            missing.
     """
     import torch
 
@@ -158,15 +192,19 @@ def train_fold(task: str, model: str, fold: int | str = 0, config: TrainConfig |
         summary_file = fp.folder.validation_dir(fp.fold) / "summary.json"
         if fp.val_cases and not summary_file.is_file():
             return _validate_finished(fp, config, final)
-        return FoldResult(fp.fold_dir, _epochs_in(final), math.nan, read_json(summary_file)
-                          if summary_file.is_file() else None)
+        return FoldResult(
+            fp.fold_dir,
+            _epochs_in(final),
+            math.nan,
+            read_json(summary_file) if summary_file.is_file() else None,
+        )
     if latest.is_file() and not continue_training:
         raise MonetError(
             f"{fp.fold_dir} holds an unfinished run (checkpoint_latest.pth). Pass --continue to resume it, "
             f"or delete {fp.fold_dir} to start over."
         )
     if continue_training and not latest.is_file():
-        log.warning("%s: no checkpoint_latest.pth to continue from; starting a new run", fp.fold_dir)
+        log.info("%s: no checkpoint_latest.pth to continue from; starting a new run", fp.fold_dir)
 
     from monetpipe.training.session import run_training
 
@@ -190,7 +228,9 @@ def _validate_finished(fp: FoldPlan, config: TrainConfig, final: Path) -> FoldRe
     ctx = init_distributed(device.type)
     ckpt = load_checkpoint(final)
     if not fp.val_cases:
-        log.info("fold %s has no validation cases (trained on all cases): skipping the final validation", fp.fold)
+        log.info(
+            "fold %s has no validation cases (trained on all cases): skipping the final validation", fp.fold
+        )
         return FoldResult(fp.fold_dir, int(ckpt["epoch"]), float(ckpt.get("best_dice", math.nan)), None)
     summary = None
     if ctx.is_main:
@@ -199,14 +239,28 @@ def _validate_finished(fp: FoldPlan, config: TrainConfig, final: Path) -> FoldRe
         net.load_state_dict(ckpt["model_state"])
         net.to(device)
         torch.set_num_threads(resolve_num_threads(config.num_threads))
-        summary = validate_fold(net, fp.layout, fp.plans, fp.val_cases, fp.folder.validation_dir(fp.fold), device,
-                                config.val_batch_size)
+        summary = validate_fold(
+            net,
+            fp.layout,
+            fp.plans,
+            fp.val_cases,
+            fp.folder.validation_dir(fp.fold),
+            device,
+            config.val_batch_size,
+        )
     return FoldResult(fp.fold_dir, int(ckpt["epoch"]), float(ckpt.get("best_dice", math.nan)), summary)
 
 
-def train_models(task: str, models: list[str], folds: list[int | str], config: TrainConfig | None = None,
-                 plans_name: str = DEFAULT_PLANS, paths: MonetPaths | None = None, continue_training: bool = False,
-                 val_only: bool = False) -> list[FoldResult]:
+def train_models(
+    task: str,
+    models: list[str],
+    folds: list[int | str],
+    config: TrainConfig | None = None,
+    plans_name: str = DEFAULT_PLANS,
+    paths: MonetPaths | None = None,
+    continue_training: bool = False,
+    val_only: bool = False,
+) -> list[FoldResult]:
     """:func:`train_fold` for every model and fold, one after another (``-m all`` trains every network
     of :func:`monetpipe.networks.list_networks` on the same split)."""
     from monetpipe.networks import list_networks
@@ -216,7 +270,9 @@ def train_models(task: str, models: list[str], folds: list[int | str], config: T
     for name in names:
         for fold in folds:
             log.info("=== %s, fold %s ===", name, fold)
-            results.append(train_fold(task, name, fold, config, plans_name, paths, continue_training, val_only))
+            results.append(
+                train_fold(task, name, fold, config, plans_name, paths, continue_training, val_only)
+            )
     return results
 
 
@@ -234,11 +290,16 @@ def run_record(fp: FoldPlan, config: TrainConfig, resolved: dict, resumed_from: 
         "config": config.to_dict(),
         "resolved": resolved,
         "cases": {"train": fp.train_cases, "inner_val": fp.inner_val_cases, "val": fp.val_cases},
-        "inner_val_rule": f"seeded ({config.seed}) {config.inner_val_fraction:g} of the fold's training cases, >= 1",
+        "inner_val_rule": f"seeded ({config.seed}) {config.inner_val_fraction:g} of the fold's "
+        "training cases, >= 1",
         "resumed_from_epoch": resumed_from,
         "command": sys.argv,
         "written": datetime.datetime.now().isoformat(timespec="seconds"),
-        "versions": {"monetpipe": monetpipe_version, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {
+            "monetpipe": monetpipe_version,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
     }
 
 

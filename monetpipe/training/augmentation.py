@@ -8,6 +8,7 @@ pixels that come from outside the slice are zero (image) and background (labels)
 interpolated linearly (Keras' ImageDataGenerator, which the paper used, is bilinear too), labels by
 nearest neighbour. ``mirror`` adds random flips of both axes (not in the paper; off by default).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,32 +35,35 @@ def training_transforms(config: TrainConfig, patch_size: tuple[int, int]) -> Abs
     """
     angle = math.radians(config.rotation_deg)
     center_dist = [p // 2 - int(round(config.shift * p)) for p in patch_size]
-    transforms: list[AbstractTransform] = [SpatialTransform(
-        patch_size,
-        patch_center_dist_from_border=center_dist,
-        do_elastic_deform=False,
-        do_rotation=angle > 0,
-        angle_x=(-angle, angle),
-        do_scale=config.scale > 0,
-        scale=(1 - config.scale, 1 + config.scale),
-        border_mode_data="constant",
-        border_cval_data=0,
-        order_data=1,
-        border_mode_seg="constant",
-        border_cval_seg=0,
-        order_seg=0,
-        random_crop=config.shift > 0,
-        p_rot_per_sample=1.0,
-        p_scale_per_sample=1.0,
-    )]
+    transforms: list[AbstractTransform] = [
+        SpatialTransform(
+            patch_size,
+            patch_center_dist_from_border=center_dist,
+            do_elastic_deform=False,
+            do_rotation=angle > 0,
+            angle_x=(-angle, angle),
+            do_scale=config.scale > 0,
+            scale=(1 - config.scale, 1 + config.scale),
+            border_mode_data="constant",
+            border_cval_data=0,
+            order_data=1,
+            border_mode_seg="constant",
+            border_cval_seg=0,
+            order_seg=0,
+            random_crop=config.shift > 0,
+            p_rot_per_sample=1.0,
+            p_scale_per_sample=1.0,
+        )
+    ]
     if config.mirror:
         transforms.append(MirrorTransform(axes=(0, 1)))
     return Compose(transforms)
 
 
 @contextlib.contextmanager
-def batch_stream(loader, transform: AbstractTransform | None, num_workers: int, pin_memory: bool = False
-                 ) -> Iterator[Iterator[dict]]:
+def batch_stream(
+    loader, transform: AbstractTransform | None, num_workers: int, pin_memory: bool = False
+) -> Iterator[Iterator[dict]]:
     """Iterate augmented batches from ``loader``, in ``num_workers`` background processes (0: in this one).
 
     The workers are always shut down on leaving the ``with`` block, also on errors and Ctrl-C; if the
@@ -68,8 +72,9 @@ def batch_stream(loader, transform: AbstractTransform | None, num_workers: int, 
     if num_workers == 0:
         yield SingleThreadedAugmenter(loader, transform)
         return
-    augmenter = MultiThreadedAugmenter(loader, transform, num_workers, num_cached_per_queue=2,
-                                       pin_memory=pin_memory, wait_time=0.005)
+    augmenter = MultiThreadedAugmenter(
+        loader, transform, num_workers, num_cached_per_queue=2, pin_memory=pin_memory, wait_time=0.005
+    )
     try:
         yield augmenter
     finally:

@@ -4,6 +4,7 @@ The defaults are the paper's recipe (DESIGN.md §6). A run writes the config it 
 resolved at run time (device, batch size per rank, iterations per epoch, the inner validation cases),
 to ``fold_<k>/config.json``, so a run folder says exactly how its checkpoints were made.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ class TrainConfig:
     num_threads: int | None = None
     seed: int = 12345
     amp: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: on for CPU training (measured faster there)
     deterministic: bool = False
     # schedule (paper: Keras ReduceLROnPlateau / EarlyStopping on the inner validation loss)
     lr_factor: float = 0.1
@@ -46,6 +47,7 @@ class TrainConfig:
     scale: float = 0.25
     shift: float = 0.2
     mirror: bool = False
+    output_prior: bool = True  # start the output bias at the sampled class frequencies (not in the paper)
     # validation
     val_batch_size: int = 32
     pretrained_weights: str | None = None
@@ -108,6 +110,12 @@ def resolve_device(name: str) -> str:
     if name == "mps" and not has_mps:
         raise MonetError("--device mps: Apple's MPS backend is not available. Use --device cpu (or auto).")
     return name
+
+
+def resolve_channels_last(requested: bool | None, device: str) -> bool:
+    """channels_last memory format: on by default on CPU, where it makes MoNet and U-Net-16 training about
+    20 % cheaper (oneDNN's NHWC kernels; neutral for U-Net-64); off elsewhere unless asked for."""
+    return (device == "cpu") if requested is None else requested
 
 
 def resolve_num_workers(requested: int | None, device: str, ranks_per_node: int = 1) -> int:

@@ -11,6 +11,7 @@ Slices are read one at a time from ``np.load(..., mmap_mode="r")`` arrays; the d
 loaded into memory. Slices differ in size (resampled, not padded): each is zero-padded or cropped to
 the patch size, the crop kept over the drawn class when the slice was drawn for foreground.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -38,8 +39,9 @@ def derive_seed(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(1)[0])
 
 
-def carve_inner_validation(case_ids: list[str], fraction: float = 0.1, seed: int = 12345
-                           ) -> tuple[list[str], list[str]]:
+def carve_inner_validation(
+    case_ids: list[str], fraction: float = 0.1, seed: int = 12345
+) -> tuple[list[str], list[str]]:
     """Split a fold's training cases into (train, inner validation): ``max(1, round(fraction * N))``
     cases drawn with ``seed`` from the sorted ids.
 
@@ -48,7 +50,9 @@ def carve_inner_validation(case_ids: list[str], fraction: float = 0.1, seed: int
     """
     ids = sorted(case_ids)
     if len(ids) < 2:
-        raise MonetError(f"Training needs at least 2 cases (one is carved out for inner validation); got {len(ids)}.")
+        raise MonetError(
+            f"Training needs at least 2 cases (one is carved out for inner validation); got {len(ids)}."
+        )
     n_inner = min(len(ids) - 1, max(1, int(round(fraction * len(ids)))))
     order = np.random.RandomState(seed).permutation(len(ids))
     inner = sorted(ids[i] for i in order[:n_inner])
@@ -71,7 +75,9 @@ class SliceIndex:
         self.layout = layout
         self.cases = cases
         self.offsets = np.cumsum([0] + [c.num_slices for c in cases])
-        self.foreground_cases = [i for i, c in enumerate(cases) if any(len(s) for s in c.class_slices.values())]
+        self.foreground_cases = [
+            i for i, c in enumerate(cases) if any(len(s) for s in c.class_slices.values())
+        ]
 
     @classmethod
     def build(cls, layout: CacheLayout, case_ids: list[str], plans: Plans) -> SliceIndex:
@@ -85,12 +91,16 @@ class SliceIndex:
         for case_id in case_ids:
             props_file = layout.properties_file(case_id)
             if not props_file.is_file() or not layout.data_file(case_id).is_file():
-                raise MonetError(f"{props_file}: case {case_id} is not in the slice cache. "
-                                 f"Run monet_plan_and_preprocess -t {plans.task} first.")
+                raise MonetError(
+                    f"{props_file}: case {case_id} is not in the slice cache. "
+                    f"Run monet_plan_and_preprocess -t {plans.task} first."
+                )
             props = read_json(props_file)
             if props.get("plans_hash") != expected:
-                raise MonetError(f"{props_file}: cached with other plans than {layout.plans_file}. "
-                                 f"Re-run monet_plan_and_preprocess -t {plans.task} to rebuild the cache.")
+                raise MonetError(
+                    f"{props_file}: cached with other plans than {layout.plans_file}. "
+                    f"Re-run monet_plan_and_preprocess -t {plans.task} to rebuild the cache."
+                )
             class_slices = {int(k): np.asarray(v, dtype=np.int64) for k, v in props["class_slices"].items()}
             cases.append(CaseSlices(case_id, int(props["shape_after_resampling"][0]), class_slices))
         return cls(layout, cases)
@@ -117,25 +127,35 @@ def foreground_places(batch_size: int, fraction: float) -> np.ndarray:
     return np.floor((j + 1) * fraction + 0.5) > np.floor(j * fraction + 0.5)
 
 
-def epoch_schedule(index: SliceIndex, epoch: int, iterations: int, batch_size: int, foreground_fraction: float,
-                   seed: int) -> np.ndarray:
-    """The batches of one epoch: ``(iterations, batch_size, 3)`` int64 of (case, slice, forced class or -1)."""
+def epoch_schedule(
+    index: SliceIndex, epoch: int, iterations: int, batch_size: int, foreground_fraction: float, seed: int
+) -> np.ndarray:
+    """The batches of one epoch: ``(iterations, batch_size, 3)`` int64 of (case, slice, forced class or
+    -1)."""
     rng = np.random.default_rng(derive_seed(seed, epoch, 0x5C4ED))
-    fg_mask = foreground_places(batch_size, foreground_fraction) if index.foreground_cases else \
-        np.zeros(batch_size, dtype=bool)
+    fg_mask = (
+        foreground_places(batch_size, foreground_fraction)
+        if index.foreground_cases
+        else np.zeros(batch_size, dtype=bool)
+    )
     n_fg, n_uniform = int(fg_mask.sum()), int((~fg_mask).sum())
     out = np.empty((iterations, batch_size, 3), dtype=np.int64)
 
     need = iterations * n_uniform
-    perm = np.concatenate([rng.permutation(index.num_slices) for _ in range(math.ceil(need / index.num_slices))]
-                          ) if need else np.empty(0, dtype=np.int64)
+    perm = (
+        np.concatenate([rng.permutation(index.num_slices) for _ in range(math.ceil(need / index.num_slices))])
+        if need
+        else np.empty(0, dtype=np.int64)
+    )
     case, sl = index.locate(perm[:need])
     out[:, ~fg_mask, 0] = case.reshape(iterations, n_uniform)
     out[:, ~fg_mask, 1] = sl.reshape(iterations, n_uniform)
     out[:, ~fg_mask, 2] = NO_CLASS
 
     if n_fg:
-        fg_cases = np.asarray(index.foreground_cases)[rng.integers(0, len(index.foreground_cases), iterations * n_fg)]
+        fg_cases = np.asarray(index.foreground_cases)[
+            rng.integers(0, len(index.foreground_cases), iterations * n_fg)
+        ]
         picks = np.empty((iterations * n_fg, 3), dtype=np.int64)
         for k, c in enumerate(fg_cases):
             present = [cls for cls, s in index.cases[c].class_slices.items() if len(s)]
@@ -165,9 +185,17 @@ def _window(size: int, patch: int, rng: np.random.Generator, keep: int | None) -
     return start, start + patch, 0
 
 
-def read_patch(data: np.ndarray, seg: np.ndarray, slice_index: int, patch_size: tuple[int, int],
-               forced_class: int, rng: np.random.Generator, out_data: np.ndarray, out_seg: np.ndarray) -> None:
-    """Copy one slice, padded with zeros or cropped to ``patch_size``, into ``out_data (C,H,W)`` / ``out_seg (H,W)``.
+def read_patch(
+    data: np.ndarray,
+    seg: np.ndarray,
+    slice_index: int,
+    patch_size: tuple[int, int],
+    forced_class: int,
+    rng: np.random.Generator,
+    out_data: np.ndarray,
+    out_seg: np.ndarray,
+) -> None:
+    """Copy one slice, zero-padded or cropped to ``patch_size``, into ``out_data`` / ``out_seg``.
 
     ``out_*`` must be zero-filled. A crop of a slice drawn for ``forced_class`` keeps a random pixel of
     that class inside.
@@ -180,9 +208,11 @@ def read_patch(data: np.ndarray, seg: np.ndarray, slice_index: int, patch_size: 
         if len(ys):
             k = rng.integers(len(ys))
             keep = (int(ys[k]), int(xs[k]))
-    (y0, y1, dy), (x0, x1, dx) = (_window(s, p, rng, k) for s, p, k in zip((h, w), patch_size, keep))
-    out_data[:, dy:dy + y1 - y0, dx:dx + x1 - x0] = data[:, slice_index, y0:y1, x0:x1]
-    out_seg[dy:dy + y1 - y0, dx:dx + x1 - x0] = seg_slice[y0:y1, x0:x1]
+    (y0, y1, dy), (x0, x1, dx) = (
+        _window(s, p, rng, k) for s, p, k in zip((h, w), patch_size, keep, strict=True)
+    )
+    out_data[:, dy : dy + y1 - y0, dx : dx + x1 - x0] = data[:, slice_index, y0:y1, x0:x1]
+    out_seg[dy : dy + y1 - y0, dx : dx + x1 - x0] = seg_slice[y0:y1, x0:x1]
 
 
 class _CaseCache:
@@ -195,8 +225,10 @@ class _CaseCache:
         if case_id in self._open:
             self._open.move_to_end(case_id)
         else:
-            self._open[case_id] = (np.load(self.layout.data_file(case_id), mmap_mode="r"),
-                                   np.load(self.layout.seg_file(case_id), mmap_mode="r"))
+            self._open[case_id] = (
+                np.load(self.layout.data_file(case_id), mmap_mode="r"),
+                np.load(self.layout.seg_file(case_id), mmap_mode="r"),
+            )
             if len(self._open) > self.size:
                 self._open.popitem(last=False)
         return self._open[case_id]
@@ -222,9 +254,20 @@ class SliceBatchLoader(SlimDataLoaderBase):
     Yields dicts ``{"data": (B, C, H, W) float32, "seg": (B, 1, H, W) float32, "batch": b}``.
     """
 
-    def __init__(self, index: SliceIndex, patch_size: tuple[int, int], num_channels: int, global_batch_size: int,
-                 iterations: int, foreground_fraction: float, seed: int, start_batch: int = 0, rank: int = 0,
-                 world_size: int = 1, num_workers: int = 1) -> None:
+    def __init__(
+        self,
+        index: SliceIndex,
+        patch_size: tuple[int, int],
+        num_channels: int,
+        global_batch_size: int,
+        iterations: int,
+        foreground_fraction: float,
+        seed: int,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 1,
+    ) -> None:
         columns = rank_columns(global_batch_size, rank, world_size)
         super().__init__(None, columns.stop - columns.start, num_workers)
         self.index, self.patch_size, self.num_channels = index, tuple(patch_size), num_channels
@@ -243,8 +286,17 @@ class SliceBatchLoader(SlimDataLoaderBase):
 
     def schedule_for(self, epoch: int) -> np.ndarray:
         if self._schedule is None or self._schedule[0] != epoch:
-            self._schedule = (epoch, epoch_schedule(self.index, epoch, self.iterations, self.global_batch_size,
-                                                    self.foreground_fraction, self.seed))
+            self._schedule = (
+                epoch,
+                epoch_schedule(
+                    self.index,
+                    epoch,
+                    self.iterations,
+                    self.global_batch_size,
+                    self.foreground_fraction,
+                    self.seed,
+                ),
+            )
         return self._schedule[1]
 
     def batch(self, b: int) -> dict:

@@ -4,6 +4,7 @@ Without ``WORLD_SIZE > 1`` in the environment everything here is a no-op on a si
 the trainer has one code path. Only rank 0 writes files; every rank takes the same decisions (LR,
 early stopping) because the numbers they are based on are summed over all ranks first.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,12 @@ def init_distributed(device: str) -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistContext()
-    ctx = DistContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")),
-                      int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size))))
+    ctx = DistContext(
+        int(os.environ["RANK"]),
+        world_size,
+        int(os.environ.get("LOCAL_RANK", "0")),
+        int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size))),
+    )
     if device == "cuda":
         torch.cuda.set_device(ctx.local_rank)
     if not dist.is_initialized():

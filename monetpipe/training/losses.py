@@ -9,6 +9,7 @@ The same sums, accumulated over many batches, give the inner-validation loss of 
 slices (:func:`dice_statistics` + :func:`loss_from_statistics`), so validation measures exactly what
 training optimizes, without the noise of empty batches.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,9 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
-def foreground_probabilities_and_targets(logits: torch.Tensor, target: torch.Tensor
-                                         ) -> tuple[torch.Tensor, torch.Tensor]:
+def foreground_probabilities_and_targets(
+    logits: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, F, H, W)`` foreground probabilities and one-hot targets (F = foreground classes).
 
     Args:
@@ -54,7 +56,9 @@ def soft_dice_from_statistics(stats: torch.Tensor, smooth: float = SMOOTH) -> to
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Binary cross-entropy on the sigmoid channel, or multi-class cross-entropy on the softmax."""
     if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits[:, 0].float(), (target == 1).float(), reduction=reduction)
+        return F.binary_cross_entropy_with_logits(
+            logits[:, 0].float(), (target == 1).float(), reduction=reduction
+        )
     return F.cross_entropy(logits.float(), target.long(), reduction=reduction)
 
 
@@ -84,8 +88,9 @@ def build_loss(name: str) -> SoftDiceLoss:
     return losses[name]()
 
 
-def loss_from_statistics(name: str, dice_stats: torch.Tensor, ce_sum: float, num_pixels: int,
-                         smooth: float = SMOOTH) -> float:
+def loss_from_statistics(
+    name: str, dice_stats: torch.Tensor, ce_sum: float, num_pixels: int, smooth: float = SMOOTH
+) -> float:
     """The loss of a whole set of slices from sums accumulated batch by batch.
 
     Args:
@@ -119,4 +124,4 @@ def dice_from_confusion(confusion: torch.Tensor) -> list[float]:
     """Per-class hard Dice ``2TP / (2TP + FP + FN)``; NaN when a class is absent from both."""
     tp, fp, fn = (confusion[i].double() for i in range(3))
     den = 2 * tp + fp + fn
-    return [float(2 * t / d) if d > 0 else float("nan") for t, d in zip(tp, den)]
+    return [float(2 * t / d) if d > 0 else float("nan") for t, d in zip(tp, den, strict=True)]

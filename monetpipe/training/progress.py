@@ -3,6 +3,7 @@
 The history lives in the checkpoint, so after a crash both files are rebuilt from the last complete
 epoch: the log can never have a gap or a repeated epoch.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,7 @@ COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 
 
 def write_log_csv(history: list[dict], path: str | Path) -> None:
-    """One row per completed epoch, columns :data:`COLUMNS` (``val_dice`` = mean inner-val foreground Dice)."""
+    """One row per completed epoch, columns :data:`COLUMNS` (``val_dice``: mean inner-val foreground Dice)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
@@ -31,7 +32,9 @@ def write_log_csv(history: list[dict], path: str | Path) -> None:
 def read_log_csv(path: str | Path) -> list[dict]:
     """The rows of a ``training_log.csv`` as dicts of floats (``epoch`` as int)."""
     with open(path, newline="") as f:
-        return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [
+            {k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)
+        ]
 
 
 def _fmt(value: float) -> str:

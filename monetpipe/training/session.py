@@ -4,6 +4,7 @@
 training should happen (fresh or resumed). It is the only place that turns a :class:`TrainConfig`
 into objects (network, optimizer, scheduler, scaler, data stream) and checkpoints back into them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,6 +12,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from monetpipe.errors import MonetError
@@ -27,22 +29,51 @@ from monetpipe.training.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from monetpipe.training.config import TrainConfig, resolve_num_threads, resolve_num_workers
+from monetpipe.training.config import (
+    TrainConfig,
+    resolve_channels_last,
+    resolve_num_threads,
+    resolve_num_workers,
+)
 from monetpipe.training.data import SliceBatchLoader, SliceIndex, iterations_per_epoch, rank_columns
 from monetpipe.training.distributed import DistContext, init_distributed
 from monetpipe.training.losses import build_loss
+from monetpipe.training.output_prior import init_output_prior, sampled_class_frequencies
 from monetpipe.training.progress import plot_progress, write_log_csv
 from monetpipe.training.trainer import EarlyStopping, TrainingParts, TrainingState, fit, inner_validation
 
 log = logging.getLogger(__name__)
-_RESUME_SENSITIVE = ("lr", "loss", "batch_size", "iters_per_epoch", "seed", "foreground_fraction", "rotation_deg",
-                     "scale", "shift", "mirror", "inner_val_fraction", "lr_factor", "lr_patience",
-                     "early_stop_patience")
+_RESUME_SENSITIVE = (
+    "lr",
+    "loss",
+    "batch_size",
+    "iters_per_epoch",
+    "seed",
+    "foreground_fraction",
+    "rotation_deg",
+    "scale",
+    "shift",
+    "mirror",
+    "inner_val_fraction",
+    "lr_factor",
+    "lr_patience",
+    "early_stop_patience",
+)
 
 
-def build_parts(fp: FoldPlan, config: TrainConfig, device: torch.device, ctx: DistContext,
-                resume: dict | None) -> TrainingParts:
-    """Network (initialized, pretrained or resumed), loss, NAdam, ReduceLROnPlateau, scaler, early stopping."""
+def build_parts(
+    fp: FoldPlan,
+    config: TrainConfig,
+    device: torch.device,
+    ctx: DistContext,
+    resume: dict | None,
+    class_frequencies: np.ndarray | None = None,
+) -> TrainingParts:
+    """Network (initialized, pretrained or resumed), loss, NAdam, ReduceLROnPlateau, scaler, early stop.
+
+    ``class_frequencies`` (fresh starts only) sets the output bias to the class prior
+    (:mod:`monetpipe.training.output_prior`).
+    """
     from monetpipe.networks import build_network
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank and every fresh run
@@ -52,21 +83,34 @@ def build_parts(fp: FoldPlan, config: TrainConfig, device: torch.device, ctx: Di
     elif config.pretrained_weights:
         source = str(config.pretrained_weights)
         copied, untouched = load_pretrained(net, load_checkpoint(source), source)
-        log.info("pretrained weights: %d tensors from %s%s", copied, source,
-                 f"; left at their initial value: {', '.join(untouched)}" if untouched else "")
+        log.info(
+            "pretrained weights: %d tensors from %s%s",
+            copied,
+            source,
+            f"; left at their initial value: {', '.join(untouched)}" if untouched else "",
+        )
+    elif class_frequencies is not None:
+        init_output_prior(net, fp.plans.num_input_channels, fp.plans.num_classes, class_frequencies)
     net.to(device)
-    if config.channels_last:
+    channels_last = resolve_channels_last(config.channels_last, device.type)
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
     model: torch.nn.Module = net
     if ctx.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None)
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
     amp = config.amp and device.type == "cuda"
     optimizer = torch.optim.NAdam(model.parameters(), lr=config.lr)
     # Keras' ReduceLROnPlateau (the paper's): min_delta 1e-4, absolute.
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.lr_factor,
-                                                           patience=config.lr_patience, threshold=1e-4,
-                                                           threshold_mode="abs")
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode="min",
+        factor=config.lr_factor,
+        patience=config.lr_patience,
+        threshold=1e-4,
+        threshold_mode="abs",
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     stopper = EarlyStopping(config.early_stop_patience)
     if resume is not None:
@@ -77,12 +121,14 @@ def build_parts(fp: FoldPlan, config: TrainConfig, device: torch.device, ctx: Di
         if resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         stopper.load_state_dict(resume["early_stopping"])
-    return TrainingParts(model, build_loss(config.loss), optimizer, scheduler, scaler, stopper, device, amp,
-                         config.channels_last)
+    return TrainingParts(
+        model, build_loss(config.loss), optimizer, scheduler, scaler, stopper, device, amp, channels_last
+    )
 
 
-def make_checkpoint(parts: TrainingParts, state: TrainingState, fp: FoldPlan, config: TrainConfig,
-                    finished: bool) -> dict:
+def make_checkpoint(
+    parts: TrainingParts, state: TrainingState, fp: FoldPlan, config: TrainConfig, finished: bool
+) -> dict:
     """The checkpoint dict (see :mod:`monetpipe.training.checkpoint` for the keys)."""
     return {
         "network": network_spec(fp.model, fp.plans.num_input_channels, fp.plans.num_classes),
@@ -107,21 +153,29 @@ def _load_resume(path: Path, fp: FoldPlan, config: TrainConfig) -> dict:
     ckpt = load_checkpoint(path)
     spec = network_spec(fp.model, fp.plans.num_input_channels, fp.plans.num_classes)
     if ckpt.get("network") != spec:
-        raise MonetError(f"{path}: holds a {ckpt.get('network')} network, not {spec}; it cannot be continued "
-                         f"with these plans. Delete {path.parent} to start over.")
+        raise MonetError(
+            f"{path}: holds a {ckpt.get('network')} network, not {spec}; it cannot be continued "
+            f"with these plans. Delete {path.parent} to start over."
+        )
     if Plans.from_dict(ckpt["plans"]) != fp.plans:
-        raise MonetError(f"{path}: was trained with other plans than {fp.layout.plans_file} (the task was "
-                         f"re-planned). Delete {path.parent} to retrain, or restore the old plans.")
+        raise MonetError(
+            f"{path}: was trained with other plans than {fp.layout.plans_file} (the task was "
+            f"re-planned). Delete {path.parent} to retrain, or restore the old plans."
+        )
     before = ckpt.get("config", {})
-    changed = [f"{k}: {before[k]} -> {getattr(config, k)}" for k in _RESUME_SENSITIVE
-               if k in before and before[k] != getattr(config, k)]
+    changed = [
+        f"{k}: {before[k]} -> {getattr(config, k)}"
+        for k in _RESUME_SENSITIVE
+        if k in before and before[k] != getattr(config, k)
+    ]
     if changed:
         log.warning("continuing with changed settings (%s)", "; ".join(changed))
     return ckpt
 
 
-def run_training(fp: FoldPlan, config: TrainConfig, device: torch.device, resume_from: Path | None = None
-                 ) -> FoldResult:
+def run_training(
+    fp: FoldPlan, config: TrainConfig, device: torch.device, resume_from: Path | None = None
+) -> FoldResult:
     """Train one fold from scratch or from ``resume_from``, save ``checkpoint_final`` and validate.
 
     Args:
@@ -142,40 +196,89 @@ def run_training(fp: FoldPlan, config: TrainConfig, device: torch.device, resume
         log.warning("--amp is only used on CUDA; training in float32 on %s", device.type)
 
     index = SliceIndex.build(fp.layout, fp.train_cases, fp.plans)
+    SliceIndex.build(fp.layout, fp.inner_val_cases + fp.val_cases, fp.plans)  # fail now, not after training
     global_batch = config.batch_size or fp.plans.batch_size
     if global_batch < ctx.world_size:
-        raise MonetError(f"--batch-size {global_batch} is smaller than the {ctx.world_size} processes; each needs "
-                         f"at least one slice per step.")
+        raise MonetError(
+            f"--batch-size {global_batch} is smaller than the {ctx.world_size} processes; each needs "
+            f"at least one slice per step."
+        )
     iterations = iterations_per_epoch(index.num_slices, global_batch, config.iters_per_epoch)
     workers = resolve_num_workers(config.num_workers, device.type, ctx.local_world_size)
 
     resume = _load_resume(resume_from, fp, config) if resume_from else None
-    parts = build_parts(fp, config, device, ctx, resume)
+    frequencies = None
+    if resume is None and not config.pretrained_weights and config.output_prior:
+        sampler = SliceBatchLoader(
+            index,
+            fp.plans.patch_size,
+            fp.plans.num_input_channels,
+            global_batch,
+            iterations,
+            config.foreground_fraction,
+            config.seed,
+        )
+        frequencies = sampled_class_frequencies(sampler, fp.plans.num_classes)
+    parts = build_parts(fp, config, device, ctx, resume, frequencies)
     state = TrainingState()
     if resume is not None:
-        state = TrainingState(int(resume["epoch"]), float(resume["best_dice"]), list(resume["history"]),
-                              bool(resume.get("stopped_early", False)))
+        state = TrainingState(
+            int(resume["epoch"]),
+            float(resume["best_dice"]),
+            list(resume["history"]),
+            bool(resume.get("stopped_early", False)),
+        )
         restore_rng_states(resume["rng"])
         log.info("continuing %s from epoch %d", fp.fold_dir, state.epoch)
 
     columns = rank_columns(global_batch, ctx.rank, ctx.world_size)
-    resolved = {"device": str(device), "world_size": ctx.world_size, "batch_size": global_batch,
-                "batch_size_per_rank": columns.stop - columns.start, "iterations_per_epoch": iterations,
-                "training_slices": index.num_slices, "num_workers": workers, "num_threads": threads,
-                "amp": parts.amp, "patch_size": list(fp.plans.patch_size), "num_classes": fp.plans.num_classes,
-                "best_checkpoint_metric": "inner-val Dice (max)",
-                "lr_schedule_and_early_stopping_metric": "inner-val loss (min)"}
+    resolved = {
+        "device": str(device),
+        "world_size": ctx.world_size,
+        "batch_size": global_batch,
+        "batch_size_per_rank": columns.stop - columns.start,
+        "iterations_per_epoch": iterations,
+        "training_slices": index.num_slices,
+        "num_workers": workers,
+        "num_threads": threads,
+        "amp": parts.amp,
+        "channels_last": parts.channels_last,
+        "patch_size": list(fp.plans.patch_size),
+        "num_classes": fp.plans.num_classes,
+        "best_checkpoint_metric": "inner-val Dice (max)",
+        "lr_schedule_and_early_stopping_metric": "inner-val loss (min)",
+    }
     if ctx.is_main:
         prepare_run_folder(fp, run_record(fp, config, resolved, state.epoch if resume is not None else None))
         write_log_csv(state.history, fp.fold_dir / "training_log.csv")  # drop rows of a lost epoch
-        log.info("training %s on %s: %d training slices (%d cases), %d inner-val cases, %d val cases; "
-                 "batch %d, %d iterations/epoch, up to %d epochs, %d loader worker(s), %d thread(s)",
-                 fp.model, device, index.num_slices, len(fp.train_cases), len(fp.inner_val_cases),
-                 len(fp.val_cases), global_batch, iterations, config.epochs, workers, threads)
+        log.info(
+            "training %s on %s: %d training slices (%d cases), %d inner-val cases, %d val cases; "
+            "batch %d, %d iterations/epoch, up to %d epochs, %d loader worker(s), %d thread(s)",
+            fp.model,
+            device,
+            index.num_slices,
+            len(fp.train_cases),
+            len(fp.inner_val_cases),
+            len(fp.val_cases),
+            global_batch,
+            iterations,
+            config.epochs,
+            workers,
+            threads,
+        )
 
     def validate() -> dict:
-        return inner_validation(parts.model, fp.layout, fp.inner_val_cases, config.loss, fp.plans.num_classes,
-                                device, ctx, config.val_batch_size, parts.amp)
+        return inner_validation(
+            parts.model,
+            fp.layout,
+            fp.inner_val_cases,
+            config.loss,
+            fp.plans.num_classes,
+            device,
+            ctx,
+            config.val_batch_size,
+            parts.amp,
+        )
 
     def on_epoch_end(st: TrainingState, is_best: bool) -> None:
         if not ctx.is_main:
@@ -188,27 +291,61 @@ def run_training(fp: FoldPlan, config: TrainConfig, device: torch.device, resume
         write_log_csv(st.history, fp.fold_dir / "training_log.csv")
         plot_progress(st.history, fp.fold_dir / "progress.png", f"{fp.task} {fp.model} fold {fp.fold}")
 
-    loader = SliceBatchLoader(index, fp.plans.patch_size, fp.plans.num_input_channels, global_batch, iterations,
-                              config.foreground_fraction, config.seed, state.epoch * iterations, ctx.rank,
-                              ctx.world_size, max(workers, 1))
+    loader = SliceBatchLoader(
+        index,
+        fp.plans.patch_size,
+        fp.plans.num_input_channels,
+        global_batch,
+        iterations,
+        config.foreground_fraction,
+        config.seed,
+        state.epoch * iterations,
+        ctx.rank,
+        ctx.world_size,
+        max(workers, 1),
+    )
     transform = training_transforms(config, fp.plans.patch_size)
     with batch_stream(loader, transform, workers, pin_memory=device.type == "cuda") as batches:
-        state = fit(parts, batches, state, epochs=config.epochs, iterations=iterations, validate=validate,
-                    on_epoch_end=on_epoch_end, seed=config.seed, ctx=ctx)
+        state = fit(
+            parts,
+            batches,
+            state,
+            epochs=config.epochs,
+            iterations=iterations,
+            validate=validate,
+            on_epoch_end=on_epoch_end,
+            seed=config.seed,
+            ctx=ctx,
+        )
 
     summary = None
     if ctx.is_main:
-        save_checkpoint(make_checkpoint(parts, state, fp, config, finished=True),
-                        fp.folder.checkpoint(fp.fold, "final"))
-        log.info("finished %s after %d epochs (best inner-val Dice %.4f)", fp.fold_dir, state.epoch,
-                 state.best_dice)
+        save_checkpoint(
+            make_checkpoint(parts, state, fp, config, finished=True), fp.folder.checkpoint(fp.fold, "final")
+        )
+        log.info(
+            "finished %s after %d epochs (best inner-val Dice %.4f)",
+            fp.fold_dir,
+            state.epoch,
+            state.best_dice,
+        )
         if fp.val_cases:
             from monetpipe.training.validation import validate_fold
 
-            summary = validate_fold(unwrap(parts.model), fp.layout, fp.plans, fp.val_cases,
-                                    fp.folder.validation_dir(fp.fold), device, config.val_batch_size)
+            summary = validate_fold(
+                unwrap(parts.model),
+                fp.layout,
+                fp.plans,
+                fp.val_cases,
+                fp.folder.validation_dir(fp.fold),
+                device,
+                config.val_batch_size,
+            )
         else:
-            log.info("fold %s has no validation cases (trained on all cases): skipping the final validation",
-                     fp.fold)
-    return FoldResult(fp.fold_dir, state.epoch, state.best_dice if math.isfinite(state.best_dice) else math.nan,
-                      summary)
+            log.info(
+                "fold %s has no validation cases (trained on all cases): skipping the final validation",
+                fp.fold,
+            )
+    return FoldResult(
+        fp.fold_dir, state.epoch, state.best_dice if math.isfinite(state.best_dice) else math.nan, summary
+    )

@@ -5,6 +5,7 @@ to do after an epoch (save checkpoints, write the log) are passed in. :func:`fit
 :func:`train_epoch` one pass of optimizer steps, :func:`inner_validation` the per-epoch check on
 the inner validation cases.
 """
+
 from __future__ import annotations
 
 import logging
@@ -94,8 +95,14 @@ def _to_device(batch: dict, parts: TrainingParts) -> tuple[torch.Tensor, torch.T
     return x, y
 
 
-def train_epoch(parts: TrainingParts, batches: Iterator[dict], iterations: int, first_batch: int,
-                progress: bool = True, desc: str = "") -> float:
+def train_epoch(
+    parts: TrainingParts,
+    batches: Iterator[dict],
+    iterations: int,
+    first_batch: int,
+    progress: bool = True,
+    desc: str = "",
+) -> float:
     """Run ``iterations`` optimizer steps; returns this process's mean training loss.
 
     Args:
@@ -125,9 +132,17 @@ def train_epoch(parts: TrainingParts, batches: Iterator[dict], iterations: int, 
 
 
 @torch.inference_mode()
-def inner_validation(model: nn.Module, layout: CacheLayout, case_ids: Sequence[str], loss_name: str,
-                     num_classes: int, device: torch.device, ctx: DistContext, batch_size: int = 32,
-                     amp: bool = False) -> dict:
+def inner_validation(
+    model: nn.Module,
+    layout: CacheLayout,
+    case_ids: Sequence[str],
+    loss_name: str,
+    num_classes: int,
+    device: torch.device,
+    ctx: DistContext,
+    batch_size: int = 32,
+    amp: bool = False,
+) -> dict:
     """Loss and hard Dice of ``model`` on every slice of the inner validation cases.
 
     Args:
@@ -157,16 +172,16 @@ def inner_validation(model: nn.Module, layout: CacheLayout, case_ids: Sequence[s
     dice_stats = confusion = None
     ce_sum = torch.zeros((), dtype=torch.float64, device=device)
     pixels = torch.zeros((), dtype=torch.float64, device=device)
-    for case_id in list(case_ids)[ctx.rank::ctx.world_size]:
+    for case_id in list(case_ids)[ctx.rank :: ctx.world_size]:
         data = np.load(layout.data_file(case_id), mmap_mode="r")
         seg = np.load(layout.seg_file(case_id), mmap_mode="r")
         for start in range(0, seg.shape[0], batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(data[:, start:start + batch_size], dtype=np.float32))
+            x = torch.from_numpy(np.ascontiguousarray(data[:, start : start + batch_size], dtype=np.float32))
             x, pad = pad_to_multiple(x.transpose(0, 1).to(device), divisor)
-            y = torch.from_numpy(seg[start:start + batch_size].astype(np.int64)).to(device)
+            y = torch.from_numpy(seg[start : start + batch_size].astype(np.int64)).to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                 logits = net(x)
-            logits = logits.float()[..., pad[2]:pad[2] + y.shape[1], pad[0]:pad[0] + y.shape[2]]
+            logits = logits.float()[..., pad[2] : pad[2] + y.shape[1], pad[0] : pad[0] + y.shape[2]]
             stats, conf = dice_statistics(logits, y).double(), hard_confusion(logits, y)
             dice_stats = stats if dice_stats is None else dice_stats + stats
             confusion = conf if confusion is None else confusion + conf
@@ -176,10 +191,11 @@ def inner_validation(model: nn.Module, layout: CacheLayout, case_ids: Sequence[s
         f = 1 if num_classes == 1 else num_classes - 1
         dice_stats = torch.zeros((3, f), dtype=torch.float64, device=device)
         confusion = torch.zeros((3, f), dtype=torch.int64, device=device)
-    totals = all_reduce_sum(torch.cat([dice_stats.flatten(), confusion.double().flatten(), ce_sum[None],
-                                       pixels[None]]), ctx).cpu()
+    totals = all_reduce_sum(
+        torch.cat([dice_stats.flatten(), confusion.double().flatten(), ce_sum[None], pixels[None]]), ctx
+    ).cpu()
     n = dice_stats.numel()
-    dice_stats, confusion = totals[:n].view(3, -1), totals[n:2 * n].view(3, -1)
+    dice_stats, confusion = totals[:n].view(3, -1), totals[n : 2 * n].view(3, -1)
     per_class = dice_from_confusion(confusion)
     present = [d for d in per_class if not math.isnan(d)]
     return {
@@ -189,9 +205,18 @@ def inner_validation(model: nn.Module, layout: CacheLayout, case_ids: Sequence[s
     }
 
 
-def fit(parts: TrainingParts, batches: Iterator[dict], state: TrainingState, *, epochs: int, iterations: int,
-        validate: Callable[[], dict], on_epoch_end: Callable[[TrainingState, bool], None], seed: int,
-        ctx: DistContext) -> TrainingState:
+def fit(
+    parts: TrainingParts,
+    batches: Iterator[dict],
+    state: TrainingState,
+    *,
+    epochs: int,
+    iterations: int,
+    validate: Callable[[], dict],
+    on_epoch_end: Callable[[TrainingState, bool], None],
+    seed: int,
+    ctx: DistContext,
+) -> TrainingState:
     """Train from ``state.epoch`` to ``epochs`` (or until early stopping).
 
     After each epoch: inner validation, ``ReduceLROnPlateau`` and early stopping on the inner-val loss,
@@ -216,12 +241,23 @@ def fit(parts: TrainingParts, batches: Iterator[dict], state: TrainingState, *, 
         start = time.perf_counter()
         torch.manual_seed(derive_seed(seed, epoch, ctx.rank, 0xD7))
         lr = current_lr(parts.optimizer)
-        train_loss = train_epoch(parts, batches, iterations, epoch * iterations, progress=ctx.is_main,
-                                 desc=f"epoch {epoch + 1}/{epochs}")
-        train_loss = float(all_reduce_sum(torch.tensor([train_loss], device=parts.device), ctx)) / ctx.world_size
+        train_loss = train_epoch(
+            parts,
+            batches,
+            iterations,
+            epoch * iterations,
+            progress=ctx.is_main,
+            desc=f"epoch {epoch + 1}/{epochs}",
+        )
+        train_loss = (
+            float(all_reduce_sum(torch.tensor([train_loss], device=parts.device), ctx)) / ctx.world_size
+        )
         if not math.isfinite(train_loss):
-            raise MonetError(f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr"
-                             + (" or drop --amp" if parts.amp else "") + " and start again.")
+            raise MonetError(
+                f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr"
+                + (" or drop --amp" if parts.amp else "")
+                + " and start again."
+            )
         metrics = validate()
         parts.scheduler.step(metrics["val_loss"])
         stop = parts.stopper.step(metrics["val_loss"])
@@ -229,18 +265,36 @@ def fit(parts: TrainingParts, batches: Iterator[dict], state: TrainingState, *, 
         if is_best:
             state.best_dice = metrics["val_dice"]
         state.epoch = epoch + 1
-        state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics["val_loss"],
-                              "val_dice": metrics["val_dice"], "lr": lr,
-                              "seconds": round(time.perf_counter() - start, 2)})
+        state.history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": metrics["val_loss"],
+                "val_dice": metrics["val_dice"],
+                "lr": lr,
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
         if ctx.is_main:
             per_class = " ".join(f"{d:.3f}" for d in metrics.get("val_dice_per_class", []))
-            log.info("epoch %d/%d: train loss %.4f, inner-val loss %.4f, Dice %.4f [%s], lr %.2g, %.1f s%s",
-                     epoch + 1, epochs, train_loss, metrics["val_loss"], metrics["val_dice"], per_class, lr,
-                     state.history[-1]["seconds"], " (best)" if is_best else "")
+            log.info(
+                "epoch %d/%d: train loss %.4f, inner-val loss %.4f, Dice %.4f [%s], lr %.2g, %.1f s%s",
+                epoch + 1,
+                epochs,
+                train_loss,
+                metrics["val_loss"],
+                metrics["val_dice"],
+                per_class,
+                lr,
+                state.history[-1]["seconds"],
+                " (best)" if is_best else "",
+            )
         state.stopped_early = stop and state.epoch < epochs
         on_epoch_end(state, is_best)
         if state.stopped_early:
             if ctx.is_main:
-                log.info("early stop: the inner-val loss has not improved for %d epochs", parts.stopper.patience)
+                log.info(
+                    "early stop: the inner-val loss has not improved for %d epochs", parts.stopper.patience
+                )
             break
     return state

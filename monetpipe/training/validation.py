@@ -6,6 +6,7 @@ written to ``fold_<k>/validation/<case>.nii.gz`` with the geometry of the source
 against ``MONET_preprocessed/<Task>/gt_segmentations/<plans>/`` into ``validation/summary.json``
 (nnU-Net's layout; per case and label Dice, IoU, HD95, ...).
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,16 @@ def foreground_labels(plans: Plans) -> list[int]:
     return sorted({v for v in plans.output_labels.values() if v != 0})
 
 
-def predict_cases(model: nn.Module, layout: CacheLayout, plans: Plans, case_ids: list[str], output_dir: Path,
-                  device: torch.device, batch_size: int = 32, progress: bool = True) -> list[Path]:
+def predict_cases(
+    model: nn.Module,
+    layout: CacheLayout,
+    plans: Plans,
+    case_ids: list[str],
+    output_dir: Path,
+    device: torch.device,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[Path]:
     """Predict cached cases and write their label maps with each case's original geometry.
 
     Returns:
@@ -55,8 +64,16 @@ def predict_cases(model: nn.Module, layout: CacheLayout, plans: Plans, case_ids:
     return written
 
 
-def validate_fold(model: nn.Module, layout: CacheLayout, plans: Plans, case_ids: list[str], output_dir: Path,
-                  device: torch.device, batch_size: int = 32, progress: bool = True) -> dict:
+def validate_fold(
+    model: nn.Module,
+    layout: CacheLayout,
+    plans: Plans,
+    case_ids: list[str],
+    output_dir: Path,
+    device: torch.device,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict:
     """Predict ``case_ids`` into ``output_dir`` and write ``output_dir/summary.json``.
 
     Returns:
@@ -65,13 +82,27 @@ def validate_fold(model: nn.Module, layout: CacheLayout, plans: Plans, case_ids:
     from monetpipe.evaluation.evaluator import evaluate_folders
 
     predict_cases(model, layout, plans, case_ids, output_dir, device, batch_size, progress)
-    summary = evaluate_folders(layout.gt_segmentations, output_dir, labels=foreground_labels(plans),
-                               output_file=output_dir / "summary.json",
-                               num_processes=1 if len(case_ids) <= 8 else 2, case_ids=case_ids, progress=progress)
-    per_label = ", ".join(f"{plans.class_names[plans_class(plans, int(k))]} {v['Dice']:.4f}"
-                          for k, v in summary["mean"].items() if v.get("Dice") is not None)
-    log.info("final validation on %d case(s): mean foreground Dice %.4f (%s) -> %s", len(case_ids),
-             summary["foreground_mean"]["Dice"] or float("nan"), per_label, output_dir / "summary.json")
+    summary = evaluate_folders(
+        layout.gt_segmentations,
+        output_dir,
+        labels=foreground_labels(plans),
+        output_file=output_dir / "summary.json",
+        num_processes=1 if len(case_ids) <= 8 else 2,
+        case_ids=case_ids,
+        progress=progress,
+    )
+    per_label = ", ".join(
+        f"{plans.class_names[plans_class(plans, int(k))]} {v['Dice']:.4f}"
+        for k, v in summary["mean"].items()
+        if v.get("Dice") is not None
+    )
+    log.info(
+        "final validation on %d case(s): mean foreground Dice %.4f (%s) -> %s",
+        len(case_ids),
+        summary["foreground_mean"]["Dice"] or float("nan"),
+        per_label,
+        output_dir / "summary.json",
+    )
     return summary
 
 
