@@ -324,3 +324,15 @@ def test_tta_averages_the_four_mirrored_predictions():
         )
     torch.testing.assert_close(got, expected.transpose(0, 1), atol=1e-6, rtol=1e-5)
     assert not torch.allclose(got, predict_slices([net], data, batch_size=2))
+
+
+def test_flush_denormals_is_scoped():
+    from monetpipe.inference.api import flush_denormals
+
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    with flush_denormals():
+        inside = (tiny * 1.0).item()
+    outside = (tiny * 1.0).item()
+    if torch.set_flush_denormal(False):  # the CPU supports it (x86 with SSE3)
+        assert inside == 0.0
+    assert outside > 0.0
