@@ -164,3 +164,17 @@ def test_write_label_round_trips_geometry_exactly(tmp_path):
     back, g2 = read_label(tmp_path / "out.nii.gz")
     assert np.array_equal(back, arr) and g2 == g
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_nan_in_nifti_is_found_although_itk_reads_it_as_zero(tmp_path):
+    arr = np.zeros((4, 5, 6), np.float32)
+    arr[1, 2, 3] = 7.25
+    path = tmp_path / "nan.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    raw = bytearray(path.read_bytes())
+    at = raw.find(np.float32(7.25).tobytes())
+    raw[at:at + 4] = np.float32(np.nan).tobytes()
+    path.write_bytes(bytes(raw))
+    assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).any()  # ITK hides it...
+    with pytest.raises(DatasetError, match="nan.nii.*NaN"):  # ...monetpipe does not
+        read_volume([path])

@@ -3,7 +3,7 @@
 Per case: read -> preprocess exactly as in training -> slice-batched prediction (fold ensemble, optional
 mirror TTA) -> probabilities back to the original grid -> labels in the dataset's values -> optional
 largest component -> ``OUT/<case>.nii.gz`` (uint8, the input's exact geometry: its own NIfTI header, see
-:mod:`monetpipe.inference.nifti`), written atomically.
+:mod:`monetpipe.io.nifti`), written atomically.
 
 Robust batch behaviour: a broken case is reported by name and skipped while the others finish; existing
 outputs are skipped (so an interrupted run resumes) unless ``overwrite``; the input folder is never
@@ -306,17 +306,10 @@ def _error_text(case: InputCase, exc: BaseException) -> str:
 
 
 def _prepare(case: InputCase, plans: Plans) -> _Prepared:
-    from monetpipe.inference.nifti import find_nonfinite
     from monetpipe.preprocessing.preprocessor import preprocess_image
 
     t0 = time.perf_counter()
-    image, geometry = read_volume(case.files)
-    for f in case.files:  # SimpleITK reads NaN in NIfTI files as 0; look at the stored values
-        if find_nonfinite(f):
-            raise MonetError(
-                f"{f}: contains NaN or infinite intensities. Replace them (e.g. with the image "
-                f"minimum) and run again."
-            )
+    image, geometry = read_volume(case.files)  # also refuses NaN/inf, in NIfTI files too
     t1 = time.perf_counter()
     if image.shape[0] != plans.num_input_channels:
         names = ", ".join(plans.channel_names)
@@ -341,7 +334,7 @@ def _finish(
     largest_component: bool,
 ) -> None:
     from monetpipe.inference.fast import labels_on_original_grid
-    from monetpipe.inference.nifti import write_labels_like
+    from monetpipe.io.nifti import write_labels_like
     from monetpipe.inference.postprocessing import keep_largest_component
     from monetpipe.inference.predictor import with_background
     from monetpipe.preprocessing.preprocessor import probabilities_to_labels, restore_probabilities

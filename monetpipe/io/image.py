@@ -18,6 +18,14 @@ from monetpipe.errors import DatasetError
 from monetpipe.io.atomic import atomic_path
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+_FLOAT_PIXELS = (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64)
+
+
+def _stores_nonfinite(path: Path) -> bool:
+    """ITK's NIfTI reader turns NaN/inf voxels into 0, so look at the stored float values themselves."""
+    from monetpipe.io.nifti import find_nonfinite  # io.nifti imports this module
+
+    return is_nifti(path) and find_nonfinite(path)
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,7 @@ def read_volume(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometr
                 f"{p}: channel geometry differs from {Path(paths[0]).name} ({diff}). All channels of a case "
                 f"must share one grid; resample them onto the first channel."
             )
-        if not np.isfinite(array).all():
+        if not np.isfinite(array).all() or (image.GetPixelID() in _FLOAT_PIXELS and _stores_nonfinite(p)):
             raise DatasetError(
                 f"{p}: contains NaN or infinite intensities. Replace them (e.g. with the image minimum) "
                 f"before running monetpipe."
