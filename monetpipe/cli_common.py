@@ -1,4 +1,5 @@
 """Shared command-line plumbing: logging set-up and turning user errors into one clear line."""
+
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,11 @@ from monetpipe.errors import MonetError
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
 
 
 def run_cli(body: Callable[[], int | None]) -> int:

@@ -1,4 +1,5 @@
 """Run a function over cases in worker processes with a progress bar, keeping input order."""
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 Roots come from ``MONET_raw``, ``MONET_preprocessed`` and ``MONET_results``, read when a command runs
 (never at import), defaulting to ``./monet_data/{raw,preprocessed,results}``.
 """
+
 from __future__ import annotations
 
 import os
@@ -94,9 +95,7 @@ def find_task(spec: str | os.PathLike, roots: Iterable[Path]) -> tuple[str, Path
             return candidates[0].name, candidates[0]
         if len(candidates) > 1:
             names = ", ".join(c.name for c in candidates)
-            raise TaskNotFoundError(
-                f"Task {spec_str!r} is ambiguous in {root}: {names}. Give the full folder name."
-            )
+            raise TaskNotFoundError(f"Task {spec_str!r} is ambiguous in {root}: {names}. Give the full folder name.")
     listing = "\n  ".join(seen) if seen else "(no task folders found)"
     searched = ", ".join(str(r) for r in roots)
     raise TaskNotFoundError(

@@ -8,6 +8,7 @@ A checkpoint is a dict that loads with ``torch.load(..., weights_only=True)``:
 ``network`` ({"name", "in_channels", "num_classes"}), ``model_state`` (state_dict), ``plans`` (dict),
 ``epoch`` (completed epochs), plus training state (optimizer, scheduler, RNG states, best metric).
 """
+
 from __future__ import annotations
 
 import re
@@ -100,5 +101,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        raise MonetError(f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]}). It may be truncated; "
-                         f"re-run training with --continue or use another checkpoint.") from None
+        raise MonetError(
+            f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]}). It may be truncated; "
+            f"re-run training with --continue or use another checkpoint."
+        ) from None

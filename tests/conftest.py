@@ -1,4 +1,5 @@
 """Shared fixtures. Real data lives beside the repo at ../shared/data and may be absent (users don't have it)."""
+
 from __future__ import annotations
 
 from pathlib import Path

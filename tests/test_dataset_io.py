@@ -1,4 +1,5 @@
 """dataset.json dialects, pixel types, geometry and bad input."""
+
 import gzip
 import json
 
@@ -36,8 +37,14 @@ def _msd(folder, n=2, modality=None, per_channel=False, dtype=np.int16):
             _write(folder / "imagesTr" / f"{cid}.nii.gz", arr)
         _write(folder / "labelsTr" / f"{cid}.nii.gz", (arr % 3).astype(np.uint8))
         training.append({"image": f"./imagesTr/{cid}.nii.gz", "label": f"./labelsTr/{cid}.nii.gz"})
-    meta = {"name": "T", "modality": modality, "labels": {"0": "bg", "1": "a", "2": "b"},
-            "numTraining": n, "training": training, "test": []}
+    meta = {
+        "name": "T",
+        "modality": modality,
+        "labels": {"0": "bg", "1": "a", "2": "b"},
+        "numTraining": n,
+        "training": training,
+        "test": [],
+    }
     (folder / "dataset.json").write_text(json.dumps(meta))
     return meta
 
@@ -64,19 +71,29 @@ def test_nnunet_v2_layout(tmp_path):
     for cid in ("a1", "a2"):
         _write(tmp_path / "imagesTr" / f"{cid}_0000.nii.gz", arr.astype(np.float32))
         _write(tmp_path / "labelsTr" / f"{cid}.nii.gz", arr)
-    (tmp_path / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MRI"}, "labels": {"background": 0, "thing": 1}, "numTraining": 2,
-        "file_ending": ".nii.gz"}))
+    (tmp_path / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "MRI"},
+                "labels": {"background": 0, "thing": 1},
+                "numTraining": 2,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     task = load_task(tmp_path)
     assert task.dialect == "nnunet_v2" and [c.case_id for c in task.training] == ["a1", "a2"]
     assert task.labels == {0: "background", 1: "thing"}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"labels": {"background": 0, "a": [1, 2]}}, "region"),
-    ({"labels": {"background": 0, "a": 1, "ignore": 2}}, "ignore"),
-    ({"file_ending": ".png"}, "file_ending"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"labels": {"background": 0, "a": [1, 2]}}, "region"),
+        ({"labels": {"background": 0, "a": 1, "ignore": 2}}, "ignore"),
+        ({"file_ending": ".png"}, "file_ending"),
+    ],
+)
 def test_unsupported_nnunet_v2_features_are_refused(tmp_path, change, message):
     meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz"}
     meta.update(change)
@@ -173,7 +190,7 @@ def test_nan_in_nifti_is_found_although_itk_reads_it_as_zero(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
     raw = bytearray(path.read_bytes())
     at = raw.find(np.float32(7.25).tobytes())
-    raw[at:at + 4] = np.float32(np.nan).tobytes()
+    raw[at : at + 4] = np.float32(np.nan).tobytes()
     path.write_bytes(bytes(raw))
     assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).any()  # ITK hides it...
     with pytest.raises(DatasetError, match="nan.nii.*NaN"):  # ...monetpipe does not

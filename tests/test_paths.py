@@ -18,8 +18,9 @@ def test_roots_resolved_when_called_not_at_import(monkeypatch, tmp_path):
     assert paths.results == (tmp_path / "base" / "results").resolve()
 
 
-@pytest.mark.parametrize("spec", ["Task04", "4", "004", "Task004", "Task04_Hippocampus", "Dataset004_Hippocampus",
-                                  "task04_hippocampus"])
+@pytest.mark.parametrize(
+    "spec", ["Task04", "4", "004", "Task004", "Task04_Hippocampus", "Dataset004_Hippocampus", "task04_hippocampus"]
+)
 def test_task_specs_match_numerically(tmp_path, spec):
     _make(tmp_path, "Task04_Hippocampus", "Task07_Pancreas")
     name, folder = find_task(spec, [tmp_path])

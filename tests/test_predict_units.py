@@ -15,9 +15,9 @@ from monetpipe.errors import MonetError
 from monetpipe.inference.fast import labels_on_original_grid
 from monetpipe.inference.inputs import group_input_files
 from monetpipe.inference.loading import choose_folds, configure_threads, resolve_device
-from monetpipe.io.nifti import find_nonfinite, write_labels_like
 from monetpipe.inference.postprocessing import keep_largest_component
 from monetpipe.io.image import Geometry
+from monetpipe.io.nifti import find_nonfinite, write_labels_like
 from monetpipe.preprocessing.plans import ChannelNormalization, Plans
 from monetpipe.preprocessing.preprocessor import (
     preprocess_image,

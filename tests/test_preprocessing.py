@@ -1,9 +1,9 @@
 """monet_plan_and_preprocess on the synthetic tasks and (when present) real MSD Task04."""
+
 from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -31,6 +31,7 @@ def ct_task(monet_roots):
 
 
 # --- planning rules --------------------------------------------------------------------------------
+
 
 def test_slice_axis_is_largest_spacing_ties_to_z():
     assert choose_slice_axis([2.5, 0.8, 0.8]) == 0
@@ -84,6 +85,7 @@ def test_existing_split_is_never_changed_silently(tmp_path):
 
 # --- the whole stage on the synthetic CT task -----------------------------------------------------------
 
+
 def test_plan_and_preprocess_synthetic_ct(ct_task):
     result = plan_and_preprocess("901", num_processes=1)
     task_dir = ct_task.preprocessed / "Task901_SyntheticCT"
@@ -126,6 +128,7 @@ def test_second_run_skips_and_changed_source_rebuilds_only_that_case(ct_task):
     raw = ct_task.raw / "Task901_SyntheticCT"
     label_file = raw / "labelsTr" / "synct_001.nii.gz"
     import SimpleITK as sitk
+
     img = sitk.ReadImage(str(label_file))
     arr = sitk.GetArrayFromImage(img)
     arr[arr == 2] = 1
@@ -141,8 +144,10 @@ def test_plan_variants_never_overwrite_each_other(ct_task):
     binary = plan_and_preprocess("901", num_processes=1, binary=True)
     lesion = plan_and_preprocess("901", num_processes=1, labels=[2])
     assert {default.layout.slices, binary.layout.slices, lesion.layout.slices} == {
-        default.task_dir / "monetPlans_slices", default.task_dir / "monetPlans_binary_slices",
-        default.task_dir / "monetPlans_labels_2_slices"}
+        default.task_dir / "monetPlans_slices",
+        default.task_dir / "monetPlans_binary_slices",
+        default.task_dir / "monetPlans_labels_2_slices",
+    }
     assert binary.plans.num_classes == 1 and lesion.plans.output_labels == {0: 0, 1: 2}
     case = default.splits[0]["train"][0]
     ref_bin, _ = read_label(binary.layout.gt_file(case))
@@ -196,8 +201,10 @@ def test_unknown_task_cli_lists_tasks(ct_task, capsys):
 
 # --- bad input: each names the file and nothing half-written is left -----------------------------------
 
+
 def _corrupt(raw, how):
     import SimpleITK as sitk
+
     folder = raw / "Task901_SyntheticCT"
     label = folder / "labelsTr" / "synct_003.nii.gz"
     img = sitk.ReadImage(str(label))
@@ -215,8 +222,7 @@ def _corrupt(raw, how):
     return label
 
 
-@pytest.mark.parametrize("how, message", [
-    ("undeclared", "not declared"), ("spacing", "spacing"), ("size", "size")])
+@pytest.mark.parametrize("how, message", [("undeclared", "not declared"), ("spacing", "spacing"), ("size", "size")])
 def test_bad_labels_are_reported_by_name(ct_task, how, message):
     _corrupt(ct_task.raw, how)
     # one variant through worker processes: the error must cross the process boundary intact
@@ -244,6 +250,7 @@ def test_inputs_are_never_modified(ct_task):
 
 
 # --- real data --------------------------------------------------------------------------------------
+
 
 def test_real_msd_task04_hippocampus(shared_data, monet_roots):
     src = shared_data / "Task04_Hippocampus"
@@ -279,10 +286,25 @@ def test_real_ct_geometry_survives_preprocessing(shared_data, tmp_path):
 
 def _ct_plans_for_lung(geometry):
     from monetpipe.preprocessing.plans import ChannelNormalization
+
     spacing = geometry.spacing_zyx
-    return Plans(plans_name="monetPlans", task="Task99_Lung", slice_axis=0, transpose_forward=(0, 1, 2),
-                 transpose_backward=(0, 1, 2), target_spacing=in_plane_target_spacing(spacing[1:], [512, 512], 256),
-                 patch_size=(256, 256), median_shape=(11, 256, 256), crop_to_nonzero=True,
-                 normalization=(ChannelNormalization("ct", (-1000.0, 400.0), -300.0, 400.0),), channel_names=("CT",),
-                 dataset_labels={0: "bg", 1: "tumour"}, label_mapping={0: 0, 1: 1}, output_labels={0: 0, 1: 1},
-                 class_names=("bg", "tumour"), num_classes=1, batch_size=8, max_size=256)
+    return Plans(
+        plans_name="monetPlans",
+        task="Task99_Lung",
+        slice_axis=0,
+        transpose_forward=(0, 1, 2),
+        transpose_backward=(0, 1, 2),
+        target_spacing=in_plane_target_spacing(spacing[1:], [512, 512], 256),
+        patch_size=(256, 256),
+        median_shape=(11, 256, 256),
+        crop_to_nonzero=True,
+        normalization=(ChannelNormalization("ct", (-1000.0, 400.0), -300.0, 400.0),),
+        channel_names=("CT",),
+        dataset_labels={0: "bg", 1: "tumour"},
+        label_mapping={0: 0, 1: 1},
+        output_labels={0: 0, 1: 1},
+        class_names=("bg", "tumour"),
+        num_classes=1,
+        batch_size=8,
+        max_size=256,
+    )

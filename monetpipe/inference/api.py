@@ -334,9 +334,9 @@ def _finish(
     largest_component: bool,
 ) -> None:
     from monetpipe.inference.fast import labels_on_original_grid
-    from monetpipe.io.nifti import write_labels_like
     from monetpipe.inference.postprocessing import keep_largest_component
     from monetpipe.inference.predictor import with_background
+    from monetpipe.io.nifti import write_labels_like
     from monetpipe.preprocessing.preprocessor import probabilities_to_labels, restore_probabilities
 
     case_id, timings = prepared.case.case_id, prepared.timings

@@ -3,6 +3,7 @@
 A reader therefore sees either the old file or the complete new one, never half a file, and an
 interrupted run leaves at most a ``.tmp-*`` file that the next run ignores and overwrites.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -8,6 +8,7 @@
 
 The dialect is detected, never converted by hand. Hidden files and macOS ``._*`` files are ignored.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,7 +68,9 @@ def list_nifti(folder: Path) -> list[Path]:
     """NIfTI files in ``folder``, sorted, skipping hidden and macOS ``._*`` files."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not is_hidden(p.name) and p.name.endswith(NIFTI_ENDINGS))
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not is_hidden(p.name) and p.name.endswith(NIFTI_ENDINGS)
+    )
 
 
 def _inside(folder: Path, rel: str, json_path: Path) -> Path:
@@ -82,7 +85,7 @@ def _inside(folder: Path, rel: str, json_path: Path) -> Path:
 
 def _channel_files(base: Path, n_channels: int) -> tuple[Path, ...] | None:
     """For an MSD-style path ``imagesTr/case.nii.gz``, the v1 per-channel files if they all exist."""
-    stem, ending = strip_nifti(base.name), base.name[len(strip_nifti(base.name)):] or ".nii.gz"
+    stem, ending = strip_nifti(base.name), base.name[len(strip_nifti(base.name)) :] or ".nii.gz"
     files = tuple(base.with_name(f"{stem}_{i:04d}{ending}") for i in range(n_channels))
     return files if all(f.is_file() for f in files) else None
 
@@ -123,7 +126,7 @@ def _msd_labels(data: dict, json_path: Path) -> dict[int, str]:
         labels = {int(k): str(v) for k, v in data["labels"].items()}
     except (KeyError, AttributeError, ValueError):
         raise DatasetError(
-            f"{json_path}: 'labels' must map label values to names, e.g. {{\"0\": \"background\", \"1\": \"organ\"}}."
+            f'{json_path}: \'labels\' must map label values to names, e.g. {{"0": "background", "1": "organ"}}.'
         ) from None
     if 0 not in labels:
         raise DatasetError(f"{json_path}: 'labels' must include 0 (background).")
@@ -135,7 +138,9 @@ def _load_msd(folder: Path, json_path: Path, data: dict) -> TaskDataset:
         modality = data["modality"]
         channel_names = tuple(str(modality[k]) for k in sorted(modality, key=int))
     except (KeyError, AttributeError, ValueError):
-        raise DatasetError(f"{json_path}: 'modality' must map channel indices to names, e.g. {{\"0\": \"CT\"}}.") from None
+        raise DatasetError(
+            f'{json_path}: \'modality\' must map channel indices to names, e.g. {{"0": "CT"}}.'
+        ) from None
     labels = _msd_labels(data, json_path)
     entries = data.get("training")
     if not isinstance(entries, list) or not entries:
@@ -147,7 +152,9 @@ def _load_msd(folder: Path, json_path: Path, data: dict) -> TaskDataset:
         try:
             img_rel, lab_rel = entry["image"], entry["label"]
         except (TypeError, KeyError):
-            raise DatasetError(f"{json_path}: every 'training' entry needs 'image' and 'label'; got {entry!r}.") from None
+            raise DatasetError(
+                f"{json_path}: every 'training' entry needs 'image' and 'label'; got {entry!r}."
+            ) from None
         img = _inside(folder, img_rel, json_path)
         lab = _inside(folder, lab_rel, json_path)
         if img.is_file():
@@ -172,8 +179,16 @@ def _load_msd(folder: Path, json_path: Path, data: dict) -> TaskDataset:
         if files:  # a missing test image is not needed for training; the predictor reports it if asked
             test.append(Case(strip_nifti(img.name), files))
     _check_unique(training, json_path)
-    return TaskDataset(folder, str(data.get("name", folder.name)), dialect or "msd", channel_names, labels,
-                       tuple(training), tuple(test), data)
+    return TaskDataset(
+        folder,
+        str(data.get("name", folder.name)),
+        dialect or "msd",
+        channel_names,
+        labels,
+        tuple(training),
+        tuple(test),
+        data,
+    )
 
 
 def _load_v2(folder: Path, json_path: Path, data: dict) -> TaskDataset:
@@ -195,7 +210,7 @@ def _load_v2(folder: Path, json_path: Path, data: dict) -> TaskDataset:
     except (KeyError, AttributeError, ValueError, TypeError):
         raise DatasetError(
             f"{json_path}: nnU-Net v2 dataset.json needs 'channel_names' {{\"0\": \"CT\"}} and 'labels' "
-            f"{{\"background\": 0, ...}}."
+            f'{{"background": 0, ...}}.'
         ) from None
     if any(name.lower() == "ignore" for name in labels.values()):
         raise DatasetError(
@@ -214,9 +229,7 @@ def _load_v2(folder: Path, json_path: Path, data: dict) -> TaskDataset:
                 continue
             m = _CHANNEL_FILE.match(f.name[: -len(ending)])
             if not m:
-                raise DatasetError(
-                    f"{f}: nnU-Net v2 images must be named CASE_XXXX{ending} (XXXX = channel index)."
-                )
+                raise DatasetError(f"{f}: nnU-Net v2 images must be named CASE_XXXX{ending} (XXXX = channel index).")
             groups.setdefault(m.group(1), {})[int(m.group(2))] = f
         out = []
         for case_id, chans in sorted(groups.items()):
@@ -229,7 +242,9 @@ def _load_v2(folder: Path, json_path: Path, data: dict) -> TaskDataset:
             if labels_dir is not None:
                 label = labels_dir / f"{case_id}{ending}"
                 if not label.is_file():
-                    raise DatasetError(f"{label}: label for case {case_id} not found. Add it or remove the case's images.")
+                    raise DatasetError(
+                        f"{label}: label for case {case_id} not found. Add it or remove the case's images."
+                    )
             out.append(Case(case_id, tuple(chans[i] for i in range(n)), label))
         return out
 
@@ -237,8 +252,16 @@ def _load_v2(folder: Path, json_path: Path, data: dict) -> TaskDataset:
     if not training:
         raise DatasetError(f"{folder / 'imagesTr'}: no training images found (expected CASE_0000{ending}).")
     test = cases(folder / "imagesTs", None) if (folder / "imagesTs").is_dir() else []
-    return TaskDataset(folder, str(data.get("name", folder.name)), "nnunet_v2", channel_names, labels,
-                       tuple(training), tuple(test), data)
+    return TaskDataset(
+        folder,
+        str(data.get("name", folder.name)),
+        "nnunet_v2",
+        channel_names,
+        labels,
+        tuple(training),
+        tuple(test),
+        data,
+    )
 
 
 def _check_unique(cases: list[Case], json_path: Path) -> None:

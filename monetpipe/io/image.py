@@ -4,6 +4,7 @@ Arrays use SimpleITK's numpy order: a 3D image of size (x, y, z) is the array ``
 multi-channel image is ``[c, z, y, x]``. A 4D NIfTI (MSD stores channels as the 4th dimension) is read
 as ``[c, z, y, x]`` with the 3D sub-geometry (first three axes of spacing, origin, direction).
 """
+
 from __future__ import annotations
 
 import os

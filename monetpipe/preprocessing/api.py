@@ -1,4 +1,5 @@
 """``plan_and_preprocess``: the whole of stage 1 as one function (the CLI only parses arguments)."""
+
 from __future__ import annotations
 
 import logging
@@ -31,9 +32,16 @@ class PreprocessResult:
     seconds: float
 
 
-def plan_and_preprocess(task: str, paths: MonetPaths | None = None, num_processes: int = 2, binary: bool = False,
-                        labels: list[int] | None = None, folds: int = 1, max_size: int = 256,
-                        overwrite_splits: bool = False) -> PreprocessResult:
+def plan_and_preprocess(
+    task: str,
+    paths: MonetPaths | None = None,
+    num_processes: int = 2,
+    binary: bool = False,
+    labels: list[int] | None = None,
+    folds: int = 1,
+    max_size: int = 256,
+    overwrite_splits: bool = False,
+) -> PreprocessResult:
     """Fingerprint, plan, cache slices and fix the splits of a raw task.
 
     Args:
@@ -82,7 +90,9 @@ def plan_and_preprocess(task: str, paths: MonetPaths | None = None, num_processe
         log.info("%d case(s) already up to date in %s", skipped, layout.slices)
     map_cases(cache_case, jobs, num_processes, desc=f"Preprocess {name} ({plans_name})")
 
-    splits = ensure_splits(out_dir / "splits_final.json", [c.case_id for c in dataset.training], folds, overwrite_splits)
+    splits = ensure_splits(
+        out_dir / "splits_final.json", [c.case_id for c in dataset.training], folds, overwrite_splits
+    )
     seconds = time.perf_counter() - start
     log.info("Preprocessed %s: %d built, %d up to date, %.1f s", name, len(jobs), skipped, seconds)
     return PreprocessResult(out_dir, plans, layout, splits, len(jobs), skipped, seconds)
@@ -94,6 +104,12 @@ def _log_plans(plans: Plans) -> None:
     log.info(
         "Plans %s: slice axis %s, in-plane spacing %s mm, patch %s, median resampled shape %s, "
         "normalization [%s], classes %s, batch size %d",
-        plans.plans_name, axis, tuple(round(s, 3) for s in plans.target_spacing), plans.patch_size,
-        plans.median_shape, norm, list(plans.class_names), plans.batch_size,
+        plans.plans_name,
+        axis,
+        tuple(round(s, 3) for s in plans.target_spacing),
+        plans.patch_size,
+        plans.median_shape,
+        norm,
+        list(plans.class_names),
+        plans.batch_size,
     )

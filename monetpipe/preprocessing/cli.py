@@ -1,4 +1,5 @@
 """``monet_plan_and_preprocess``: fingerprint, plan, cache slices, fix splits."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,16 +11,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="monet_plan_and_preprocess",
         description="Fingerprint an MSD task, plan a configuration, cache 2D slices and fix the splits. "
-                    "Reads MONET_raw, writes MONET_preprocessed/<Task>/.",
+        "Reads MONET_raw, writes MONET_preprocessed/<Task>/.",
     )
-    p.add_argument("-t", "--task", required=True, help="Task04, 4, Task04_Hippocampus, Dataset004_Hippocampus or a path")
+    p.add_argument(
+        "-t", "--task", required=True, help="Task04, 4, Task04_Hippocampus, Dataset004_Hippocampus or a path"
+    )
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--binary", action="store_true", help="merge every foreground label into one (plans monetPlans_binary)")
-    group.add_argument("--labels", type=int, nargs="+", metavar="L",
-                       help="keep only these label values, renumbered 1..k (plans monetPlans_labels_...)")
+    group.add_argument(
+        "--binary", action="store_true", help="merge every foreground label into one (plans monetPlans_binary)"
+    )
+    group.add_argument(
+        "--labels",
+        type=int,
+        nargs="+",
+        metavar="L",
+        help="keep only these label values, renumbered 1..k (plans monetPlans_labels_...)",
+    )
     p.add_argument("--folds", type=int, default=1, help="1: the paper's 70/30 hold-out (default); K: K-fold CV")
-    p.add_argument("--max-size", type=int, default=256, help="largest in-plane slice size after resampling (default 256)")
+    p.add_argument(
+        "--max-size", type=int, default=256, help="largest in-plane slice size after resampling (default 256)"
+    )
     p.add_argument("--overwrite-splits", action="store_true", help="replace an existing, different splits_final.json")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -32,12 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from monetpipe.preprocessing.api import plan_and_preprocess
 
-        result = plan_and_preprocess(args.task, num_processes=args.num_processes, binary=args.binary,
-                                     labels=args.labels, folds=args.folds, max_size=args.max_size,
-                                     overwrite_splits=args.overwrite_splits)
+        result = plan_and_preprocess(
+            args.task,
+            num_processes=args.num_processes,
+            binary=args.binary,
+            labels=args.labels,
+            folds=args.folds,
+            max_size=args.max_size,
+            overwrite_splits=args.overwrite_splits,
+        )
         print(f"plans:  {result.layout.plans_file}")
-        print(f"slices: {result.layout.slices} ({result.num_built} built, {result.num_skipped} up to date, "
-              f"{result.seconds:.1f} s)")
+        print(
+            f"slices: {result.layout.slices} ({result.num_built} built, {result.num_skipped} up to date, "
+            f"{result.seconds:.1f} s)"
+        )
         print(f"splits: {result.task_dir / 'splits_final.json'} ({len(result.splits)} fold(s))")
         return 0
 

@@ -5,6 +5,7 @@ present, and a content hash of each source file (so a changed file rebuilds exac
 Per channel: foreground intensity statistics from voxels where the label is > 0.
 Reading a case also validates it; every problem names the file and the fix.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Per-channel intensity normalization as the plans say (DESIGN.md §4)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,7 +9,9 @@ import numpy as np
 from monetpipe.preprocessing.plans import ChannelNormalization
 
 
-def normalize(image: np.ndarray, schemes: Sequence[ChannelNormalization], nonzero_mask: np.ndarray | None) -> np.ndarray:
+def normalize(
+    image: np.ndarray, schemes: Sequence[ChannelNormalization], nonzero_mask: np.ndarray | None
+) -> np.ndarray:
     """Normalize ``image`` ``(C, ...)`` channel by channel; returns a new float32 array.
 
     CT: clip to the dataset's foreground 0.5/99.5 percentiles, then z-score with the foreground mean/std.

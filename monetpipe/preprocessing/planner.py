@@ -1,6 +1,7 @@
 """From a fingerprint to plans (DESIGN.md §4): slice axis, in-plane spacing, patch size, normalization,
 labels and batch size. Every decision is a small pure function so it can be read and tested alone.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,9 @@ def transposes(slice_axis: int) -> tuple[tuple[int, int, int], tuple[int, int, i
     return forward, backward  # type: ignore[return-value]
 
 
-def in_plane_target_spacing(median_spacing_hw: list[float], median_size_hw: list[float], max_size: int) -> tuple[float, float]:
+def in_plane_target_spacing(
+    median_spacing_hw: list[float], median_size_hw: list[float], max_size: int
+) -> tuple[float, float]:
     """Median in-plane spacing, coarsened by ``max(1, largest median in-plane size / max_size)``, aspect kept."""
     factor = max(1.0, max(median_size_hw) / max_size)
     return (float(median_spacing_hw[0] * factor), float(median_spacing_hw[1] * factor))
@@ -68,14 +71,19 @@ def plan_labels(dataset_labels: dict[int, str], binary: bool, keep: list[int] | 
     return dict(sorted(mapping.items())), dict(sorted(output.items())), tuple(names)
 
 
-def plan_normalization(task: TaskDataset, fingerprint: dict, use_nonzero_mask: bool) -> tuple[ChannelNormalization, ...]:
+def plan_normalization(
+    task: TaskDataset, fingerprint: dict, use_nonzero_mask: bool
+) -> tuple[ChannelNormalization, ...]:
     schemes = []
-    for name, stats in zip(task.channel_names, fingerprint["foreground_intensity"]):
+    for name, stats in zip(task.channel_names, fingerprint["foreground_intensity"], strict=True):
         if name.upper() == "CT":
             if stats["mean"] is None:
                 raise MonetError("CT normalization needs foreground voxels, but no label map has any.")
-            schemes.append(ChannelNormalization(
-                "ct", (stats["percentile_00_5"], stats["percentile_99_5"]), stats["mean"], max(stats["std"], 1e-8)))
+            schemes.append(
+                ChannelNormalization(
+                    "ct", (stats["percentile_00_5"], stats["percentile_99_5"]), stats["mean"], max(stats["std"], 1e-8)
+                )
+            )
         else:
             schemes.append(ChannelNormalization("zscore", use_nonzero_mask=use_nonzero_mask))
     return tuple(schemes)
@@ -86,8 +94,14 @@ def plan_batch_size(patch_size: tuple[int, int], in_channels: int) -> int:
     return int(max(2, min(DEFAULT_BATCH_SIZE, _BATCH_MEMORY_BUDGET // per_sample)))
 
 
-def plan_experiment(task: TaskDataset, fingerprint: dict, plans_name: str, binary: bool = False,
-                    labels: list[int] | None = None, max_size: int = 256) -> Plans:
+def plan_experiment(
+    task: TaskDataset,
+    fingerprint: dict,
+    plans_name: str,
+    binary: bool = False,
+    labels: list[int] | None = None,
+    max_size: int = 256,
+) -> Plans:
     """Plan a configuration for ``task`` from its fingerprint (DESIGN.md §4).
 
     Args:

@@ -3,6 +3,7 @@
 Everything that training and inference must agree on lives here, so one file fully determines how a
 raw volume becomes network input and how network output becomes a label map again.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,13 @@ class ChannelNormalization:
     @classmethod
     def from_dict(cls, d: dict) -> ChannelNormalization:
         clip = d.get("clip")
-        return cls(d["scheme"], tuple(clip) if clip is not None else None, d.get("mean"), d.get("std"),
-                   bool(d.get("use_nonzero_mask", False)))
+        return cls(
+            d["scheme"],
+            tuple(clip) if clip is not None else None,
+            d.get("mean"),
+            d.get("std"),
+            bool(d.get("use_nonzero_mask", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,15 @@ class Plans:
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
         kw["normalization"] = tuple(ChannelNormalization.from_dict(n) for n in d["normalization"])
-        for key in ("transpose_forward", "transpose_backward", "target_spacing", "patch_size", "median_shape",
-                    "channel_names", "class_names"):
+        for key in (
+            "transpose_forward",
+            "transpose_backward",
+            "target_spacing",
+            "patch_size",
+            "median_shape",
+            "channel_names",
+            "class_names",
+        ):
             kw[key] = tuple(d[key])
         kw["dataset_labels"] = {int(k): v for k, v in d["dataset_labels"].items()}
         kw["label_mapping"] = {int(k): int(v) for k, v in d["label_mapping"].items()}
@@ -117,13 +130,26 @@ class Plans:
         try:
             return cls.from_dict(read_json(path))
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-            raise MonetError(f"{path}: not a valid monetpipe plans file ({exc!r}). Re-run monet_plan_and_preprocess.") from None
+            raise MonetError(
+                f"{path}: not a valid monetpipe plans file ({exc!r}). Re-run monet_plan_and_preprocess."
+            ) from None
 
     def preprocessing_hash(self) -> str:
         """Hash of every field that changes the cached slices; a change invalidates the cache."""
         d = self.to_dict()
-        relevant = {k: d[k] for k in ("slice_axis", "transpose_forward", "target_spacing", "crop_to_nonzero",
-                                      "normalization", "label_mapping", "cache_dtype", "version")}
+        relevant = {
+            k: d[k]
+            for k in (
+                "slice_axis",
+                "transpose_forward",
+                "target_spacing",
+                "crop_to_nonzero",
+                "normalization",
+                "label_mapping",
+                "cache_dtype",
+                "version",
+            )
+        }
         return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

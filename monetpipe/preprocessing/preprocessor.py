@@ -5,6 +5,7 @@ first -> normalize -> resample in-plane to the plan's spacing. The returned ``pr
 is needed to undo it; ``restore_probabilities`` does exactly that, so a prediction lands on the input's
 original grid voxel for voxel.
 """
+
 from __future__ import annotations
 
 import numpy as np

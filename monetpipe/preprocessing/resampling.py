@@ -6,6 +6,7 @@ backward (probabilities to the original grid) direction. It is multi-threaded an
 than ``scipy.ndimage.zoom`` on 512x512 CT slices. Labels are resampled by nearest neighbour only, so
 label values are never interpolated.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,12 +14,16 @@ import torch
 import torch.nn.functional as F
 
 
-def resampled_shape(shape_hw: tuple[int, int], spacing_hw: tuple[float, float], target_hw: tuple[float, float]) -> tuple[int, int]:
+def resampled_shape(
+    shape_hw: tuple[int, int], spacing_hw: tuple[float, float], target_hw: tuple[float, float]
+) -> tuple[int, int]:
     """Pixels after resampling from ``spacing_hw`` to ``target_hw`` (at least 1 per axis)."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape_hw, spacing_hw, target_hw))  # type: ignore[return-value]
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape_hw, spacing_hw, target_hw, strict=True))  # type: ignore[return-value]
 
 
-def resample_images(stack: np.ndarray | torch.Tensor, size_hw: tuple[int, int], mode: str = "bilinear") -> np.ndarray | torch.Tensor:
+def resample_images(
+    stack: np.ndarray | torch.Tensor, size_hw: tuple[int, int], mode: str = "bilinear"
+) -> np.ndarray | torch.Tensor:
     """Resample ``(C, S, H, W)`` (or ``(S, H, W)``) float data to ``size_hw`` in-plane.
 
     Returns the same type it was given (numpy in, numpy out). ``mode``: ``bilinear`` or ``bicubic``.

@@ -5,6 +5,7 @@ uint8 training classes; ``<case>.json``: the properties needed to undo preproces
 make the entry stale, and per-class slice indices for foreground sampling. The JSON is written last and
 atomically, so its presence with matching hashes means the entry is complete and current.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,9 +72,13 @@ def is_current(layout: CacheLayout, case_id: str, source_hash: str, plans_hash: 
         props = read_json(props_file)
     except (OSError, ValueError):
         return False
-    return (props.get("source_hash") == source_hash and props.get("plans_hash") == plans_hash
-            and layout.data_file(case_id).is_file() and layout.seg_file(case_id).is_file()
-            and layout.gt_file(case_id).is_file())
+    return (
+        props.get("source_hash") == source_hash
+        and props.get("plans_hash") == plans_hash
+        and layout.data_file(case_id).is_file()
+        and layout.seg_file(case_id).is_file()
+        and layout.gt_file(case_id).is_file()
+    )
 
 
 def cache_case(args: tuple[Case, TaskDataset, Plans, CacheLayout, str]) -> dict:
@@ -86,15 +91,18 @@ def cache_case(args: tuple[Case, TaskDataset, Plans, CacheLayout, str]) -> dict:
     write_npy(seg, layout.seg_file(case.case_id))
     write_label(reference_in_output_labels(label, plans), geometry, layout.gt_file(case.case_id))
     per_slice = seg.reshape(seg.shape[0], -1)
-    props.update({
-        "case_id": case.case_id,
-        "source_hash": source_hash,
-        "plans_hash": plans.preprocessing_hash(),
-        "image_files": [str(f) for f in case.image_files],
-        "label_file": str(case.label_file),
-        "class_slices": {str(c): np.flatnonzero((per_slice == c).any(axis=1)).tolist()
-                         for c in plans.foreground_classes},
-    })
+    props.update(
+        {
+            "case_id": case.case_id,
+            "source_hash": source_hash,
+            "plans_hash": plans.preprocessing_hash(),
+            "image_files": [str(f) for f in case.image_files],
+            "label_file": str(case.label_file),
+            "class_slices": {
+                str(c): np.flatnonzero((per_slice == c).any(axis=1)).tolist() for c in plans.foreground_classes
+            },
+        }
+    )
     write_json(props, layout.properties_file(case.case_id))
     return {"case_id": case.case_id, "num_slices": int(data.shape[1])}
 

@@ -1,4 +1,5 @@
 """Train/validation splits (``splits_final.json``, nnU-Net's format), made once and never changed silently."""
+
 from __future__ import annotations
 
 import logging
@@ -29,16 +30,22 @@ def kfold_split(case_ids: list[str], folds: int = 5, seed: int = SPLIT_SEED) -> 
     on the sorted ids (what nnU-Net uses), written without the scikit-learn dependency."""
     ids = sorted(case_ids)
     if folds < 2 or folds > len(ids):
-        raise MonetError(f"--folds {folds} is impossible with {len(ids)} cases; use 2..{len(ids)} (or 1 for the hold-out).")
+        raise MonetError(
+            f"--folds {folds} is impossible with {len(ids)} cases; use 2..{len(ids)} (or 1 for the hold-out)."
+        )
     order = np.random.RandomState(seed).permutation(len(ids))
     sizes = np.full(folds, len(ids) // folds)
     sizes[: len(ids) % folds] += 1
     splits, start = [], 0
     for size in sizes:
-        val_idx = set(order[start:start + size].tolist())
+        val_idx = set(order[start : start + size].tolist())
         start += size
-        splits.append({"train": [ids[i] for i in range(len(ids)) if i not in val_idx],
-                       "val": [ids[i] for i in range(len(ids)) if i in val_idx]})
+        splits.append(
+            {
+                "train": [ids[i] for i in range(len(ids)) if i not in val_idx],
+                "val": [ids[i] for i in range(len(ids)) if i in val_idx],
+            }
+        )
     return splits
 
 
