@@ -173,6 +173,75 @@ def _load_resume(path: Path, fp: FoldPlan, config: TrainConfig) -> dict:
     return ckpt
 
 
+def _prepare_torch(config: TrainConfig, device: torch.device, ctx: DistContext) -> tuple[torch.device, int]:
+    """Pick this rank's GPU, thread count and determinism settings; returns (device, threads)."""
+    if device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
+        torch.backends.cudnn.benchmark = not config.deterministic
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    threads = resolve_num_threads(config.num_threads, ctx.local_world_size)
+    torch.set_num_threads(threads)
+    if config.amp and device.type != "cuda":
+        log.warning("--amp is only used on CUDA; training in float32 on %s", device.type)
+    return device, threads
+
+
+def _state_from(resume: dict | None) -> TrainingState:
+    if resume is None:
+        return TrainingState()
+    restore_rng_states(resume["rng"])
+    return TrainingState(
+        int(resume["epoch"]),
+        float(resume["best_dice"]),
+        list(resume["history"]),
+        bool(resume.get("stopped_early", False)),
+    )
+
+
+def _epoch_writer(fp: FoldPlan, parts: TrainingParts, config: TrainConfig, ctx: DistContext):
+    """After each epoch (rank 0): checkpoint_latest, checkpoint_best when improved, the log and its plot."""
+
+    def write(state: TrainingState, is_best: bool) -> None:
+        if not ctx.is_main:
+            return
+        latest = fp.folder.checkpoint(fp.fold, "latest")
+        save_checkpoint(make_checkpoint(parts, state, fp, config, finished=False), latest)
+        if is_best:
+            with atomic_path(fp.folder.checkpoint(fp.fold, "best")) as tmp:
+                shutil.copyfile(latest, tmp)
+        write_log_csv(state.history, fp.fold_dir / "training_log.csv")
+        plot_progress(state.history, fp.fold_dir / "progress.png", f"{fp.task} {fp.model} fold {fp.fold}")
+
+    return write
+
+
+def _finish(fp: FoldPlan, parts: TrainingParts, state: TrainingState, config: TrainConfig) -> dict | None:
+    """Save checkpoint_final and run the final validation (rank 0); returns the validation summary."""
+    save_checkpoint(
+        make_checkpoint(parts, state, fp, config, finished=True), fp.folder.checkpoint(fp.fold, "final")
+    )
+    log.info(
+        "finished %s after %d epochs (best inner-val Dice %.4f)", fp.fold_dir, state.epoch, state.best_dice
+    )
+    if not fp.val_cases:
+        log.info(
+            "fold %s has no validation cases (trained on all cases): skipping the final validation", fp.fold
+        )
+        return None
+    from monetpipe.training.validation import validate_fold
+
+    return validate_fold(
+        unwrap(parts.model),
+        fp.layout,
+        fp.plans,
+        fp.val_cases,
+        fp.folder.validation_dir(fp.fold),
+        parts.device,
+        config.val_batch_size,
+    )
+
+
 def run_training(
     fp: FoldPlan, config: TrainConfig, device: torch.device, resume_from: Path | None = None
 ) -> FoldResult:
@@ -185,31 +254,20 @@ def run_training(
         resume_from: ``checkpoint_latest.pth`` to continue from.
     """
     ctx = init_distributed(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
-        torch.backends.cudnn.benchmark = not config.deterministic
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    threads = resolve_num_threads(config.num_threads, ctx.local_world_size)
-    torch.set_num_threads(threads)
-    if config.amp and device.type != "cuda":
-        log.warning("--amp is only used on CUDA; training in float32 on %s", device.type)
-
+    device, threads = _prepare_torch(config, device, ctx)
     index = SliceIndex.build(fp.layout, fp.train_cases, fp.plans)
     SliceIndex.build(fp.layout, fp.inner_val_cases + fp.val_cases, fp.plans)  # fail now, not after training
     global_batch = config.batch_size or fp.plans.batch_size
     if global_batch < ctx.world_size:
         raise MonetError(
-            f"--batch-size {global_batch} is smaller than the {ctx.world_size} processes; each needs "
-            f"at least one slice per step."
+            f"--batch-size {global_batch} is smaller than the {ctx.world_size} processes; each "
+            f"needs at least one slice per step."
         )
     iterations = iterations_per_epoch(index.num_slices, global_batch, config.iters_per_epoch)
     workers = resolve_num_workers(config.num_workers, device.type, ctx.local_world_size)
 
-    resume = _load_resume(resume_from, fp, config) if resume_from else None
-    frequencies = None
-    if resume is None and not config.pretrained_weights and config.output_prior:
-        sampler = SliceBatchLoader(
+    def loader(start_batch: int = 0, rank: int = 0, world_size: int = 1) -> SliceBatchLoader:
+        return SliceBatchLoader(
             index,
             fp.plans.patch_size,
             fp.plans.num_input_channels,
@@ -217,19 +275,19 @@ def run_training(
             iterations,
             config.foreground_fraction,
             config.seed,
+            start_batch,
+            rank,
+            world_size,
+            max(workers, 1),
         )
-        frequencies = sampled_class_frequencies(sampler, fp.plans.num_classes)
+
+    resume = _load_resume(resume_from, fp, config) if resume_from else None
+    fresh = resume is None and not config.pretrained_weights
+    frequencies = (
+        sampled_class_frequencies(loader(), fp.plans.num_classes) if fresh and config.output_prior else None
+    )
     parts = build_parts(fp, config, device, ctx, resume, frequencies)
-    state = TrainingState()
-    if resume is not None:
-        state = TrainingState(
-            int(resume["epoch"]),
-            float(resume["best_dice"]),
-            list(resume["history"]),
-            bool(resume.get("stopped_early", False)),
-        )
-        restore_rng_states(resume["rng"])
-        log.info("continuing %s from epoch %d", fp.fold_dir, state.epoch)
+    state = _state_from(resume)
 
     columns = rank_columns(global_batch, ctx.rank, ctx.world_size)
     resolved = {
@@ -252,10 +310,12 @@ def run_training(
         prepare_run_folder(fp, run_record(fp, config, resolved, state.epoch if resume is not None else None))
         write_log_csv(state.history, fp.fold_dir / "training_log.csv")  # drop rows of a lost epoch
         log.info(
-            "training %s on %s: %d training slices (%d cases), %d inner-val cases, %d val cases; "
+            "%s %s on %s from epoch %d: %d training slices (%d cases), %d inner-val cases, %d val cases; "
             "batch %d, %d iterations/epoch, up to %d epochs, %d loader worker(s), %d thread(s)",
+            "continuing" if resume is not None else "training",
             fp.model,
             device,
+            state.epoch,
             index.num_slices,
             len(fp.train_cases),
             len(fp.inner_val_cases),
@@ -280,32 +340,9 @@ def run_training(
             parts.amp,
         )
 
-    def on_epoch_end(st: TrainingState, is_best: bool) -> None:
-        if not ctx.is_main:
-            return
-        latest = fp.folder.checkpoint(fp.fold, "latest")
-        save_checkpoint(make_checkpoint(parts, st, fp, config, finished=False), latest)
-        if is_best:
-            with atomic_path(fp.folder.checkpoint(fp.fold, "best")) as tmp:
-                shutil.copyfile(latest, tmp)
-        write_log_csv(st.history, fp.fold_dir / "training_log.csv")
-        plot_progress(st.history, fp.fold_dir / "progress.png", f"{fp.task} {fp.model} fold {fp.fold}")
-
-    loader = SliceBatchLoader(
-        index,
-        fp.plans.patch_size,
-        fp.plans.num_input_channels,
-        global_batch,
-        iterations,
-        config.foreground_fraction,
-        config.seed,
-        state.epoch * iterations,
-        ctx.rank,
-        ctx.world_size,
-        max(workers, 1),
-    )
+    stream = loader(state.epoch * iterations, ctx.rank, ctx.world_size)
     transform = training_transforms(config, fp.plans.patch_size)
-    with batch_stream(loader, transform, workers, pin_memory=device.type == "cuda") as batches:
+    with batch_stream(stream, transform, workers, pin_memory=device.type == "cuda") as batches:
         state = fit(
             parts,
             batches,
@@ -313,39 +350,11 @@ def run_training(
             epochs=config.epochs,
             iterations=iterations,
             validate=validate,
-            on_epoch_end=on_epoch_end,
+            on_epoch_end=_epoch_writer(fp, parts, config, ctx),
             seed=config.seed,
             ctx=ctx,
         )
-
-    summary = None
-    if ctx.is_main:
-        save_checkpoint(
-            make_checkpoint(parts, state, fp, config, finished=True), fp.folder.checkpoint(fp.fold, "final")
-        )
-        log.info(
-            "finished %s after %d epochs (best inner-val Dice %.4f)",
-            fp.fold_dir,
-            state.epoch,
-            state.best_dice,
-        )
-        if fp.val_cases:
-            from monetpipe.training.validation import validate_fold
-
-            summary = validate_fold(
-                unwrap(parts.model),
-                fp.layout,
-                fp.plans,
-                fp.val_cases,
-                fp.folder.validation_dir(fp.fold),
-                device,
-                config.val_batch_size,
-            )
-        else:
-            log.info(
-                "fold %s has no validation cases (trained on all cases): skipping the final validation",
-                fp.fold,
-            )
+    summary = _finish(fp, parts, state, config) if ctx.is_main else None
     return FoldResult(
         fp.fold_dir, state.epoch, state.best_dice if math.isfinite(state.best_dice) else math.nan, summary
     )
