@@ -24,7 +24,7 @@ $(STAMP): setup.py pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/monet_synthetic_task -o $(MONET_raw) --kind ct
 	$(VENV)/bin/monet_plan_and_preprocess -t 901 -np 2
-	$(VENV)/bin/monet_train -t 901 -m all --epochs 2 --iters-per-epoch 5 --batch-size 8 --continue
+	$(VENV)/bin/monet_train -t 901 -m all --epochs 2 --iters-per-epoch 3 --batch-size 4 --continue
 	$(VENV)/bin/monet_predict -i $(MONET_raw)/Task901_SyntheticCT/imagesTs -o $(DEMO_DIR)/predictions/Task901_SyntheticCT/monet -t 901 -m monet
 	$(VENV)/bin/monet_evaluate -t 901
 
