@@ -247,6 +247,22 @@ def test_training_loss_falls_on_the_easy_task(roots):
     assert log[-1]["train_loss"] < 0.8 * log[0]["train_loss"], log
 
 
+def test_binary_plans_train_a_sigmoid_head(roots):
+    """--binary plans (the paper's pancreas + tumour setting): one sigmoid channel, labels 0/1 written."""
+    from monetpipe.preprocessing import plan_and_preprocess
+    from monetpipe.training import train_fold
+
+    plan_and_preprocess("901", roots, num_processes=1, binary=True)
+    result = train_fold("901", "monet", 0, TINY, plans_name="monetPlans_binary", paths=roots)
+    assert result.fold_dir.parent.name == "monet__monetPlans_binary"
+    ckpt = torch.load(result.fold_dir / "checkpoint_final.pth", weights_only=True)
+    assert ckpt["network"]["num_classes"] == 1
+    assert result.validation["labels"] == [1]
+    case = sorted(_split(roots)["val"])[0]
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(result.fold_dir / "validation" / f"{case}.nii.gz")))
+    assert set(np.unique(pred)) <= {0, 1}
+
+
 @pytest.mark.slow
 def test_monet_beats_its_untrained_self_on_inner_validation(roots):
     """Inner-val Dice after a few hundred steps clearly beats the untrained network's. (The networks keep
