@@ -77,6 +77,7 @@ def plan_fold(
     from monetpipe.networks import list_networks
 
     paths = paths or MonetPaths.from_env()
+    model = model.strip().lower()
     if model not in list_networks():
         raise MonetError(f"unknown model {model!r}; choose one of {', '.join(list_networks())} or 'all'.")
     task_name, task_dir = find_task(task, [paths.preprocessed])
@@ -114,9 +115,7 @@ def _prepare_model_folder(fp: FoldPlan) -> None:
     folder = fp.folder
     if folder.plans_file.is_file():
         existing = read_json(folder.plans_file)
-        if existing != read_json(fp.layout.plans_file) and any(
-            folder.fold_dir(f).is_dir() for f in _fold_dirs(folder)
-        ):
+        if existing != read_json(fp.layout.plans_file) and any(folder.fold_dir(f).is_dir() for f in _fold_dirs(folder)):
             raise MonetError(
                 f"{folder.plans_file} differs from {fp.layout.plans_file}: the task was re-planned after "
                 f"models in {folder.root} were trained. Delete {folder.root} to retrain with the new plans, "
@@ -192,12 +191,9 @@ def train_fold(
         summary_file = fp.folder.validation_dir(fp.fold) / "summary.json"
         if fp.val_cases and not summary_file.is_file():
             return _validate_finished(fp, config, final)
-        return FoldResult(
-            fp.fold_dir,
-            _epochs_in(final),
-            math.nan,
-            read_json(summary_file) if summary_file.is_file() else None,
-        )
+        ckpt = load_checkpoint(final)
+        summary = read_json(summary_file) if summary_file.is_file() else None
+        return FoldResult(fp.fold_dir, int(ckpt["epoch"]), float(ckpt.get("best_dice", math.nan)), summary)
     if latest.is_file() and not continue_training:
         raise MonetError(
             f"{fp.fold_dir} holds an unfinished run (checkpoint_latest.pth). Pass --continue to resume it, "
@@ -212,10 +208,6 @@ def train_fold(
     return run_training(fp, config, device, resume_from=latest if latest.is_file() else None)
 
 
-def _epochs_in(checkpoint: Path) -> int:
-    return int(load_checkpoint(checkpoint)["epoch"])
-
-
 def _validate_finished(fp: FoldPlan, config: TrainConfig, final: Path) -> FoldResult:
     """Load ``checkpoint_final`` and run the final validation (rank 0 only)."""
     import torch
@@ -228,9 +220,7 @@ def _validate_finished(fp: FoldPlan, config: TrainConfig, final: Path) -> FoldRe
     ctx = init_distributed(device.type)
     ckpt = load_checkpoint(final)
     if not fp.val_cases:
-        log.info(
-            "fold %s has no validation cases (trained on all cases): skipping the final validation", fp.fold
-        )
+        log.info("fold %s has no validation cases (trained on all cases): skipping the final validation", fp.fold)
         return FoldResult(fp.fold_dir, int(ckpt["epoch"]), float(ckpt.get("best_dice", math.nan)), None)
     summary = None
     if ctx.is_main:
@@ -270,9 +260,7 @@ def train_models(
     for name in names:
         for fold in folds:
             log.info("=== %s, fold %s ===", name, fold)
-            results.append(
-                train_fold(task, name, fold, config, plans_name, paths, continue_training, val_only)
-            )
+            results.append(train_fold(task, name, fold, config, plans_name, paths, continue_training, val_only))
     return results
 
 
@@ -290,8 +278,7 @@ def run_record(fp: FoldPlan, config: TrainConfig, resolved: dict, resumed_from: 
         "config": config.to_dict(),
         "resolved": resolved,
         "cases": {"train": fp.train_cases, "inner_val": fp.inner_val_cases, "val": fp.val_cases},
-        "inner_val_rule": f"seeded ({config.seed}) {config.inner_val_fraction:g} of the fold's "
-        "training cases, >= 1",
+        "inner_val_rule": f"seeded ({config.seed}) {config.inner_val_fraction:g} of the fold's training cases, >= 1",
         "resumed_from_epoch": resumed_from,
         "command": sys.argv,
         "written": datetime.datetime.now().isoformat(timespec="seconds"),
