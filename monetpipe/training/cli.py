@@ -13,6 +13,15 @@ from monetpipe.cli_common import run_cli, setup_logging
 NETWORKS = ("monet", "unet16", "unet64", "attention_unet")  # for --help only; the registry decides
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show ``(default: X)`` only where there is a value to show (not for None / off switches)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from monetpipe.training.config import DEVICES, LOSSES, TrainConfig
 
@@ -23,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "MONET_results/<Task>/<model>__<plans>/fold_<k>/. Defaults are the MoNet paper's recipe; "
         "every setting is recorded in fold_<k>/config.json. Multi-GPU / multi-node: "
         "torchrun --nproc_per_node N -m monetpipe.training ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     p.add_argument(
         "-t", "--task", required=True, help="Task04, 4, Task04_Hippocampus, Dataset004_Hippocampus or a path"
@@ -42,11 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["0"],
         metavar="FOLD",
-        help="fold(s) of splits_final.json, or 'all' to train on every case (no final validation)",
+        help="fold(s) of splits_final.json, or 'all' to train on every case (no final validation) (default: 0)",
     )
-    p.add_argument(
-        "-p", "--plans", default="monetPlans", help="plans name (monetPlans, monetPlans_binary, ...)"
-    )
+    p.add_argument("-p", "--plans", default="monetPlans", help="plans name (monetPlans, monetPlans_binary, ...)")
     g = p.add_argument_group("schedule")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs")
     g.add_argument(
@@ -92,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--foreground-fraction",
         type=float,
         default=d.foreground_fraction,
-        help="fraction of each batch forced to slices containing foreground",
+        help="fraction of each batch forced to slices containing foreground (default: 1/3)",
     )
     g.add_argument(
         "--rotation",
@@ -102,9 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="random rotation range, +- degrees",
     )
     g.add_argument("--scale", type=float, default=d.scale, help="random zoom range, +- fraction")
-    g.add_argument(
-        "--shift", type=float, default=d.shift, help="random shift, up to this fraction of height/width"
-    )
+    g.add_argument("--shift", type=float, default=d.shift, help="random shift, up to this fraction of height/width")
     g.add_argument("--mirror", action="store_true", help="also flip slices randomly (not in the paper)")
     g.add_argument(
         "--output-prior",
@@ -128,9 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch threads per process (default: available cores / processes on this node)",
     )
-    g.add_argument(
-        "--amp", action="store_true", help="float16 mixed precision (CUDA only; ignored elsewhere)"
-    )
+    g.add_argument("--amp", action="store_true", help="float16 mixed precision (CUDA only; ignored elsewhere)")
     g.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
@@ -142,9 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="deterministic kernels where PyTorch has them (slower on GPU)",
     )
-    g.add_argument(
-        "--seed", type=int, default=d.seed, help="seeds weights, inner-val carving, batches, augmentation"
-    )
+    g.add_argument("--seed", type=int, default=d.seed, help="seeds weights, inner-val carving, batches, augmentation")
     g = p.add_argument_group("run")
     g.add_argument(
         "--continue",
@@ -158,9 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="start from the matching weights of this checkpoint",
     )
-    g.add_argument(
-        "--val-only", action="store_true", help="only re-run the final validation of a finished run"
-    )
+    g.add_argument("--val-only", action="store_true", help="only re-run the final validation of a finished run")
     g.add_argument(
         "--val-batch-size", type=int, default=d.val_batch_size, help="slices per forward pass when validating"
     )
