@@ -191,3 +191,10 @@ def test_profile_accounts_for_every_flop_and_second():
 def test_table_puts_the_papers_numbers_beside_ours(tiny_run):
     text = format_table(tiny_run.replace({np.nan: None}).to_dict("records"))
     assert "14.88+-0.32" in text and "1.8" in text and "monet" in text
+
+
+def test_profile_flag_prints_time_per_layer_kind(capsys):
+    assert cli.main([*TINY, "--profile", "--backend", "eager", "torch", "onnxruntime"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("conv 3x3 dilated") == 2 and "elu" in out and "% matmul" in out
+    assert "no per-layer profile for onnxruntime" in out

@@ -39,9 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         nargs="+",
-        default=[8],
+        default=[4],
         metavar="N",
-        help="slices per forward pass; several values are compared (default 8)",
+        help="slices per forward pass; several values are compared (default 4)",
     )
     p.add_argument("--repeats", type=int, default=5, help="timed passes per variant (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BACKEND",
         help=f"CPU inference backends to compare: {', '.join(BACKENDS)} (default torch)",
     )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC activations for the torch backends (default: on for CPU; --no-channels-last for NCHW)",
+    )
     p.add_argument("--in-channels", type=int, default=1, help="input channels (default 1, as the paper)")
     p.add_argument("--num-classes", type=int, default=1, help="output channels (default 1, as the paper)")
     p.add_argument("-o", "--output", help="write every row to this CSV")
@@ -75,7 +81,10 @@ def _parser() -> argparse.ArgumentParser:
         "their sizes and the fp16 mask agreement as extra columns",
     )
     p.add_argument(
-        "--profile", action="store_true", help="print where the torch backend's time goes, per layer kind"
+        "--profile",
+        action="store_true",
+        help="instead of the table, print where each backend's time goes per layer kind "
+        "(eager, torch, torch_compile; one pass of --slices at the first --batch-size)",
     )
     p.add_argument("--no-matmul", action="store_true", help="skip the matmul reference (no floor ratio)")
     p.add_argument(
@@ -132,24 +141,24 @@ def _profile(args: argparse.Namespace, models: Sequence[str]) -> None:
     import torch
 
     from monetpipe.benchmark.measure import make_slices, matmul_gflops
-    from monetpipe.benchmark.profile import format_profile, profile_layer_kinds
-    from monetpipe.inference.backends import make_inference_model
+    from monetpipe.benchmark.profile import format_profile, profile_backend
     from monetpipe.networks import build_network
 
+    batch = args.batch_size[0]
+    x = make_slices(args.slices, args.size, args.in_channels)
     for name in models:
-        fn = make_inference_model(
-            build_network(name, args.in_channels, args.num_classes), "torch", threads=args.threads
-        )
-        x = make_slices(args.slices, args.size, args.in_channels)
-        if fn.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        rate = matmul_gflops(repeats=2)
-        kinds, total = profile_layer_kinds(fn.module, x, args.batch_size[0])
-        print(
-            f"\n{name}, torch backend, batch {args.batch_size[0]}, {torch.get_num_threads()} thread(s): "
-            f"{total * 150 / args.slices:.2f} s per 150 slices (matmul {rate:.1f} GFLOP/s)"
-        )
-        print(format_profile(kinds, total, rate))
+        model = build_network(name, args.in_channels, args.num_classes).eval()
+        for backend in args.backend:
+            if backend == "onnxruntime":
+                print(f"\n{name}: no per-layer profile for onnxruntime (see SessionOptions.enable_profiling)")
+                continue
+            kinds, total = profile_backend(model, backend, x, batch, args.threads, args.channels_last)
+            rate = matmul_gflops(args.matmul_size, 2)
+            print(
+                f"\n{name}, {backend}, batch {batch}, {torch.get_num_threads()} thread(s): "
+                f"{total * 150 / args.slices:.2f} s per 150 slices (matmul {rate:.1f} GFLOP/s)"
+            )
+            print(format_profile(kinds, total, rate))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,11 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup=args.warmup,
             devices=resolve_devices(args.device),
             threads=args.threads,
+            channels_last=args.channels_last,
             in_channels=args.in_channels,
             num_classes=args.num_classes,
             train_steps=args.train_steps,
             matmul_size=0 if args.no_matmul else args.matmul_size,
         )
+        if args.profile:
+            _profile(args, models)
+            return 0
         rows = run_benchmark(config, log=logging.getLogger("monet_benchmark").info)
         if args.export_dir:
             _export(rows, args, models)
@@ -190,8 +203,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {write_csv(rows, args.output)}")
         if args.update_leaderboard:
             _update_leaderboard(rows, args.update_leaderboard)
-        if args.profile:
-            _profile(args, models)
         return 0
 
     return run_cli(body)

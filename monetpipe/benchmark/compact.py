@@ -18,10 +18,7 @@ from monetpipe.io.atomic import atomic_path
 
 def compact_state_dict(model: nn.Module, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` with floating tensors cast to ``dtype`` (integer buffers unchanged)."""
-    return {
-        k: v.detach().to(dtype) if v.is_floating_point() else v.detach()
-        for k, v in model.state_dict().items()
-    }
+    return {k: v.detach().to(dtype) if v.is_floating_point() else v.detach() for k, v in model.state_dict().items()}
 
 
 def save_compact(model: nn.Module, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
@@ -70,10 +67,7 @@ def fp16_agreement(model: nn.Module, x: torch.Tensor, batch_size: int = 8) -> fl
     reference = copy.deepcopy(model).eval()
     rounded = copy.deepcopy(model).eval()
     rounded.load_state_dict(
-        {
-            k: v.to(torch.float16).to(v.dtype) if v.is_floating_point() else v
-            for k, v in model.state_dict().items()
-        }
+        {k: v.to(torch.float16).to(v.dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     )
     same = total = 0
     for i in range(0, x.shape[0], batch_size):
@@ -104,8 +98,6 @@ def export_compact(
     name = getattr(model, "model_name", type(model).__name__.lower())
     sizes = {"fp16_file_mib": save_compact(model, out_dir / f"{name}_fp16.pth").stat().st_size / 2**20}
     if onnx:
-        path = export_onnx(
-            fuse_for_inference(model), out_dir / f"{name}_folded.onnx", in_channels, size, size
-        )
+        path = export_onnx(fuse_for_inference(model), out_dir / f"{name}_folded.onnx", in_channels, size, size)
         sizes["onnx_mib"] = path.stat().st_size / 2**20
     return sizes

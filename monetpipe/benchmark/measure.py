@@ -134,9 +134,7 @@ def time_interleaved(
         if matmul_size:
             rates.append(matmul_gflops(matmul_size, 2, device))
         if progress is not None:
-            progress(
-                f"round {r + 1}/{repeats}: " + ", ".join(f"{v.label} {v.times[-1]:.2f}s" for v in variants)
-            )
+            progress(f"round {r + 1}/{repeats}: " + ", ".join(f"{v.label} {v.times[-1]:.2f}s" for v in variants))
     return rates
 
 

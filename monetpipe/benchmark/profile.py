@@ -19,6 +19,7 @@ from torch import nn
 from monetpipe.networks.flops import _layer_macs
 
 OTHER = "forward code (add, cat, gates)"
+GENERATED = "generated C++ (ELU, add, cat, fused)"
 
 
 def layer_kind(module: nn.Module) -> str | None:
@@ -126,3 +127,100 @@ def format_profile(kinds: Iterable[KindTime], total: float, matmul_gflops: float
         lines.append(line)
     lines.append(f"{'total':34} {total:8.3f}")
     return "\n".join(lines)
+
+
+def _conv_flops(name: str, shapes: list, args: list) -> tuple[str, int]:
+    """(kind, FLOPs) of a oneDNN convolution event recorded by the profiler (shapes and int args)."""
+    x, w = shapes[0], shapes[1]
+    kh, kw = w[2], w[3]
+    if "transpose" in name:  # args: padding, output_padding, stride, dilation (fvcore's MAC rule)
+        stride = args[5][0]
+        return f"transposed conv {kh}x{kw} s{stride}", 2 * x[0] * x[2] * x[3] * x[1] * w[1] * kh * kw
+    padding, stride, dilation = args[3], args[4], args[5]
+    h = (x[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wd = (x[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if stride[0] > 1:
+        kind = f"conv {kh}x{kw} stride {stride[0]}"
+    elif dilation[0] > 1:
+        kind = f"conv {kh}x{kw} dilated"
+    else:
+        kind = f"conv {kh}x{kw}"
+    return kind, 2 * x[0] * h * wd * w[0] * x[1] * kh * kw
+
+
+def profile_compiled(fn, x: torch.Tensor, batch_size: int, passes: int = 1) -> tuple[list[KindTime], float]:
+    """Per-kind time of a ``torch_compile`` backend: oneDNN convolutions by kind, generated C++ kernels.
+
+    Inductor hands convolutions to oneDNN (``mkldnn::_convolution_pointwise``) and fuses everything
+    else (ELU, additions, concatenation copies) into generated loops, which the profiler sees as the
+    compiled graph's own time.
+
+    Args:
+        fn: an :class:`~monetpipe.inference.backends.InferenceModel` with backend ``torch_compile``,
+            already run once on this batch size (compiled).
+        x: ``(S, C, H, W)`` slices.
+        batch_size: slices per call.
+        passes: profiled passes.
+
+    Returns:
+        Kinds sorted by time, and the total seconds.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    seconds: dict[str, float] = defaultdict(float)
+    flops: dict[str, int] = defaultdict(int)
+    calls: dict[str, int] = defaultdict(int)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        start = time.perf_counter()
+        for _ in range(passes):
+            for i in range(0, x.shape[0], batch_size):
+                fn(x[i : i + batch_size])
+        total = time.perf_counter() - start
+    for event in prof.events():
+        if event.name.startswith("mkldnn::_convolution"):
+            kind, n = _conv_flops(event.name, event.input_shapes, list(event.concrete_inputs))
+            seconds[kind] += event.cpu_time_total / 1e6
+            flops[kind] += n
+            calls[kind] += 1
+        elif "CompiledFxGraph" in event.name:
+            seconds[GENERATED] += event.self_cpu_time_total / 1e6
+            calls[GENERATED] += 1
+    kinds = [KindTime(k, seconds[k], flops[k], calls[k]) for k in seconds]
+    kinds.append(KindTime(OTHER, max(0.0, total - sum(seconds.values())), 0, passes))
+    return sorted(kinds, key=lambda k: -k.seconds), total
+
+
+def profile_backend(
+    model: nn.Module,
+    backend: str,
+    x: torch.Tensor,
+    batch_size: int,
+    threads: int | None = None,
+    channels_last: bool | None = None,
+) -> tuple[list[KindTime], float]:
+    """Per-kind time of ``model`` run by one backend (``eager``, ``torch`` or ``torch_compile``).
+
+    Args:
+        model: the network.
+        backend: the backend (ONNX Runtime has its own profiler: ``SessionOptions.enable_profiling``).
+        x: ``(S, C, H, W)`` slices.
+        batch_size: slices per call.
+        threads: intra-op threads.
+        channels_last: as for :func:`~monetpipe.inference.backends.make_inference_model`.
+
+    Returns:
+        Kinds sorted by time, and the total seconds of one pass (after a warm-up / compile pass).
+    """
+    from monetpipe.errors import MonetError
+    from monetpipe.inference.backends import make_inference_model
+
+    if backend not in ("eager", "torch", "torch_compile"):
+        raise MonetError(f"per-layer profiles cover eager, torch and torch_compile, not {backend}")
+    fn = make_inference_model(model, backend, threads=threads, channels_last=channels_last)
+    if fn.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if backend == "torch_compile":
+        for i in range(0, x.shape[0], batch_size):  # compile and warm up
+            fn(x[i : i + batch_size])
+        return profile_compiled(fn, x, batch_size)
+    return profile_layer_kinds(fn.module, x, batch_size)

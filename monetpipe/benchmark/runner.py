@@ -39,13 +39,14 @@ class BenchmarkConfig:
 
     models: Sequence[str] = ("monet", "unet16", "unet64", "attention_unet")
     backends: Sequence[str] = ("torch",)
-    batch_sizes: Sequence[int] = (8,)
+    batch_sizes: Sequence[int] = (4,)
     slices: int = PAPER_SLICES
     size: int = 256
     repeats: int = 5
     warmup: int = 1
     devices: Sequence[str] = ("cpu",)
     threads: int | None = None
+    channels_last: bool | None = None  # None: each backend's default (on for torch / torch_compile)
     in_channels: int = 1
     num_classes: int = 1
     train_steps: int = 10
@@ -102,7 +103,9 @@ def _cpu_rows(name: str, facts: dict, config: BenchmarkConfig, log: Callable[[st
         fn = None
         for batch in config.batch_sizes:
             if fn is None or backend == "torch_compile":  # compiled code is specialised to one batch size
-                fn = make_inference_model(model, backend, device="cpu", threads=config.threads)
+                fn = make_inference_model(
+                    model, backend, device="cpu", threads=config.threads, channels_last=config.channels_last
+                )
             variants.append(Variant(f"{backend}/b{batch}", fn, batch))
     rates = time_interleaved(
         variants,
@@ -128,6 +131,7 @@ def _cpu_rows(name: str, facts: dict, config: BenchmarkConfig, log: Callable[[st
                 **facts,
                 "device": "cpu",
                 "backend": backend,
+                "channels_last": v.fn.channels_last,
                 "batch_size": v.batch_size,
                 "threads": threads,
                 "size": config.size,

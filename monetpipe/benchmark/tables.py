@@ -29,6 +29,7 @@ COLUMNS = (
 RUN_COLUMNS = (
     "device",
     "backend",
+    "channels_last",
     "batch_size",
     "threads",
     "size",
@@ -97,9 +98,7 @@ def format_table(rows: Iterable[Mapping]) -> str:
     """The benchmark as a text table, with the paper's CPU time and size beside each model."""
 
     def line(cells: Iterable[str]) -> str:
-        return " ".join(
-            f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, (_, w, _) in zip(cells, _TABLE, strict=True)
-        )
+        return " ".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, (_, w, _) in zip(cells, _TABLE, strict=True))
 
     header = line(name for name, _, _ in _TABLE)
     body = [line(cell(r) for _, _, cell in _TABLE) for r in rows]

@@ -161,9 +161,7 @@ def _exp_elus(model: nn.Module) -> int:
     return len(names)
 
 
-def _prepared_torch(
-    model: nn.Module, device: torch.device, channels_last: bool, exp_elu: bool = False
-) -> nn.Module:
+def _prepared_torch(model: nn.Module, device: torch.device, channels_last: bool, exp_elu: bool = False) -> nn.Module:
     """Folded, Dropout-free, in-place-activation copy of ``model`` on ``device`` (not modified)."""
     from monetpipe.networks import fuse_for_inference
 
@@ -264,8 +262,7 @@ def _onnxruntime(
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         raise MonetError(
-            "the onnxruntime backend needs ONNX Runtime: pip install 'monetpipe[onnx]' "
-            "(or choose --backend torch)"
+            "the onnxruntime backend needs ONNX Runtime: pip install 'monetpipe[onnx]' (or choose --backend torch)"
         ) from exc
     from monetpipe.networks import export_onnx
 
@@ -348,9 +345,7 @@ def make_inference_model(
     else:
         run = _onnxruntime(model, threads, Path(cache_dir) if cache_dir else None, holder)
         channels_last = False
-    inference_model = InferenceModel(
-        key, run, model, device, channels_last, time.perf_counter() - start, module
-    )
+    inference_model = InferenceModel(key, run, model, device, channels_last, time.perf_counter() - start, module)
     holder.append(inference_model)
     logger.info(
         "prepared %s for inference: backend %s on %s%s, %d thread(s)",
