@@ -198,3 +198,12 @@ def test_profile_flag_prints_time_per_layer_kind(capsys):
     out = capsys.readouterr().out
     assert out.count("conv 3x3 dilated") == 2 and "elu" in out and "% matmul" in out
     assert "no per-layer profile for onnxruntime" in out
+
+
+def test_gpu_columns_are_measured_on_the_device_given():
+    """The CUDA code path (paper Table 2's right column), exercised on the CPU where no GPU exists."""
+    from monetpipe.benchmark.runner import BenchmarkConfig, _gpu_row, model_facts
+
+    config = BenchmarkConfig(models=["monet"], slices=2, size=32, repeats=1, warmup=0, train_steps=1)
+    row = _gpu_row("monet", model_facts("monet", 1, 1, 32), config, device="cpu")
+    assert row["gpu_s_per_batch32"] > 0 and row["gpu_s_150"] > 0 and row["gpu_model"] == "cpu"

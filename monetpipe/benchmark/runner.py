@@ -151,21 +151,22 @@ def _cpu_rows(name: str, facts: dict, config: BenchmarkConfig, log: Callable[[st
     return rows
 
 
-def _cuda_row(name: str, facts: dict, config: BenchmarkConfig) -> dict:
+def _gpu_row(name: str, facts: dict, config: BenchmarkConfig, device: str = "cuda") -> dict:
+    """Paper Table 2's GPU column (seconds per training batch of 32) and GPU inference time."""
     from monetpipe.inference.backends import make_inference_model
     from monetpipe.networks import build_network
 
     model = build_network(name, config.in_channels, config.num_classes)
-    step = train_step_seconds(model, 32, config.size, steps=config.train_steps, device="cuda")
-    fn = make_inference_model(model, "torch", device="cuda")
+    step = train_step_seconds(model, 32, config.size, steps=config.train_steps, device=device)
+    fn = make_inference_model(model, "torch", device=device)
     batch = config.batch_sizes[0]
-    x = make_slices(config.slices, config.size, config.in_channels).to("cuda")
+    x = make_slices(config.slices, config.size, config.in_channels).to(device)
     for _ in range(config.warmup):
-        time_pass(fn, x, batch, "cuda")
-    times = [time_pass(fn, x, batch, "cuda") * PAPER_SLICES / config.slices for _ in range(config.repeats)]
+        time_pass(fn, x, batch, device)
+    times = [time_pass(fn, x, batch, device) * PAPER_SLICES / config.slices for _ in range(config.repeats)]
     return {
         **facts,
-        "device": "cuda",
+        "device": device,
         "backend": "torch",
         "batch_size": batch,
         "size": config.size,
@@ -173,7 +174,7 @@ def _cuda_row(name: str, facts: dict, config: BenchmarkConfig) -> dict:
         "repeats": config.repeats,
         "gpu_s_per_batch32": step,
         "gpu_s_150": statistics.fmean(times),
-        "gpu_model": torch.cuda.get_device_name(),
+        "gpu_model": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
     }
 
 
@@ -203,7 +204,7 @@ def run_benchmark(config: BenchmarkConfig, log: Callable[[str], None] = logger.i
         if "cpu" in config.devices:
             cpu_rows = [{**r, **machine} for r in _cpu_rows(name, facts, config, log)]
         if "cuda" in config.devices:
-            gpu = _cuda_row(name, facts, config)
+            gpu = _gpu_row(name, facts, config)
             log(
                 f"{name}: GPU {gpu['gpu_s_per_batch32']:.4f} s per training batch of 32, "
                 f"{gpu['gpu_s_150']:.3f} s per {PAPER_SLICES} slices"
