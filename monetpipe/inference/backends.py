@@ -268,15 +268,21 @@ def _onnxruntime(
 
     fused = _prepared_torch(model, torch.device("cpu"), channels_last=False)
     sessions: dict[tuple[int, int, int], object] = {}
-    workdir = cache_dir or Path(tempfile.mkdtemp(prefix="monet_onnx_"))
     name = getattr(model, "model_name", type(model).__name__)
+
+    def export_and_load(c: int, h: int, w: int, folder: Path):
+        path = export_onnx(fused, folder / f"{name}_{c}x{h}x{w}.onnx", c, h, w)
+        return _onnx_session(path, threads)  # the session holds the graph; the file may go
 
     def session_for(c: int, h: int, w: int):
         key = (c, h, w)
         if key not in sessions:
             start = time.perf_counter()
-            path = export_onnx(fused, Path(workdir) / f"{name}_{c}x{h}x{w}.onnx", c, h, w)
-            sessions[key] = _onnx_session(path, threads)
+            if cache_dir is not None:
+                sessions[key] = export_and_load(c, h, w, cache_dir)
+            else:
+                with tempfile.TemporaryDirectory(prefix="monet_onnx_") as tmp:
+                    sessions[key] = export_and_load(c, h, w, Path(tmp))
             seconds = time.perf_counter() - start
             holder[0].setup_s += seconds
             logger.info("onnxruntime: exported and loaded %s at %dx%dx%d in %.1f s", name, c, h, w, seconds)
@@ -312,7 +318,8 @@ def make_inference_model(
         channels_last: NHWC activations; default: on for CPU with ``torch`` / ``torch_compile``.
         threads: intra-op threads; set process-wide for PyTorch (``torch.set_num_threads``) and per
             session for ONNX Runtime. Default: leave PyTorch's setting (one per core).
-        cache_dir: where ``onnxruntime`` writes its ONNX files (default: a new temp folder).
+        cache_dir: where ``onnxruntime`` keeps its ONNX files (default: a temporary folder, removed once
+            the session is loaded).
 
     Returns:
         An :class:`InferenceModel`; ``f(x)`` returns logits like ``model.eval()(x)``.
