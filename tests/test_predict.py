@@ -550,3 +550,17 @@ def test_real_ct_resampled_to_coarser_plan_and_back(ct_env, tmp_path):
 
     near = ndimage.binary_dilation(expected, structure=np.ones((1, 5, 5), bool))
     assert (pred & ~near).sum() <= 0.001 * pred.sum()
+
+
+def test_onnxruntime_backend_gives_the_same_segmentation(ct_env, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out = {}
+    for backend in ("torch", "onnxruntime"):
+        summary = predict_folder(
+            ct_env["images"], tmp_path / backend, ct_env["folder"], folds=["0"], backend=backend, device="cpu"
+        )
+        assert summary.ok
+        out[backend] = {c: read_labels(tmp_path / backend / f"{c}.nii.gz") for c in summary.predicted}
+    for case, labels in out["torch"].items():
+        assert np.mean(labels == out["onnxruntime"][case]) >= 0.9999

@@ -111,6 +111,7 @@ def predict_folder(
     overwrite: bool = False,
     num_threads: int | None = None,
     overlap: bool = True,
+    backend: str = "torch",
 ) -> PredictionSummary:
     """Segment every case in ``input_dir`` with ``model_folder``'s model into ``output_dir/<case>.nii.gz``.
 
@@ -130,6 +131,7 @@ def predict_folder(
         overwrite: re-predict cases whose output already exists.
         num_threads: PyTorch CPU threads (default: :func:`~monetpipe.inference.loading.configure_threads`).
         overlap: read the next and write the previous case in helper threads while the network runs.
+        backend: ``torch`` (default), ``torch_compile``, ``onnxruntime`` or ``eager`` (see docs/performance.md).
 
     Returns:
         The summary; ``summary.failed`` maps each failed case to its error (the run itself does not raise).
@@ -140,7 +142,7 @@ def predict_folder(
     from monetpipe.inference.loading import configure_threads, load_models
 
     check_folders(input_dir, output_dir)
-    loaded = load_models(model_folder, folds, checkpoint, device)
+    loaded = load_models(model_folder, folds, checkpoint, device, backend=backend)
     if loaded.device.type == "cpu":
         log.info("CPU inference with %d thread(s)", configure_threads(num_threads))
     summary = predict_files(

@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads for PyTorch (default: available cores)"
     )
+    p.add_argument(
+        "--backend",
+        default="torch",
+        choices=("torch", "torch_compile", "onnxruntime", "eager"),
+        help="network backend: torch (BN folded, default), torch_compile (fastest on CPU, compiles first), "
+        "onnxruntime (needs the onnx extra), eager",
+    )
     p.add_argument("--overwrite", action="store_true", help="re-predict cases whose output already exists")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             overwrite=args.overwrite,
             num_threads=args.threads,
+            backend=args.backend,
         )
         print(summary.report(), file=sys.stderr if summary.failed else sys.stdout)
         return 1 if summary.failed else 0

@@ -222,6 +222,7 @@ def load_models(
     checkpoint: str = "final",
     device: str = "auto",
     channels_last: bool | None = None,
+    backend: str = "torch",
 ) -> LoadedModels:
     """Load every requested fold's checkpoint of a results folder as an inference-ready ensemble.
 
@@ -230,6 +231,9 @@ def load_models(
         folds: folds to ensemble (default: every numbered fold with the checkpoint; ``all`` if only it).
         checkpoint: ``final``, ``best`` or ``latest``.
         device: ``auto``, ``cpu``, ``cuda`` (``cuda:1``) or ``mps``.
+        backend: ``torch`` (BN folded, in-place activations; default), ``torch_compile`` (Inductor,
+            needs a C++ compiler, compiles on first use), ``onnxruntime`` (optional extra) or ``eager``;
+            see :mod:`monetpipe.inference.backends` and docs/performance.md.
         channels_last: NHWC memory format (default: on CPU only).
 
     Returns:
@@ -252,7 +256,13 @@ def load_models(
     for path, ckpt in zip(files, checkpoints, strict=True):
         _check_compatible(ckpt, plans, path)
         names.add(ckpt["network"]["name"])
-        models.append(prepare_for_inference(network_from_checkpoint(ckpt, path), torch_device, channels_last))
+        network = network_from_checkpoint(ckpt, path)
+        if backend == "torch":
+            models.append(prepare_for_inference(network, torch_device, channels_last))
+        else:
+            from monetpipe.inference.backends import make_inference_model
+
+            models.append(make_inference_model(network, backend, device=torch_device, channels_last=channels_last))
     log.info(
         "loaded %s fold(s) %s (checkpoint_%s) on %s%s",
         "/".join(sorted(names)),
