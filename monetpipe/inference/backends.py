@@ -161,7 +161,7 @@ def _exp_elus(model: nn.Module) -> int:
     return len(names)
 
 
-def _prepared_torch(model: nn.Module, device: torch.device, channels_last: bool, exp_elu: bool = False) -> nn.Module:
+def prepared_module(model: nn.Module, device: torch.device, channels_last: bool, exp_elu: bool = False) -> nn.Module:
     """Folded, Dropout-free, in-place-activation copy of ``model`` on ``device`` (not modified)."""
     from monetpipe.networks import fuse_for_inference
 
@@ -225,7 +225,7 @@ def _compiled(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     import torch._inductor.config as inductor_config
 
-    prepared = _prepared_torch(model, device, channels_last, exp_elu=True)
+    prepared = prepared_module(model, device, channels_last, exp_elu=True)
     try:
         compiled = torch.compile(prepared, dynamic=False)
     except Exception as exc:  # torch.compile raises many types when no backend is usable
@@ -266,7 +266,7 @@ def _onnxruntime(
         ) from exc
     from monetpipe.networks import export_onnx
 
-    fused = _prepared_torch(model, torch.device("cpu"), channels_last=False)
+    fused = prepared_module(model, torch.device("cpu"), channels_last=False)
     sessions: dict[tuple[int, int, int], object] = {}
     name = getattr(model, "model_name", type(model).__name__)
 
@@ -345,7 +345,7 @@ def make_inference_model(
             module = module.to(memory_format=torch.channels_last)
         run = _module_runner(module, device, channels_last)
     elif key == "torch":
-        module = _prepared_torch(model, device, channels_last)
+        module = prepared_module(model, device, channels_last)
         run = _module_runner(module, device, channels_last)
     elif key == "torch_compile":
         run = _compiled(model, device, channels_last, holder)

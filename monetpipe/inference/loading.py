@@ -181,34 +181,13 @@ def network_from_checkpoint(ckpt: dict, path: Path):
 
 def prepare_for_inference(model, device, channels_last: bool = False):
     """BatchNorm folded (where exact), Dropout removed, activations in place, eval mode, on ``device``,
-    optionally channels_last. Inference only: the returned model must not be trained."""
+    optionally channels_last: the ``torch`` backend's network (:func:`backends.prepared_module`).
+    Inference only: the returned model must not be trained."""
     import torch
 
-    try:
-        from monetpipe.networks import fuse_for_inference
+    from monetpipe.inference.backends import prepared_module
 
-        model = fuse_for_inference(model)
-    except ImportError:  # pragma: no cover - an older networks package without fusion
-        model = model.eval()
-    _activations_in_place(model)
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
-
-
-def _activations_in_place(model) -> None:
-    """ELU / ReLU of every ``act(norm(conv(x)))`` block in place: its input is a fresh tensor nobody else
-    reads, so the result is identical and one activation-sized buffer per layer is saved."""
-    try:
-        from monetpipe.networks.blocks import ConvNormAct
-    except ImportError:  # pragma: no cover
-        return
-    for m in model.modules():
-        if isinstance(m, ConvNormAct) and hasattr(m.act, "inplace"):
-            m.act.inplace = True
+    return prepared_module(model, torch.device(device), channels_last)
 
 
 def default_channels_last(device) -> bool:
