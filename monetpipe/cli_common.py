@@ -25,6 +25,9 @@ def run_cli(body: Callable[[], int | None]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; finished work is kept: re-run the same command to resume (monet_train: add --continue)", file=sys.stderr)
+        print(
+            "interrupted; finished work is kept: re-run the same command to resume (monet_train: add --continue)",
+            file=sys.stderr,
+        )
         return 130
     return int(code or 0)
