@@ -24,7 +24,9 @@ $(STAMP): setup.py pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/monet_synthetic_task -o $(MONET_raw) --kind ct
 	$(VENV)/bin/monet_plan_and_preprocess -t 901 -np 2
-	$(VENV)/bin/monet_train -t 901 -m all --epochs 2 --iters-per-epoch 3 --batch-size 4 --continue
+	$(VENV)/bin/monet_train -t 901 -m monet --epochs 8 --iters-per-epoch 40 --batch-size 8 --continue
+	for m in unet16 unet64 attention_unet; do \
+	  $(VENV)/bin/monet_train -t 901 -m $$m --epochs 1 --iters-per-epoch 3 --batch-size 4 --continue || exit 1; done
 	$(VENV)/bin/monet_predict -i $(MONET_raw)/Task901_SyntheticCT/imagesTs -o $(DEMO_DIR)/predictions/Task901_SyntheticCT/monet -t 901 -m monet
 	$(VENV)/bin/monet_evaluate -t 901
 
