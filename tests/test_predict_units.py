@@ -336,3 +336,16 @@ def test_flush_denormals_is_scoped():
     if torch.set_flush_denormal(False):  # the CPU supports it (x86 with SSE3)
         assert inside == 0.0
     assert outside > 0.0
+
+
+def test_default_batch_size_keeps_large_slices_small_on_cpu():
+    """On CPU the batch shrinks with the slice size (measured: batch 1 fastest at 256 x 256, 16 at 64 x 64)."""
+    from monetpipe.inference.api import default_batch_size
+
+    hippocampus = dataclasses.replace(plans_for(3, 0), patch_size=(64, 48), batch_size=32)
+    ct = dataclasses.replace(plans_for(3, 0), patch_size=(512, 512), batch_size=2)
+    tiny = dataclasses.replace(plans_for(3, 0), patch_size=(16, 16), batch_size=8)
+    assert default_batch_size(hippocampus, torch.device("cpu")) == 21
+    assert default_batch_size(ct, torch.device("cpu")) == 1
+    assert default_batch_size(tiny, "cpu") == 8  # never more than the plan's
+    assert default_batch_size(ct, torch.device("cuda")) == 2  # GPUs keep the plan's batch

@@ -127,7 +127,7 @@ def predict_folder(
             ``(K incl. background, Z, Y, X)`` on the original grid.
         largest_component: keep only the largest connected component of each label.
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
-        batch_size: slices per forward pass (default: the plan's training batch size, at most 16 on CPU).
+        batch_size: slices per forward pass (default: :func:`default_batch_size`).
         overwrite: re-predict cases whose output already exists.
         num_threads: PyTorch CPU threads (default: :func:`~monetpipe.inference.loading.configure_threads`).
         overlap: read the next and write the previous case in helper threads while the network runs.
@@ -195,11 +195,21 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
         torch.set_flush_denormal(False)
 
 
+#: Pixels per CPU forward pass that keep a batch's activations in the caches (docs/performance.md,
+#: "Batch size"): MoNet at 2 threads was fastest at batch 16 for 64 x 64 slices and batch 1 for 256 x 256
+#: and 512 x 512 ones.
+CPU_PIXELS_PER_BATCH = 64 * 64 * 16
+
+
 def default_batch_size(plans: Plans, device) -> int:
-    """The plan's training batch size; on CPU at most 16 (larger batches only cost memory there:
-    8 and 16 ran equally fast, 32 slower, in scripts/benchmark_predict.py --formats)."""
+    """Slices per forward pass: the plan's training batch size; on CPU as many patch-sized slices as fit
+    in :data:`CPU_PIXELS_PER_BATCH` (at least 1), since larger batches run slower there once their
+    activations leave the caches."""
     on_cpu = getattr(device, "type", str(device)) == "cpu"
-    return min(plans.batch_size, 16) if on_cpu else plans.batch_size
+    if not on_cpu:
+        return plans.batch_size
+    h, w = plans.patch_size
+    return max(1, min(plans.batch_size, CPU_PIXELS_PER_BATCH // (h * w)))
 
 
 def predict_files(

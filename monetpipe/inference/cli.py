@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=None,
-        help="slices per forward pass (default: the plan's, at most 16 on CPU)",
+        help="slices per forward pass (default: the plan's; on CPU fewer for large slices, "
+        "see docs/inference.md)",
     )
     p.add_argument(
         "--threads", type=int, default=None, help="CPU threads for PyTorch (default: available cores)"
