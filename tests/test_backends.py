@@ -11,6 +11,7 @@ from monetpipe.inference.backends import (
     BACKENDS,
     ExpELU,
     InferenceModel,
+    _SliceParallel,
     _StaticBatchRunner,
     available_backends,
     make_inference_model,
@@ -50,13 +51,13 @@ def assert_same_prediction(reference: torch.Tensor, logits: torch.Tensor) -> Non
     assert agreement >= 0.9999
 
 
-def check_backend(name: str, backend: str, num_classes: int) -> InferenceModel:
+def check_backend(name: str, backend: str, num_classes: int, workers: int = 1) -> InferenceModel:
     model = trained_like(name, num_classes)
     h, w = SIZES[name]
     x = torch.randn(3, 1, h, w, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference = model(x)
-    fn = make_inference_model(model, backend)
+    fn = make_inference_model(model, backend, workers=workers)
     assert_same_prediction(reference, fn(x))
     # a short batch (the last one of a volume) and channels_last input give the same answer
     assert_same_prediction(reference[:2], fn(x[:2].contiguous(memory_format=torch.channels_last)))
@@ -139,3 +140,60 @@ def test_cli_lists_the_same_backends():
     from monetpipe.benchmark import cli
 
     assert tuple(cli.BACKENDS) == BACKENDS
+
+
+@pytest.fixture
+def keep_threads():
+    """Workers set PyTorch's thread count process-wide; give the other tests theirs back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_slice_parallel_workers_predict_the_same(backend, keep_threads):
+    if backend not in available_backends():
+        pytest.skip(f"{backend} is not installed")
+    torch.set_num_threads(2)
+    fn = check_backend("monet", backend, num_classes=3, workers=2)  # batch 3 -> parts of 2 and 1
+    assert fn.workers == 2 and torch.get_num_threads() == 1  # 2 threads over 2 workers: 1 each
+
+
+@pytest.mark.slow
+def test_slice_parallel_torch_compile_predicts_the_same(keep_threads):
+    check_backend("monet", "torch_compile", num_classes=3, workers=2)
+
+
+def test_slice_parallel_keeps_order_and_runs_a_new_shape_alone_first():
+    import threading
+    import time
+
+    calls = []  # (shape, running-at-once count)
+    running = [0]
+    lock = threading.Lock()
+
+    def fn(x):
+        with lock:
+            running[0] += 1
+            calls.append((tuple(x.shape), running[0]))
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return x * 2
+
+    runner = _SliceParallel(fn, workers=2, threads=1)
+    x = torch.arange(10.0).view(10, 1, 1, 1)
+    assert torch.equal(runner(x[:4]), x[:4] * 2)  # first call for this shape: part 1 alone, then part 2
+    assert calls[0] == ((2, 1, 1, 1), 1)
+    calls.clear()
+    assert torch.equal(runner(x[:5]), x[:5] * 2)  # known shape: both parts (3 + 2) at once
+    assert sorted(c[0][0] for c in calls) == [2, 3] and max(c[1] for c in calls) == 2
+    assert torch.equal(runner(x[:1]), x[:1] * 2)  # a single slice is not split
+
+
+def test_bad_worker_counts_are_refused(keep_threads):
+    model = build_network("monet", 1, 1)
+    with pytest.raises(MonetError, match="at least 1"):
+        make_inference_model(model, "torch", workers=0)
+    with pytest.raises(MonetError, match="CPU"):
+        make_inference_model(model, "torch", device="meta", workers=2)

@@ -64,6 +64,24 @@ def test_csv_has_every_column_with_checkable_values(tiny_run):
     assert row["floor_ratio"] == pytest.approx(row["cpu_s_median"] / (flop_150 / row["matmul_gflops"]))
     assert math.isnan(row["gpu_s_per_batch32"])  # no GPU asked for
     assert (row["backend"], row["batch_size"], row["threads"], row["device"]) == ("torch", 2, 1, "cpu")
+    assert row["workers"] == 1
+
+
+def test_workers_are_compared_in_one_run_at_their_own_thread_counts(tmp_path, monkeypatch):
+    before = torch.get_num_threads()
+    seen = []
+    original = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), original(n))[1])
+    out = tmp_path / "w.csv"
+    args = [*TINY[:-1], "2"]  # --threads 2
+    try:
+        assert cli.main([*args, "--workers", "1", "2", "-o", str(out)]) == 0
+    finally:
+        original(before)
+    table = pd.read_csv(out)
+    assert list(table["workers"]) == [1, 2] and set(table["threads"]) == {2}
+    assert (table["cpu_s_mean"] > 0).all()
+    assert 2 in seen and 1 in seen  # the 1-worker pass ran at 2 threads, the 2-worker one at 1 each
 
 
 def test_update_leaderboard_feeds_cpu_s_150(monet_roots, tmp_path):

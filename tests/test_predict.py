@@ -74,9 +74,7 @@ def make_model(plans: Plans, slices_dir: Path, seed: int, train_steps: int = 0) 
     return net.eval()
 
 
-def save_results(
-    folder: Path, plans: Plans, nets: dict, name: str = "monet", checkpoint: str = "final"
-) -> Path:
+def save_results(folder: Path, plans: Plans, nets: dict, name: str = "monet", checkpoint: str = "final") -> Path:
     """Write ``folder/plans.json`` and ``fold_<k>/checkpoint_<checkpoint>.pth`` as DESIGN.md §2 documents."""
     folder.mkdir(parents=True, exist_ok=True)
     plans.save(folder / "plans.json")
@@ -244,6 +242,32 @@ def test_trained_model_segments_synthetic_ct(ct_env, tmp_path):
     assert np.mean(dices) > 0.5, dices
 
 
+def test_slice_parallel_workers_write_the_same_labels(ct_env, tmp_path):
+    """--workers 2 (the CPU default with 2+ threads) and --workers 1 give identical label maps, and the
+    caller's PyTorch thread count is what it was."""
+    folder = save_results(
+        tmp_path / "monet__monetPlans", ct_env["plans"], {0: make_model(ct_env["plans"], ct_env["slices"], seed=3)}
+    )
+    before = torch.get_num_threads()
+    for workers in (1, 2):
+        summary = predict_folder(
+            ct_env["images"],
+            tmp_path / f"w{workers}",
+            folder,
+            device="cpu",
+            num_threads=2,
+            workers=workers,
+            batch_size=3,
+        )
+        assert summary.ok
+    assert torch.get_num_threads() == 2  # num_threads=2 stays set after the workers ran
+    for case in summary.predicted:
+        assert np.array_equal(
+            read_labels(tmp_path / "w1" / f"{case}.nii.gz"), read_labels(tmp_path / "w2" / f"{case}.nii.gz")
+        )
+    torch.set_num_threads(before)
+
+
 def test_4d_multichannel_input_and_channel_files_agree(mr_env, tmp_path):
     """A 4D MSD case gives a 3D output on its sub-geometry; the same case split per channel gives the same."""
     src = sorted(mr_env["images"].glob("*.nii.gz"))[0]
@@ -279,9 +303,7 @@ def test_channel_count_mismatch_and_missing_channel(mr_env, ct_env, tmp_path):
     inp.mkdir()
     for case, channels in (("good", (0, 1)), ("half", (0,))):
         for c in channels:
-            sitk.WriteImage(
-                sitk.Extract(four_d, size[:3] + [0], [0, 0, 0, c]), str(inp / f"{case}_{c:04d}.nii.gz")
-            )
+            sitk.WriteImage(sitk.Extract(four_d, size[:3] + [0], [0, 0, 0, c]), str(inp / f"{case}_{c:04d}.nii.gz"))
     summary = predict_folder(inp, tmp_path / "out", mr_env["folder"])
     assert summary.predicted == ["good"]
     assert "half_0001.nii.gz" in summary.failed["half"]
@@ -332,9 +354,7 @@ def test_corrupt_and_nan_files_are_reported_and_others_finish(ct_env, tmp_path, 
     (inp / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08\x00 this is not a NIfTI file" * 10)
     nan = np.zeros((8, 20, 20), np.float32)
     nan[3, 4, 5] = np.nan
-    write_volume(
-        nan, inp / "has_nan.nii.gz", (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), np.float32
-    )
+    write_volume(nan, inp / "has_nan.nii.gz", (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), np.float32)
     (inp / "._broken.nii.gz").write_bytes(b"macOS resource fork")  # ignored, not a case
     code = main(
         [
@@ -421,9 +441,7 @@ def test_binary_model_probabilities_and_labels_agree(ct_env, tmp_path):
     """A one-output (sigmoid) model: the npz holds [1 - p, p]; the label map is 1 exactly where p >= 0.5."""
     binary = ct_env["binary"]
     slices = ct_env["paths"].preprocessed / ct_env["task"].name / f"{binary.plans_name}_slices"
-    folder = save_results(
-        tmp_path / "monet__monetPlans_binary", binary, {0: make_model(binary, slices, seed=4)}
-    )
+    folder = save_results(tmp_path / "monet__monetPlans_binary", binary, {0: make_model(binary, slices, seed=4)})
     summary = predict_folder(ct_env["images"], tmp_path / "out", folder, save_probabilities=True)
     assert summary.ok
     case = summary.predicted[0]
@@ -525,9 +543,7 @@ def test_model_folder_alone_with_no_data_roots(ct_env, tmp_path, monkeypatch):
 # --- real CT --------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not (SHARED_CT / "lung1_image_zcrop.nii.gz").is_file(), reason="../shared/data/ct is absent"
-)
+@pytest.mark.skipif(not (SHARED_CT / "lung1_image_zcrop.nii.gz").is_file(), reason="../shared/data/ct is absent")
 def test_real_ct_resampled_to_coarser_plan_and_back(ct_env, tmp_path):
     """512 x 512 at 0.57 mm -> the plan's 1.14 mm grid -> back: identical geometry, bone where HU > 300."""
     src = SHARED_CT / "lung1_image_zcrop.nii.gz"

@@ -349,3 +349,14 @@ def test_default_batch_size_keeps_large_slices_small_on_cpu():
     assert default_batch_size(ct, torch.device("cpu")) == 1
     assert default_batch_size(tiny, "cpu") == 8  # never more than the plan's
     assert default_batch_size(ct, torch.device("cuda")) == 2  # GPUs keep the plan's batch
+
+
+def test_default_workers_and_their_batch():
+    """Two one-thread workers on a CPU with 2+ threads; each worker gets a cache-sized batch."""
+    from monetpipe.inference.api import default_batch_size
+    from monetpipe.inference.loading import default_workers
+
+    assert default_workers(torch.device("cpu"), 2) == 2 and default_workers("cpu", 8) == 2
+    assert default_workers("cpu", 1) == 1 and default_workers(torch.device("cuda"), 8) == 1
+    ct = dataclasses.replace(plans_for(3, 0), patch_size=(512, 512), batch_size=2)
+    assert default_batch_size(ct, "cpu", workers=2) == 2  # one 512 x 512 slice per worker

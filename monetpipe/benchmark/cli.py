@@ -43,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="slices per forward pass; several values are compared (default 4)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        metavar="N",
+        help="slice-parallel workers: each batch is split over N threads with threads/N intra-op threads "
+        "each; several values are compared (default 1). Use a batch size of at least N",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed passes per variant (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
     p.add_argument(
@@ -180,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             models=models,
             backends=args.backend,
             batch_sizes=args.batch_size,
+            workers=args.workers,
             slices=args.slices,
             size=args.size,
             repeats=args.repeats,

@@ -98,6 +98,13 @@ class Variant:
     fn: Callable[[torch.Tensor], torch.Tensor]
     batch_size: int
     times: list[float] = field(default_factory=list)
+    threads: int | None = None  # PyTorch intra-op threads set before each of its passes (None: leave)
+
+
+def _run_pass(v: Variant, x: torch.Tensor, device: str | torch.device) -> float:
+    if v.threads:
+        torch.set_num_threads(v.threads)
+    return time_pass(v.fn, x, v.batch_size, device)
 
 
 def time_interleaved(
@@ -124,13 +131,16 @@ def time_interleaved(
     Returns:
         The matmul rates measured (GFLOP/s), empty when ``matmul_size`` is 0.
     """
+    threads = torch.get_num_threads()
     for _ in range(warmup):
         for v in variants:
-            time_pass(v.fn, x, v.batch_size, device)
+            _run_pass(v, x, device)
+    torch.set_num_threads(threads)
     rates = [matmul_gflops(matmul_size, 2, device)] if matmul_size else []
     for r in range(repeats):
         for v in variants:
-            v.times.append(time_pass(v.fn, x, v.batch_size, device))
+            v.times.append(_run_pass(v, x, device))
+        torch.set_num_threads(threads)  # the matmul reference runs at the run's thread count
         if matmul_size:
             rates.append(matmul_gflops(matmul_size, 2, device))
         if progress is not None:

@@ -40,6 +40,7 @@ class BenchmarkConfig:
     models: Sequence[str] = ("monet", "unet16", "unet64", "attention_unet")
     backends: Sequence[str] = ("torch",)
     batch_sizes: Sequence[int] = (4,)
+    workers: Sequence[int] = (1,)  # slice-parallel workers (inference.backends.make_inference_model)
     slices: int = PAPER_SLICES
     size: int = 256
     repeats: int = 5
@@ -100,13 +101,21 @@ def _cpu_rows(name: str, facts: dict, config: BenchmarkConfig, log: Callable[[st
     x = make_slices(config.slices, config.size, config.in_channels)
     variants = []
     for backend in config.backends:
-        fn = None
-        for batch in config.batch_sizes:
-            if fn is None or backend == "torch_compile":  # compiled code is specialised to one batch size
-                fn = make_inference_model(
-                    model, backend, device="cpu", threads=config.threads, channels_last=config.channels_last
-                )
-            variants.append(Variant(f"{backend}/b{batch}", fn, batch))
+        for workers in config.workers:
+            fn = None
+            for batch in config.batch_sizes:
+                if fn is None or backend == "torch_compile":  # compiled code is specialised to one batch size
+                    fn = make_inference_model(
+                        model,
+                        backend,
+                        device="cpu",
+                        threads=threads,
+                        channels_last=config.channels_last,
+                        workers=workers,
+                    )
+                label = f"{backend}/b{batch}" + (f"/w{workers}" if workers > 1 else "")
+                variants.append(Variant(label, fn, batch, threads=max(1, threads // workers)))
+    set_threads(threads)
     rates = time_interleaved(
         variants,
         x,
@@ -133,6 +142,7 @@ def _cpu_rows(name: str, facts: dict, config: BenchmarkConfig, log: Callable[[st
                 "backend": backend,
                 "channels_last": v.fn.channels_last,
                 "batch_size": v.batch_size,
+                "workers": v.fn.workers,
                 "threads": threads,
                 "size": config.size,
                 "slices_timed": config.slices,

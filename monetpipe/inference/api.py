@@ -112,6 +112,7 @@ def predict_folder(
     num_threads: int | None = None,
     overlap: bool = True,
     backend: str = "torch",
+    workers: int | None = None,
 ) -> PredictionSummary:
     """Segment every case in ``input_dir`` with ``model_folder``'s model into ``output_dir/<case>.nii.gz``.
 
@@ -132,6 +133,8 @@ def predict_folder(
         num_threads: PyTorch CPU threads (default: :func:`~monetpipe.inference.loading.configure_threads`).
         overlap: read the next and write the previous case in helper threads while the network runs.
         backend: ``torch`` (default), ``torch_compile``, ``onnxruntime`` or ``eager`` (see docs/performance.md).
+        workers: slice-parallel workers on CPU, each with ``num_threads // workers`` threads (default:
+            :func:`~monetpipe.inference.loading.default_workers`: 2 when there are 2 or more threads).
 
     Returns:
         The summary; ``summary.failed`` maps each failed case to its error (the run itself does not raise).
@@ -139,26 +142,42 @@ def predict_folder(
     Raises:
         MonetError: unusable folders or model (nothing is predicted), e.g. ``output_dir`` in ``input_dir``.
     """
-    from monetpipe.inference.loading import configure_threads, load_models
+    import torch
+
+    from monetpipe.inference.loading import configure_threads, default_workers, load_models, resolve_device
 
     check_folders(input_dir, output_dir)
-    loaded = load_models(model_folder, folds, checkpoint, device, backend=backend)
-    if loaded.device.type == "cpu":
-        log.info("CPU inference with %d thread(s)", configure_threads(num_threads))
-    summary = predict_files(
-        input_dir,
-        output_dir,
-        loaded.models,
-        loaded.plans,
-        tta=tta,
-        save_probabilities=save_probabilities,
-        largest_component=largest_component,
-        device=loaded.device,
-        batch_size=batch_size,
-        overwrite=overwrite,
-        channels_last=loaded.channels_last,
-        overlap=overlap,
-    )
+    threads = None
+    if resolve_device(device).type == "cpu":
+        threads = configure_threads(num_threads)
+        workers = default_workers("cpu", threads) if workers is None else workers
+        log.info(
+            "CPU inference with %d thread(s)%s",
+            threads,
+            f" as {workers} slice-parallel workers" if workers > 1 else "",
+        )
+    elif workers is None:
+        workers = 1
+    try:
+        loaded = load_models(model_folder, folds, checkpoint, device, backend=backend, workers=workers)
+        summary = predict_files(
+            input_dir,
+            output_dir,
+            loaded.models,
+            loaded.plans,
+            tta=tta,
+            save_probabilities=save_probabilities,
+            largest_component=largest_component,
+            device=loaded.device,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            channels_last=loaded.channels_last,
+            overlap=overlap,
+            workers=loaded.workers,
+        )
+    finally:
+        if threads is not None and workers > 1:
+            torch.set_num_threads(threads)  # the workers lowered it process-wide while they ran
     summary.folds = list(loaded.folds)
     return summary
 
@@ -201,15 +220,15 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
 CPU_PIXELS_PER_BATCH = 64 * 64 * 16
 
 
-def default_batch_size(plans: Plans, device) -> int:
-    """Slices per forward pass: the plan's training batch size; on CPU as many patch-sized slices as fit
-    in :data:`CPU_PIXELS_PER_BATCH` (at least 1), since larger batches run slower there once their
-    activations leave the caches."""
+def default_batch_size(plans: Plans, device, workers: int = 1) -> int:
+    """Slices per forward pass: the plan's training batch size; on CPU, per slice-parallel worker, as
+    many patch-sized slices as fit in :data:`CPU_PIXELS_PER_BATCH` (at least 1, at most the plan's),
+    since larger batches run slower there once their activations leave the caches."""
     on_cpu = getattr(device, "type", str(device)) == "cpu"
     if not on_cpu:
         return plans.batch_size
     h, w = plans.patch_size
-    return max(1, min(plans.batch_size, CPU_PIXELS_PER_BATCH // (h * w)))
+    return workers * max(1, min(plans.batch_size, CPU_PIXELS_PER_BATCH // (h * w)))
 
 
 def predict_files(
@@ -225,6 +244,7 @@ def predict_files(
     overwrite: bool = False,
     channels_last: bool = False,
     overlap: bool = True,
+    workers: int = 1,
 ) -> PredictionSummary:
     """:func:`predict_folder` with networks already loaded (e.g. in a notebook, or a custom ensemble).
 
@@ -232,6 +252,7 @@ def predict_files(
         models: eval-mode networks taking the plan's channels and returning its ``num_classes`` logits.
         plans: the plans they were trained with.
         channels_last: the models are in ``torch.channels_last`` format; feed NHWC batches.
+        workers: the models' slice-parallel workers (sizes the default batch).
         Others: as in :func:`predict_folder`.
     """
     from tqdm import tqdm
@@ -257,7 +278,7 @@ def predict_files(
         )
 
     if batch_size is None:
-        batch_size = default_batch_size(plans, device)
+        batch_size = default_batch_size(plans, device, workers)
 
     on_cpu = getattr(device, "type", str(device)) == "cpu"
 

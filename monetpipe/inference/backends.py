@@ -19,6 +19,11 @@ kernels reorder sums; masks agree on >= 99.99 % of voxels, tested in tests/test_
     The folded graph exported to ONNX (one export per input size, cached) and run by ONNX Runtime's
     CPU provider with every graph optimisation. Optional: ``pip install 'monetpipe[onnx]'``.
 
+Any backend can also run **slice-parallel** (``workers=N``): each call's batch is split into N parts
+that N Python threads run at once, each with ``threads // N`` intra-op threads. On a 2-core machine two
+one-thread workers beat one two-thread call (MoNet, batch 2 vs 1: docs/performance.md), because small
+convolutions do not split well across threads; PyTorch's and ONNX Runtime's kernels release the GIL.
+
 Which is fastest depends on the machine; docs/performance.md lists what was measured and how to re-run
 it (``monet_benchmark --backend eager torch torch_compile onnxruntime``).
 """
@@ -29,8 +34,10 @@ import copy
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -52,6 +59,7 @@ class InferenceModel:
         setup_s: seconds spent preparing it (folding, exporting, compiling); ``torch_compile`` and
             ``onnxruntime`` add their per-shape compile / export time here on first use.
         module: the prepared PyTorch module (``eager`` / ``torch``; ``None`` otherwise), for profiling.
+        workers: slice-parallel workers (1: each call runs in the calling thread).
         in_channels, num_classes, size_divisor, model_name: copied from the network.
     """
 
@@ -64,8 +72,10 @@ class InferenceModel:
         channels_last: bool,
         setup_s: float,
         module: nn.Module | None = None,
+        workers: int = 1,
     ) -> None:
         self.backend = backend
+        self.workers = workers
         self.module = module
         self._run = run
         self.device = device
@@ -220,6 +230,38 @@ class _StaticBatchRunner:
         return out[:n]
 
 
+class _SliceParallel:
+    """Splits each batch into up to ``workers`` parts and runs them concurrently on a thread pool.
+
+    Every worker thread runs PyTorch with ``threads`` intra-op threads (set in the thread itself, since
+    OpenMP keeps a thread count per thread). The first call for each slice shape runs its first part
+    alone, so code that compiles or exports per shape does so once, in one thread.
+    """
+
+    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], workers: int, threads: int) -> None:
+        self.run = run
+        self.workers = workers
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="monet-infer", initializer=self._init_thread)
+        self.seen: set[tuple[int, ...]] = set()
+        self.lock = threading.Lock()
+
+    def _init_thread(self) -> None:
+        torch.set_num_threads(self.threads)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.tensor_split(x, min(self.workers, x.shape[0]))
+        key = tuple(x.shape[1:])
+        outputs: list[torch.Tensor] = []
+        with self.lock:
+            if key not in self.seen:
+                outputs.append(self.pool.submit(self.run, parts[0]).result())
+                parts = parts[1:]
+                self.seen.add(key)
+        outputs += [f.result() for f in [self.pool.submit(self.run, p) for p in parts]]
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
 def _compiled(
     model: nn.Module, device: torch.device, channels_last: bool, holder: list[InferenceModel]
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -307,6 +349,7 @@ def make_inference_model(
     channels_last: bool | None = None,
     threads: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    workers: int = 1,
 ) -> InferenceModel:
     """Prepare ``model`` for fast inference with the chosen backend.
 
@@ -320,6 +363,10 @@ def make_inference_model(
             session for ONNX Runtime. Default: leave PyTorch's setting (one per core).
         cache_dir: where ``onnxruntime`` keeps its ONNX files (default: a temporary folder, removed once
             the session is loaded).
+        workers: run each batch as up to this many parts in parallel threads, each with
+            ``threads // workers`` (at least 1) intra-op threads; PyTorch's thread count is set to that
+            process-wide. 1 (default): the whole batch in the calling thread with ``threads`` threads.
+            CPU only.
 
     Returns:
         An :class:`InferenceModel`; ``f(x)`` returns logits like ``model.eval()(x)``.
@@ -333,7 +380,13 @@ def make_inference_model(
     device = torch.device(device)
     if key == "onnxruntime" and device.type != "cpu":
         raise MonetError(f"the onnxruntime backend runs on the CPU, not {device}; use --backend torch there")
-    set_threads(threads)
+    if workers < 1:
+        raise MonetError(f"--workers must be at least 1, got {workers}")
+    if workers > 1 and device.type != "cpu":
+        raise MonetError(f"slice-parallel workers are for the CPU, not {device}; use --workers 1 there")
+    total = set_threads(threads)
+    if workers > 1:
+        threads = set_threads(max(1, total // workers))
     if channels_last is None:
         channels_last = device.type == "cpu" and key in ("torch", "torch_compile")
     start = time.perf_counter()
@@ -352,14 +405,19 @@ def make_inference_model(
     else:
         run = _onnxruntime(model, threads, Path(cache_dir) if cache_dir else None, holder)
         channels_last = False
-    inference_model = InferenceModel(key, run, model, device, channels_last, time.perf_counter() - start, module)
+    if workers > 1:
+        run = _SliceParallel(run, workers, torch.get_num_threads())
+    inference_model = InferenceModel(
+        key, run, model, device, channels_last, time.perf_counter() - start, module, workers
+    )
     holder.append(inference_model)
     logger.info(
-        "prepared %s for inference: backend %s on %s%s, %d thread(s)",
+        "prepared %s for inference: backend %s on %s%s, %d thread(s)%s",
         inference_model.model_name,
         key,
         device,
         ", channels_last" if channels_last else "",
         torch.get_num_threads(),
+        f" in each of {workers} workers" if workers > 1 else "",
     )
     return inference_model

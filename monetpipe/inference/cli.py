@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="CPU threads for PyTorch (default: available cores)"
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="CPU slice-parallel workers, each with threads/workers threads (default: 2 with 2+ threads)",
+    )
+    p.add_argument(
         "--backend",
         default="torch",
         choices=("torch", "torch_compile", "onnxruntime", "eager"),
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("say which model to use: -t TASK -m MODEL [-p PLANS], or --model-folder DIR")
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     setup_logging(args.verbose)
 
     def body() -> int:
@@ -104,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             num_threads=args.threads,
             backend=args.backend,
+            workers=args.workers,
         )
         print(summary.report(), file=sys.stderr if summary.failed else sys.stdout)
         return 1 if summary.failed else 0

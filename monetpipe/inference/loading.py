@@ -32,6 +32,17 @@ class LoadedModels:
     network: str
     device: object  # torch.device
     channels_last: bool
+    workers: int = 1  # slice-parallel workers per model (backends.make_inference_model)
+
+
+def default_workers(device, threads: int) -> int:
+    """Slice-parallel workers: 2 on a CPU with at least 2 threads, else 1.
+
+    Two one-thread workers beat one two-thread call on the 2-core development machine (MoNet: 1.16x
+    with torch_compile, 1.18x with the torch backend; docs/performance.md): small convolutions split
+    poorly across threads. More workers were not measured; ``--workers`` sets them.
+    """
+    return 2 if getattr(device, "type", str(device)) == "cpu" and threads >= 2 else 1
 
 
 def resolve_model_folder(
@@ -202,6 +213,7 @@ def load_models(
     device: str = "auto",
     channels_last: bool | None = None,
     backend: str = "torch",
+    workers: int = 1,
 ) -> LoadedModels:
     """Load every requested fold's checkpoint of a results folder as an inference-ready ensemble.
 
@@ -214,6 +226,8 @@ def load_models(
             needs a C++ compiler, compiles on first use), ``onnxruntime`` (optional extra) or ``eager``;
             see :mod:`monetpipe.inference.backends` and docs/performance.md.
         channels_last: NHWC memory format (default: on CPU only).
+        workers: slice-parallel workers per model (CPU; :func:`default_workers` is what
+            ``monet_predict`` uses); PyTorch's thread count becomes ``threads // workers``.
 
     Returns:
         The models, the plans and the folds/files they came from.
@@ -236,21 +250,28 @@ def load_models(
         _check_compatible(ckpt, plans, path)
         names.add(ckpt["network"]["name"])
         network = network_from_checkpoint(ckpt, path)
-        if backend == "torch":
+        if backend == "torch" and workers == 1:
             models.append(prepare_for_inference(network, torch_device, channels_last))
         else:
             from monetpipe.inference.backends import make_inference_model
 
-            models.append(make_inference_model(network, backend, device=torch_device, channels_last=channels_last))
+            models.append(
+                make_inference_model(
+                    network, backend, device=torch_device, channels_last=channels_last, workers=workers
+                )
+            )
     log.info(
-        "loaded %s fold(s) %s (checkpoint_%s) on %s%s",
+        "loaded %s fold(s) %s (checkpoint_%s) on %s%s%s",
         "/".join(sorted(names)),
         ", ".join(map(str, chosen)),
         checkpoint,
         torch_device,
         ", channels_last" if channels_last else "",
+        f", {workers} slice-parallel workers" if workers > 1 else "",
     )
-    return LoadedModels(models, plans, chosen, files, "/".join(sorted(names)), torch_device, channels_last)
+    return LoadedModels(
+        models, plans, chosen, files, "/".join(sorted(names)), torch_device, channels_last, workers
+    )
 
 
 def _check_compatible(ckpt: dict, plans: Plans, path: Path) -> None:
