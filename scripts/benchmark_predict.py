@@ -127,8 +127,10 @@ def main() -> None:
     p.add_argument("--slices", type=int, default=150)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--network", default="monet")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None, help="default: monet_predict's")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="slice-parallel workers (default: monet_predict's)")
+    p.add_argument("--backend", default="torch", help="torch (default), torch_compile, onnxruntime, eager")
     p.add_argument(
         "--overlap",
         action="store_true",
@@ -181,6 +183,8 @@ def main() -> None:
         overwrite=True,
         num_threads=threads,
         overlap=args.overlap,
+        workers=args.workers,
+        backend=args.backend,
     )
     if not summary.ok:
         raise SystemExit(summary.report())
@@ -192,7 +196,8 @@ def main() -> None:
     side = round(args.size * 0.8 / plans.target_spacing[0])
     print(
         f"\n{args.network}: {n} case(s) of {args.slices} x {args.size} x {args.size} int16 -> "
-        f"{args.slices} x {side} x {side}, batch {args.batch_size}, {mode}"
+        f"{args.slices} x {side} x {side}, batch {args.batch_size or 'default'}, "
+        f"workers {args.workers or 'default'}, backend {args.backend}, {mode}"
     )
     print(f"{'stage':<14}{'s/case':>10}{'share':>9}")
     for s in STAGES:

@@ -263,7 +263,7 @@ class _SliceParallel:
 
 
 def _compiled(
-    model: nn.Module, device: torch.device, channels_last: bool, holder: list[InferenceModel]
+    model: nn.Module, device: torch.device, channels_last: bool, holder: list[InferenceModel], workers: int = 1
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     import torch._inductor.config as inductor_config
 
@@ -273,10 +273,15 @@ def _compiled(
     except Exception as exc:  # torch.compile raises many types when no backend is usable
         raise MonetError(f"torch.compile is unavailable here ({exc}); use --backend torch") from exc
 
+    # Freezing (weights as constants) lets Inductor pre-pack them for oneDNN: 1.5x on MoNet. It is read
+    # from the global config when a graph compiles (torch.compile's options= does not reach it). For
+    # slice-parallel workers the C++ wrapper runs the whole graph with the GIL released (the default
+    # Python wrapper holds it in every generated kernel): 2 workers took 8.9 s per 150 slices with it,
+    # 10.2 s without (docs/performance.md).
+    options = {"freezing": True, "cpp_wrapper": workers > 1}
+
     def run(x: torch.Tensor) -> torch.Tensor:
-        # Freezing (weights as constants) lets Inductor pre-pack them for oneDNN: 1.5x on MoNet. It is
-        # read from the global config when a graph compiles (torch.compile's options= does not reach it).
-        with torch.no_grad(), inductor_config.patch(freezing=True):
+        with torch.no_grad(), inductor_config.patch(**options):
             return compiled(_as_input(x, device, channels_last)).contiguous()
 
     def first_use(seconds: float) -> None:
@@ -401,7 +406,7 @@ def make_inference_model(
         module = prepared_module(model, device, channels_last)
         run = _module_runner(module, device, channels_last)
     elif key == "torch_compile":
-        run = _compiled(model, device, channels_last, holder)
+        run = _compiled(model, device, channels_last, holder, workers)
     else:
         run = _onnxruntime(model, threads, Path(cache_dir) if cache_dir else None, holder)
         channels_last = False
