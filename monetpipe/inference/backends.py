@@ -276,8 +276,8 @@ def _compiled(
     # Freezing (weights as constants) lets Inductor pre-pack them for oneDNN: 1.5x on MoNet. It is read
     # from the global config when a graph compiles (torch.compile's options= does not reach it). For
     # slice-parallel workers the C++ wrapper runs the whole graph with the GIL released (the default
-    # Python wrapper holds it in every generated kernel): 2 workers took 8.9 s per 150 slices with it,
-    # 10.2 s without (docs/performance.md).
+    # Python wrapper holds it in every generated kernel): 2 workers took 9.0 s per 150 slices with it,
+    # 10.1 s without (scripts/benchmark_workers.py, docs/performance.md).
     options = {"freezing": True, "cpp_wrapper": workers > 1}
 
     def run(x: torch.Tensor) -> torch.Tensor:
