@@ -1,4 +1,5 @@
 """evaluate_folders and the -ref/-pred command on tiny NIfTI folders."""
+
 from __future__ import annotations
 
 import json
@@ -66,12 +67,20 @@ def test_summary_layout_values_and_csv(folders):
         assert got["Dice"] == pytest.approx(expected[int(label)]["Dice"])
         assert got["HD95"] == pytest.approx(expected[int(label)]["HD95"])
         assert {"Dice", "IoU", "HD", "HD95", "ASSD", "TP", "FP", "FN", "n_ref", "n_pred"} <= set(got)
-    # label 2 of case_b: reference empty -> Dice 0, HD95 undefined (null), excluded from the mean
+    # label 2 of case_b: reference empty, predicted -> a false alarm: Dice 0 and every distance the case's
+    # penalty, the diagonal of the reference image (10 x 0.8, 12 x 0.9, 6 x 2.5 mm), included in the mean
+    penalty = math.sqrt(8.0**2 + 10.8**2 + 15.0**2)
+    assert cases["case_b.nii.gz"]["distance_penalty_mm"] == pytest.approx(penalty)
     b2 = cases["case_b.nii.gz"]["metrics"]["2"]
-    assert b2["Dice"] == 0.0 and b2["HD95"] is None and b2["n_pred"] == 1
-    assert summary["mean"]["2"]["HD95"] == pytest.approx(expected[2]["HD95"])
+    assert b2["Dice"] == 0.0 and b2["n_pred"] == 1 and b2["outcome"] == "false_alarm"
+    assert b2["HD95"] == b2["HD"] == b2["ASSD"] == pytest.approx(penalty) and b2["Recall"] is None
+    assert summary["mean"]["2"]["HD95"] == pytest.approx((expected[2]["HD95"] + penalty) / 2)
+    assert summary["defined_mean"]["2"]["HD95"] == pytest.approx(expected[2]["HD95"])  # case_a only
     assert summary["mean"]["2"]["Dice"] == pytest.approx(expected[2]["Dice"] / 2)
-    assert summary["hd95_n_undefined"] == 1 and summary["n_undefined"]["2"]["HD95"] == 1
+    assert summary["hd95_n_undefined"] == 0 and summary["n_undefined"]["2"]["HD95"] == 0
+    assert summary["outcomes"]["2"] == {"n_both_present": 1, "n_missed": 0, "n_false_alarm": 1, "n_both_empty": 0}
+    assert summary["foreground_outcomes"] == {"n_both_present": 3, "n_missed": 0, "n_false_alarm": 1, "n_both_empty": 0}
+    assert summary["summary_version"] == 2
     fg = (summary["mean"]["1"]["Dice"] + summary["mean"]["2"]["Dice"]) / 2
     assert summary["foreground_mean"]["Dice"] == pytest.approx(fg)
     # the reference's spacing is used: 1 slice of 2.5 mm between label-2 boxes along z
@@ -80,7 +89,7 @@ def test_summary_layout_values_and_csv(folders):
     table = pd.read_csv(pred / "summary.csv")
     assert len(table) == 4 and set(table["case"]) == {"case_a", "case_b"}
     row = table[(table["case"] == "case_b") & (table["label"] == 2)].iloc[0]
-    assert row["Dice"] == 0.0 and math.isnan(row["HD95"])
+    assert row["Dice"] == 0.0 and row["HD95"] == pytest.approx(penalty) and row["outcome"] == "false_alarm"
 
 
 def test_unpaired_and_mismatched_files_are_reported_by_name(folders, caplog):
@@ -166,6 +175,7 @@ def test_real_hippocampus_labels_agree_with_monai(tmp_path):
         for label in (1, 2):
             y, yp = (torch.from_numpy((a == label)[None, None].astype(np.float32)) for a in (ref, pred))
             expected = monai_metrics.compute_hausdorff_distance(
-                yp, y, include_background=True, percentile=95, spacing=list(spacing)).item()
+                yp, y, include_background=True, percentile=95, spacing=list(spacing)
+            ).item()
             assert entry["metrics"][str(label)]["HD95"] == pytest.approx(expected, rel=1e-6)
             assert 0 < entry["metrics"][str(label)]["Dice"] < 1

@@ -1,4 +1,5 @@
 """The leaderboard on a fabricated results tree: two models, validation predictions, plans.json."""
+
 from __future__ import annotations
 
 import json
@@ -25,14 +26,18 @@ VAL = ["toy_001", "toy_002", "toy_003"]
 
 def reference(i: int) -> np.ndarray:
     a = np.zeros(SHAPE, np.uint8)
-    a[1:4, 3 + i:10 + i, 3:10] = 1
-    a[2:4, 4 + i:7 + i, 4:7] = 2
+    a[1:4, 3 + i : 10 + i, 3:10] = 1
+    a[2:4, 4 + i : 7 + i, 4:7] = 2
     return a
 
 
 def plans(binary: bool) -> dict:
-    return {"num_input_channels": 1, "num_classes": 1 if binary else 3, "slice_axis": 0,
-            "output_labels": {"0": 0, "1": 1} if binary else {"0": 0, "1": 1, "2": 2}}
+    return {
+        "num_input_channels": 1,
+        "num_classes": 1 if binary else 3,
+        "slice_axis": 0,
+        "output_labels": {"0": 0, "1": 1} if binary else {"0": 0, "1": 1, "2": 2},
+    }
 
 
 def write_model(results: Path, model: str, plans_name: str, predictions: dict[str, np.ndarray]) -> None:
@@ -49,8 +54,11 @@ def tree(tmp_path) -> MonetPaths:
     pre = paths.preprocessed / TASK
     for i, case in enumerate(CASES):
         write_label(reference(i), GEOMETRY, pre / "gt_segmentations" / "monetPlans" / f"{case}.nii.gz")
-        write_label((reference(i) > 0).astype(np.uint8), GEOMETRY,
-                    pre / "gt_segmentations" / "monetPlans_binary" / f"{case}.nii.gz")
+        write_label(
+            (reference(i) > 0).astype(np.uint8),
+            GEOMETRY,
+            pre / "gt_segmentations" / "monetPlans_binary" / f"{case}.nii.gz",
+        )
         image = np.random.default_rng(i).normal(size=SHAPE).astype(np.float32) + reference(i)
         write_image(image, GEOMETRY, paths.raw / TASK / "imagesTr" / f"{case}.nii.gz")
     (pre / "splits_final.json").write_text(json.dumps([{"train": ["toy_000"], "val": VAL}]))
@@ -62,7 +70,8 @@ def tree(tmp_path) -> MonetPaths:
     write_model(paths.results, "unet16", "monetPlans", poor)
     write_model(paths.results, "monet", "monetPlans_binary", {c: (good[c] > 0).astype(np.uint8) for c in VAL})
     pd.DataFrame({"model": ["monet", "unet16"], "cpu_s_mean": [14.88, 7.03]}).to_csv(
-        paths.results / TASK / "benchmark.csv", index=False)
+        paths.results / TASK / "benchmark.csv", index=False
+    )
     return paths
 
 
@@ -70,19 +79,29 @@ def test_leaderboard_rows_columns_and_files(tree):
     table = build_leaderboard("901", tree, num_processes=1)
     res = tree.results / TASK
     written = pd.read_csv(res / "leaderboard.csv")
-    assert list(written.columns) == list(BASE_COLUMNS) + ["dice_1", "dice_2", "hd95_1", "hd95_2"]
+    per_label = [f"{p}{v}" for p in ("dice_", "hd95_", "n_missed_", "n_false_alarm_", "n_both_empty_") for v in (1, 2)]
+    assert list(written.columns) == list(BASE_COLUMNS) + per_label
     assert len(written) == len(table) == 3
     # sorted by dice_mean: the binary monet plan is perfect, then monet (one label missed), then unet16
     assert list(zip(written["model"], written["plans"], strict=True)) == [
-        ("monet", "monetPlans_binary"), ("monet", "monetPlans"), ("unet16", "monetPlans")]
+        ("monet", "monetPlans_binary"),
+        ("monet", "monetPlans"),
+        ("unet16", "monetPlans"),
+    ]
     assert written["dice_mean"].is_monotonic_decreasing
     binary, multi, poor = (written.iloc[i] for i in range(3))
     assert binary["dice_mean"] == 1.0 and binary["hd95_mean"] == 0.0 and np.isnan(binary["dice_2"])
     assert (binary["n_cases"], binary["fold"], binary["task"]) == (3, 0, TASK)
-    # monet on toy_003: label 1 Dice < 1, label 2 missed (Dice 0, HD95 undefined and counted)
-    assert multi["hd95_n_undefined"] == 1 and multi["dice_2"] == pytest.approx(2 / 3)
+    # monet on toy_003: label 1 Dice < 1, label 2 missed: Dice 0, counted, and HD95 the image diagonal
+    # (14 x 1, 16 x 1, 5 x 3 mm), so one missed structure costs more HD95 than unet16's shift everywhere
+    assert (multi["n_missed"], multi["n_missed_2"], multi["n_missed_1"]) == (1, 1, 0)
+    assert multi["n_false_alarm"] == multi["n_both_empty"] == 0 and multi["dice_2"] == pytest.approx(2 / 3)
+    assert multi["hd95_2"] == pytest.approx(677**0.5 / 3)  # (0 + 0 + penalty) / 3 cases
     assert multi["dice_median"] == 1.0 and multi["dice_mean"] < 1.0
-    assert poor["dice_mean"] < multi["dice_mean"] and poor["hd95_mean"] > 0 and poor["n_missing"] == 0
+    assert poor["dice_mean"] < multi["dice_mean"] and 0 < poor["hd95_mean"] < multi["hd95_mean"]
+    assert poor["n_missing"] == 0 and poor["n_missed"] == 0
+    assert binary["n_both_empty_2"] != binary["n_both_empty_2"]  # blank: the binary plan has no label 2
+    assert np.isnan(binary["federated_sites"]) and np.isnan(binary["federated_rounds"])
     assert poor["cpu_s_150"] == 7.03 and multi["cpu_s_150"] == 14.88
     # the reference labels come from the plan: the binary plan has no label 2 column values
     summary_file = res / "monet__monetPlans_binary" / "fold_0" / "validation" / "summary.json"
@@ -90,8 +109,11 @@ def test_leaderboard_rows_columns_and_files(tree):
     assert set(summary["mean"]) == {"1"}
     assert (res / "leaderboard.png").stat().st_size > 1000
     overlays = sorted(p.name for p in (res / "overlays").iterdir())
-    assert overlays == sorted(f"{m}_{k}.png" for m in ("monet__monetPlans", "monet__monetPlans_binary",
-                                                       "unet16__monetPlans") for k in ("median", "worst"))
+    assert overlays == sorted(
+        f"{m}_{k}.png"
+        for m in ("monet__monetPlans", "monet__monetPlans_binary", "unet16__monetPlans")
+        for k in ("median", "worst")
+    )
 
 
 def test_parameter_columns(tree):

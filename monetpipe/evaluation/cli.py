@@ -1,4 +1,5 @@
 """``monet_evaluate``: score a prediction folder (``-ref/-pred``) or build a task's leaderboard (``-t``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,14 +15,19 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="monet_evaluate",
         description="Dice / IoU / precision / recall / HD / HD95 / ASSD (mm, reference spacing) per case "
-                    "and label. With -ref/-pred: one folder pair -> summary.json + summary.csv (nnU-Net v2 "
-                    "layout). With -t: every trained model/fold of a task -> leaderboard.csv, "
-                    "leaderboard.png, overlays/.",
+        "and label. With -ref/-pred: one folder pair -> summary.json + summary.csv (nnU-Net v2 "
+        "layout). With -t: every trained model/fold of a task -> leaderboard.csv, "
+        "leaderboard.png, overlays/.",
     )
     p.add_argument("-ref", help="folder of reference label maps (<case>.nii.gz)")
     p.add_argument("-pred", help="folder of predicted label maps, same file names")
-    p.add_argument("-l", "--labels", type=int, nargs="+",
-                   help="labels to evaluate (default: every non-zero label in references and predictions)")
+    p.add_argument(
+        "-l",
+        "--labels",
+        type=int,
+        nargs="+",
+        help="labels to evaluate (default: every non-zero label in references and predictions)",
+    )
     p.add_argument("-o", "--output", help="summary file (default PRED/summary.json; the CSV goes beside it)")
     p.add_argument("-t", "--task", help="task for the leaderboard: Task04, 4, Task04_Hippocampus or a path")
     p.add_argument("-m", "--models", nargs="+", help="leaderboard: only these models (default all)")
@@ -40,19 +46,32 @@ def _fmt(value: object) -> str:
 def _folders(args: argparse.Namespace) -> int:
     from monetpipe.evaluation.evaluator import evaluate_folders, summary_ok
 
-    summary = evaluate_folders(args.ref, args.pred, labels=args.labels, output_file=args.output,
-                               num_processes=args.num_processes)
+    summary = evaluate_folders(
+        args.ref, args.pred, labels=args.labels, output_file=args.output, num_processes=args.num_processes
+    )
     print(f"{summary['n_cases']} case(s); labels {summary['labels']}")
     print(f"{'label':>10} " + " ".join(f"{k:>9}" for k in ("Dice", "IoU", "HD95", "HD", "ASSD")))
     rows = [(k, v) for k, v in summary["mean"].items()] + [("foreground", summary["foreground_mean"])]
     for label, m in rows:
         print(f"{label:>10} " + " ".join(f"{_fmt(m[k]):>9}" for k in ("Dice", "IoU", "HD95", "HD", "ASSD")))
-    print(f"HD95 undefined (an empty mask) in {summary['hd95_n_undefined']} case-label pair(s)")
+    fg = summary["foreground_outcomes"]
+    print(
+        f"case-label pairs: {fg['n_missed']} missed, {fg['n_false_alarm']} false alarm(s) (HD/HD95/ASSD = the "
+        f"image diagonal, included above), {fg['n_both_empty']} empty in both (excluded); HD95 over pairs "
+        f"where both are present: {_fmt(summary['foreground_defined_mean']['HD95'])}"
+    )
     if not summary_ok(summary):
         missing = summary["unpaired"]["missing_predictions"]
-        print(f"error: {len(missing)} reference(s) without prediction and {len(summary['errors'])} case(s) "
-              f"not evaluable (listed under 'unpaired' and 'errors' in the summary); the means above exclude "
-              f"them.", file=sys.stderr)
+        for path in missing:
+            print(f"error: {path}: no prediction for this reference.", file=sys.stderr)
+        for error in summary["errors"]:
+            print(f"error: {error['error']}", file=sys.stderr)
+        print(
+            f"error: {len(missing)} reference(s) without prediction and {len(summary['errors'])} case(s) "
+            f"not evaluable (listed under 'unpaired' and 'errors' in the summary); the means above exclude "
+            f"them, so they are not a result for the whole folder.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -63,12 +82,42 @@ def _leaderboard(args: argparse.Namespace) -> int:
     from monetpipe.evaluation.leaderboard import build_leaderboard
     from monetpipe.paths import MonetPaths
 
-    table = build_leaderboard(args.task, MonetPaths.from_env(), models=args.models,
-                              num_processes=args.num_processes, make_plots=not args.no_plots)
-    shown = ["model", "plans", "fold", "n_cases", "dice_mean", "dice_std", "hd95_mean", "hd95_std",
-             "hd95_n_undefined", "params_keras", "size_mib_fp32", "cpu_s_150", "n_missing"]
+    table = build_leaderboard(
+        args.task,
+        MonetPaths.from_env(),
+        models=args.models,
+        num_processes=args.num_processes,
+        make_plots=not args.no_plots,
+    )
+    shown = [
+        "model",
+        "plans",
+        "fold",
+        "federated_sites",
+        "n_cases",
+        "dice_mean",
+        "dice_std",
+        "hd95_mean",
+        "hd95_std",
+        "n_missed",
+        "n_false_alarm",
+        "params_keras",
+        "size_mib_fp32",
+        "cpu_s_150",
+        "n_missing",
+    ]
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(table[shown].to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
+    incomplete = table[table["n_missing"] > 0]
+    if len(incomplete):
+        runs = ", ".join(f"{r.model}__{r.plans}/fold_{r.fold} ({r.n_missing})" for r in incomplete.itertuples())
+        print(
+            f"error: validation cases without a usable prediction (missing, unreadable or on another grid; "
+            f"named in the warnings above and in each fold's validation/summary.json): {runs}. Their rows "
+            f"exclude those cases.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -83,8 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("-ref and -pred go together")
     if folder_mode and args.models:
         parser.error("-m applies to the leaderboard (-t TASK) only")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         return _folders(args) if folder_mode else _leaderboard(args)
     except MonetError as exc:

@@ -5,8 +5,11 @@ The summary follows nnU-Net v2's layout so existing tooling reads it::
     {"metric_per_case": [{"reference_file", "prediction_file", "metrics": {"1": {"Dice": ...}}}],
      "mean": {"1": {"Dice": ...}}, "foreground_mean": {"Dice": ...}, ...}
 
-plus monetpipe's bookkeeping: ``n_undefined`` per label and metric, ``hd95_n_undefined``,
-``dice_n_undefined``, ``unpaired`` and ``errors``. NaN metrics are written as ``null``.
+plus monetpipe's bookkeeping (``summary_version``, per case ``distance_penalty_mm`` and per pair
+``outcome``, ``outcomes`` / ``foreground_outcomes`` with the miss and false-alarm counts, ``defined_mean``,
+``n_undefined``, ``unpaired``, ``errors``). ``HD``, ``HD95`` and ``ASSD`` of a missed structure or a
+false alarm are the case's penalty distance, so no mean rewards a miss (see
+:mod:`monetpipe.evaluation.aggregation`). NaN metrics are written as ``null``.
 
 Pairing rules (see docs/evaluation.md):
 
@@ -15,9 +18,12 @@ Pairing rules (see docs/evaluation.md):
   logged, excluded from every mean (there is nothing to score) and makes :func:`summary_ok` false, so
   the command exits non-zero; it is never silently skipped;
 * a prediction without a reference is listed under ``unpaired.missing_references`` and ignored;
-* a pair whose geometry (size, spacing, origin, direction) differs, or a file that cannot be read, is
-  listed under ``errors`` with the reason and excluded from the means.
+* a pair whose geometry (size, spacing, origin, direction) differs, or a file that cannot be read
+  (missing, truncated, corrupt), is listed under ``errors`` with a reason naming the file, excluded from
+  the means, and makes :func:`summary_ok` false: the command exits non-zero rather than report a mean
+  that silently lacks a case.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,14 +34,17 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-import numpy as np
-
-from monetpipe.errors import DatasetError, MonetError
-from monetpipe.evaluation.metrics import METRIC_KEYS, compute_label_metrics, empty_label_metrics, label_values
+from monetpipe.errors import MonetError
+from monetpipe.evaluation.aggregation import aggregate, image_diagonal_mm, penalize
+from monetpipe.evaluation.metrics import compute_label_metrics, empty_label_metrics, label_values
 from monetpipe.io.atomic import atomic_path, write_json
 from monetpipe.io.image import is_nifti, read_label, strip_nifti
 
 logger = logging.getLogger(__name__)
+
+#: Written as ``summary_version``; a summary of another version is never reused (the leaderboard re-evaluates).
+#: 2: distances of a miss / false alarm are the image-diagonal penalty; ``outcome`` and ``outcomes`` added.
+SUMMARY_VERSION = 2
 
 
 class EvaluationError(MonetError):
@@ -67,46 +76,47 @@ def list_cases(folder: str | os.PathLike) -> dict[str, Path]:
 def _evaluate_case(ref_path: Path, pred_path: Path, labels: Sequence[int] | None) -> dict:
     """Worker: metrics of one pair, or ``{"error": ...}``. Runs in a child process."""
     try:
-        ref, ref_geo = read_label(ref_path)
-        pred, pred_geo = read_label(pred_path)
-    except DatasetError as exc:
+        ref, ref_geo = _read(ref_path)
+        pred, pred_geo = _read(pred_path)
+    except MonetError as exc:
         return {"error": str(exc)}
     diff = ref_geo.mismatch(pred_geo)
     if diff is not None:
-        return {"error": f"{pred_path.name}: geometry differs from the reference {ref_path} ({diff}). "
-                         f"Predictions must be written on the reference's grid."}
+        return {
+            "error": f"{pred_path.name}: geometry differs from the reference {ref_path} ({diff}). "
+            f"Predictions must be written on the reference's grid."
+        }
     if labels is None:
         found = sorted((label_values(ref) | label_values(pred)) - {0})
     else:
         found = list(labels)
     metrics = compute_label_metrics(ref, pred, found, ref_geo.spacing_zyx)
-    return {"metrics": metrics, "n_voxels": int(ref.size)}
+    return {
+        "metrics": metrics,
+        "n_voxels": int(ref.size),
+        "penalty_mm": image_diagonal_mm(ref_geo.size, ref_geo.spacing),
+    }
 
 
-def _nan_to_none(value: float | int) -> float | int | None:
+def _read(path: Path):
+    """:func:`read_label`, with a low-level read failure (cut gzip stream) turned into an error naming the file."""
+    try:
+        return read_label(path)
+    except (OSError, EOFError) as exc:
+        raise EvaluationError(
+            f"{path}: cannot be read ({exc}); the file is truncated or corrupt. "
+            f"Re-create it (re-run the prediction) and evaluate again."
+        ) from None
+
+
+def _nan_to_none(value: float | int | str) -> float | int | str | None:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
 
 
-def _aggregate(per_case: list[dict], labels: Sequence[int]) -> tuple[dict, dict, dict]:
-    """Per-label means (NaN excluded), foreground means (mean over labels) and NaN counts."""
-    mean: dict[str, dict] = {}
-    n_undefined: dict[str, dict] = {}
-    for label in labels:
-        key = str(label)
-        mean[key], n_undefined[key] = {}, {}
-        for metric in METRIC_KEYS:
-            values = np.array([c["metrics"][key][metric] for c in per_case], dtype=float)
-            nan = np.isnan(values)
-            n_undefined[key][metric] = int(nan.sum())
-            mean[key][metric] = float(values[~nan].mean()) if (~nan).any() else math.nan
-    foreground: dict[str, float] = {}
-    for metric in METRIC_KEYS:
-        values = np.array([mean[str(label)][metric] for label in labels], dtype=float)
-        values = values[~np.isnan(values)]
-        foreground[metric] = float(values.mean()) if values.size else math.nan
-    return mean, foreground, n_undefined
+def _nested_nan_to_none(table: dict[str, dict]) -> dict[str, dict]:
+    return {k: {m: _nan_to_none(v) for m, v in d.items()} for k, d in table.items()}
 
 
 def evaluate_folders(
@@ -147,11 +157,9 @@ def evaluate_folders(
     missing_predictions = [c for c in expected if c in refs and c not in preds]
     pairs = [c for c in expected if c in refs and c in preds]
     for case in missing_predictions:
-        logger.warning("%s: no prediction for reference %s; the case is reported as missing.",
-                       pred_dir, refs[case])
+        logger.warning("%s: no prediction for reference %s; the case is reported as missing.", pred_dir, refs[case])
     for case in missing_references:
-        logger.warning("%s: no reference %s.nii.gz in %s; the prediction is ignored.",
-                       preds[case], case, ref_dir)
+        logger.warning("%s: no reference %s.nii.gz in %s; the prediction is ignored.", preds[case], case, ref_dir)
     if not pairs:
         raise EvaluationError(
             f"No prediction in {pred_dir} has a reference in {ref_dir} (cases are paired by file name "
@@ -176,51 +184,79 @@ def evaluate_folders(
                 bar.update()
     bar.close()
 
-    errors = [{"case": c, "reference_file": str(refs[c]), "prediction_file": str(preds[c]),
-               "error": results[c]["error"]} for c in pairs if "error" in results[c]]
+    errors = [
+        {"case": c, "reference_file": str(refs[c]), "prediction_file": str(preds[c]), "error": results[c]["error"]}
+        for c in pairs
+        if "error" in results[c]
+    ]
     for e in errors:
         logger.warning("%s", e["error"])
     good = [c for c in pairs if "error" not in results[c]]
     if not good:
         raise EvaluationError(
-            f"None of the {len(pairs)} case(s) in {pred_dir} could be evaluated; "
-            f"first problem: {errors[0]['error']}"
+            f"None of the {len(pairs)} case(s) in {pred_dir} could be evaluated; first problem: {errors[0]['error']}"
         )
     if label_list is None:
         label_list = sorted({int(k) for c in good for k in results[c]["metrics"]})
 
     per_case = []
     for case in good:
-        m = results[case]["metrics"]
+        m, penalty = results[case]["metrics"], results[case]["penalty_mm"]
         empty = empty_label_metrics(results[case]["n_voxels"])  # a label neither map of this case holds
-        metrics = {str(lab): m.get(lab, empty) for lab in label_list}
-        per_case.append({"reference_file": str(refs[case]), "prediction_file": str(preds[case]),
-                         "metrics": metrics})
-    mean, foreground, n_undefined = _aggregate(per_case, label_list)
+        metrics = {str(lab): penalize(m.get(lab, empty), penalty) for lab in label_list}
+        per_case.append(
+            {
+                "reference_file": str(refs[case]),
+                "prediction_file": str(preds[case]),
+                "distance_penalty_mm": penalty,
+                "metrics": metrics,
+            }
+        )
+    stats = aggregate(per_case, label_list)
+    n_undefined = stats["n_undefined"]
 
     summary = {
+        "summary_version": SUMMARY_VERSION,
         "metric_per_case": [
             {**c, "metrics": {k: {m: _nan_to_none(v) for m, v in d.items()} for k, d in c["metrics"].items()}}
             for c in per_case
         ],
-        "mean": {k: {m: _nan_to_none(v) for m, v in d.items()} for k, d in mean.items()},
-        "foreground_mean": {m: _nan_to_none(v) for m, v in foreground.items()},
+        "mean": _nested_nan_to_none(stats["mean"]),
+        "foreground_mean": {m: _nan_to_none(v) for m, v in stats["foreground_mean"].items()},
         "labels": label_list,
         "n_cases": len(per_case),
+        "outcomes": stats["outcomes"],
+        "foreground_outcomes": stats["foreground_outcomes"],
+        "distance_penalty": "image_diagonal_mm",
+        "defined_mean": _nested_nan_to_none(stats["defined_mean"]),
+        "foreground_defined_mean": {m: _nan_to_none(v) for m, v in stats["foreground_defined_mean"].items()},
         "n_undefined": n_undefined,
         "dice_n_undefined": sum(n_undefined[str(lab)]["Dice"] for lab in label_list),
         "hd95_n_undefined": sum(n_undefined[str(lab)]["HD95"] for lab in label_list),
         "spacing": "reference",
-        "units": {"HD": "mm", "HD95": "mm", "ASSD": "mm", "TP": "voxels", "FP": "voxels", "FN": "voxels",
-                  "TN": "voxels", "n_ref": "voxels", "n_pred": "voxels"},
-        "unpaired": {"missing_predictions": [str(refs[c]) for c in missing_predictions],
-                     "missing_references": [str(preds[c]) for c in missing_references]},
+        "units": {
+            "HD": "mm",
+            "HD95": "mm",
+            "ASSD": "mm",
+            "TP": "voxels",
+            "FP": "voxels",
+            "FN": "voxels",
+            "TN": "voxels",
+            "n_ref": "voxels",
+            "n_pred": "voxels",
+        },
+        "unpaired": {
+            "missing_predictions": [str(refs[c]) for c in missing_predictions],
+            "missing_references": [str(preds[c]) for c in missing_references],
+        },
         "errors": errors,
     }
     output_file = Path(pred_dir) / "summary.json" if output_file is None else Path(output_file)
     write_json(summary, output_file)
     write_case_csv(summary, output_file.with_suffix(".csv"))
-    logger.info("wrote %s (%d cases, foreground Dice %.4f)", output_file, len(per_case), foreground["Dice"])
+    logger.info(
+        "wrote %s (%d cases, foreground Dice %.4f)", output_file, len(per_case), stats["foreground_mean"]["Dice"]
+    )
     return summary
 
 
@@ -241,8 +277,12 @@ def case_table(summary: dict):
     for entry in summary["metric_per_case"]:
         case = strip_nifti(Path(entry["reference_file"]).name)
         for label, metrics in entry["metrics"].items():
-            row = {"case": case, "reference_file": entry["reference_file"],
-                   "prediction_file": entry["prediction_file"], "label": int(label)}
+            row = {
+                "case": case,
+                "reference_file": entry["reference_file"],
+                "prediction_file": entry["prediction_file"],
+                "label": int(label),
+            }
             row.update({k: (math.nan if v is None else v) for k, v in metrics.items()})
             rows.append(row)
     return pd.DataFrame(rows)

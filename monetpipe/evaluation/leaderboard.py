@@ -4,8 +4,11 @@ Scans ``MONET_results/<Task>/<model>__<plans>/fold_<k>/validation/*.nii.gz``, ev
 predictions against ``MONET_preprocessed/<Task>/gt_segmentations/<plans>/<case>.nii.gz`` (references
 in the plan's output label values, so a ``--binary`` plan is scored against the merged reference), and
 writes ``MONET_results/<Task>/leaderboard.csv`` (columns in :data:`BASE_COLUMNS`, then per label).
-A fold's ``validation/summary.json`` is reused when it is newer than every prediction and covers them.
+A fold's ``validation/summary.json`` is reused when it is newer than every prediction, covers them and
+has the current ``summary_version``. HD95 statistics include the penalty distance of every missed
+structure and false alarm (:mod:`monetpipe.evaluation.aggregation`), so a miss never ranks above a near hit.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 from monetpipe.errors import MonetError
+from monetpipe.evaluation.aggregation import OUTCOME_COUNT_KEYS
 from monetpipe.evaluation.evaluator import (
+    SUMMARY_VERSION,
     EvaluationError,
     case_table,
     evaluate_folders,
@@ -33,10 +38,31 @@ from monetpipe.paths import MonetPaths, find_task
 logger = logging.getLogger(__name__)
 
 BASE_COLUMNS = (
-    "task", "model", "plans", "fold", "n_cases", "dice_mean", "dice_std", "dice_median", "hd95_mean",
-    "hd95_std", "hd95_median", "hd95_n_undefined", "params_trainable", "params_keras", "size_mib_fp32",
-    "cpu_s_150", "n_missing",
+    "task",
+    "model",
+    "plans",
+    "fold",
+    "federated_sites",
+    "federated_rounds",
+    "n_cases",
+    "dice_mean",
+    "dice_std",
+    "dice_median",
+    "hd95_mean",
+    "hd95_std",
+    "hd95_median",
+    "n_missed",
+    "n_false_alarm",
+    "n_both_empty",
+    "params_trainable",
+    "params_keras",
+    "size_mib_fp32",
+    "cpu_s_150",
+    "n_missing",
 )
+#: Per label ``<prefix><label>``, in this order after :data:`BASE_COLUMNS`.
+LABEL_COLUMN_PREFIXES = ("dice_", "hd95_", "n_missed_", "n_false_alarm_", "n_both_empty_")
+_INTEGER_COLUMNS = ("federated_sites", "federated_rounds", "params_trainable", "params_keras")
 
 
 @dataclass(frozen=True)
@@ -82,7 +108,7 @@ def find_runs(results_task_dir: Path, models: Iterable[str] | None = None) -> li
         if wanted is not None and model not in wanted:
             continue
         for fold_dir in sorted(model_dir.glob("fold_*")):
-            run = FoldRun(results_task_dir.name, model, plans, fold_dir.name[len("fold_"):], model_dir)
+            run = FoldRun(results_task_dir.name, model, plans, fold_dir.name[len("fold_") :], model_dir)
             if run.validation_dir.is_dir() and list_cases(run.validation_dir):
                 runs.append(run)
             else:
@@ -120,6 +146,8 @@ def _reusable(summary_file: Path, predictions: dict[str, Path], labels: list[int
         return None
     try:
         summary = read_json(summary_file)
+        if summary.get("summary_version") != SUMMARY_VERSION:  # an older convention: evaluate again
+            return None
         entries = summary["metric_per_case"]
         cases = {strip_nifti(Path(e["prediction_file"]).name) for e in entries}
         keys = {str(k) for e in entries for k in e["metrics"]}
@@ -137,16 +165,45 @@ def _reusable(summary_file: Path, predictions: dict[str, Path], labels: list[int
 
 
 def per_case_foreground(summary: dict) -> pd.DataFrame:
-    """Per case: Dice and HD95 averaged over the foreground labels (NaN labels excluded).
+    """Per case: Dice and HD95 averaged over the foreground labels.
+
+    A missed or falsely predicted label counts with Dice 0 and the case's penalty HD95 (the summary holds
+    them so); only labels absent from both maps (NaN) are left out, so a miss never lowers a case's HD95.
 
     Returns:
-        Columns ``case, dice, hd95, reference_file, prediction_file``.
+        Columns ``case, dice, hd95, n_penalized`` (labels of the case missed or falsely predicted),
+        ``reference_file, prediction_file``.
     """
     table = case_table(summary)
+    table["penalized"] = table["outcome"].isin(["missed", "false_alarm"])
     grouped = table.groupby("case", sort=True)
     out = grouped[["Dice", "HD95"]].mean().rename(columns={"Dice": "dice", "HD95": "hd95"})
+    out["n_penalized"] = grouped["penalized"].sum().astype(int)
     files = grouped[["reference_file", "prediction_file"]].first()
     return out.join(files).reset_index()
+
+
+def federated_settings(fold_dir: Path) -> dict:
+    """``federated_sites`` / ``federated_rounds`` from ``fold_dir/config.json``'s ``"federated"`` object.
+
+    Both are ``None`` for a centralised run (no such object) or when the file is absent or unreadable.
+    """
+    blank = {"federated_sites": None, "federated_rounds": None}
+    path = fold_dir / "config.json"
+    if not path.is_file():
+        return blank
+    try:
+        federated = read_json(path).get("federated")
+    except (OSError, ValueError, AttributeError) as exc:
+        logger.warning("%s: unreadable (%s); federated columns left blank.", path, exc)
+        return blank
+    if not isinstance(federated, dict):
+        return blank
+    out = {}
+    for column, key in (("federated_sites", "sites"), ("federated_rounds", "rounds")):
+        value = federated.get(key)
+        out[column] = int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return out
 
 
 def evaluate_run(run: FoldRun, paths: MonetPaths, num_processes: int = 2) -> FoldResult:
@@ -169,16 +226,34 @@ def evaluate_run(run: FoldRun, paths: MonetPaths, num_processes: int = 2) -> Fol
     predictions = list_cases(run.validation_dir)
     summary_file = run.validation_dir / "summary.json"
     summary = _reusable(summary_file, predictions, labels)
+    reused = summary is not None
     if summary is None:
         expected = sorted(set(predictions) | set(_split_val_cases(preprocessed_task, run.fold)))
-        summary = evaluate_folders(gt_dir, run.validation_dir, labels=labels, output_file=summary_file,
-                                   num_processes=num_processes, case_ids=expected, progress=False)
+        summary = evaluate_folders(
+            gt_dir,
+            run.validation_dir,
+            labels=labels,
+            output_file=summary_file,
+            num_processes=num_processes,
+            case_ids=expected,
+            progress=False,
+        )
     else:
         logger.info("%s: up to date, reused", summary_file)
     if not summary_ok(summary):
-        logger.warning("%s/fold_%s: %d validation case(s) missing, %d unreadable or mismatched; see %s",
-                       run.name, run.fold, len(summary["unpaired"]["missing_predictions"]),
-                       len(summary["errors"]), summary_file)
+        if reused:  # a fresh evaluation has just logged each file itself
+            for path in summary["unpaired"]["missing_predictions"]:
+                logger.warning("%s: no validation prediction for this reference.", path)
+            for error in summary["errors"]:
+                logger.warning("%s", error["error"])
+        logger.warning(
+            "%s/fold_%s: %d validation case(s) missing, %d unreadable or mismatched; see %s",
+            run.name,
+            run.fold,
+            len(summary["unpaired"]["missing_predictions"]),
+            len(summary["errors"]),
+            summary_file,
+        )
     return FoldResult(run, summary, per_case_foreground(summary), plans)
 
 
@@ -238,20 +313,30 @@ def leaderboard_row(result: FoldResult, params: dict, cpu_s: float | None) -> di
     hd = _stats(result.per_case["hd95"])
     keras = params.get("params_keras")
     row = {
-        "task": result.run.task, "model": result.run.model, "plans": result.run.plans,
+        "task": result.run.task,
+        "model": result.run.model,
+        "plans": result.run.plans,
         "fold": result.run.fold,
+        **federated_settings(result.run.model_dir / f"fold_{result.run.fold}"),
         "n_cases": len(result.per_case),
-        "dice_mean": dice[0], "dice_std": dice[1], "dice_median": dice[2],
-        "hd95_mean": hd[0], "hd95_std": hd[1], "hd95_median": hd[2],
-        "hd95_n_undefined": int(table["HD95"].isna().sum()),
-        "params_trainable": params.get("params_trainable"), "params_keras": keras,
+        "dice_mean": dice[0],
+        "dice_std": dice[1],
+        "dice_median": dice[2],
+        "hd95_mean": hd[0],
+        "hd95_std": hd[1],
+        "hd95_median": hd[2],
+        **{k: int((table["outcome"] == k[2:]).sum()) for k in OUTCOME_COUNT_KEYS if k != "n_both_present"},
+        "params_trainable": params.get("params_trainable"),
+        "params_keras": keras,
         "size_mib_fp32": keras * 4 / 2**20 if keras is not None else math.nan,
         "cpu_s_150": math.nan if cpu_s is None else cpu_s,
         "n_missing": len(result.summary["unpaired"]["missing_predictions"]) + len(result.summary["errors"]),
     }
     for label, group in table.groupby("label", sort=True):
-        row[f"dice_{label}"] = float(group["Dice"].mean())  # pandas' mean skips NaN
+        row[f"dice_{label}"] = float(group["Dice"].mean())  # pandas' mean skips NaN (both empty only)
         row[f"hd95_{label}"] = float(group["HD95"].mean())
+        for kind in ("missed", "false_alarm", "both_empty"):
+            row[f"n_{kind}_{label}"] = int((group["outcome"] == kind).sum())
     return row
 
 
@@ -270,16 +355,20 @@ def collect_results(
     """
     name = _resolve_task(task, paths)
     results_task = paths.results / name
+    models = None if models is None else list(models)
+    model_arg = f"-m {' '.join(models)}" if models else "-m MODEL"
     if not results_task.is_dir():
         raise EvaluationError(
-            f"{results_task}: no results for {name}. Train a model first (monet_train -t {name})."
+            f"{results_task}: no results for {name}. Train a model first (monet_train -t {name} {model_arg}), "
+            f"or set MONET_results to the folder that holds {name}."
         )
     runs = find_runs(results_task, models)
     if not runs:
         which = f" for model(s) {', '.join(models)}" if models else ""
         raise EvaluationError(
-            f"{results_task}: no fold with validation predictions{which}. Train (monet_train) or run "
-            f"monet_train --val-only to predict the validation cases."
+            f"{results_task}: no fold with validation predictions{which}. Train (monet_train -t {name} "
+            f"{model_arg}) or, for a trained fold, predict its validation cases with monet_train -t {name} "
+            f"{model_arg} --val-only."
         )
     results = []
     for run in runs:
@@ -301,12 +390,14 @@ def leaderboard_table(results: list[FoldResult]) -> pd.DataFrame:
     rows = [leaderboard_row(r, count(r.run.model, r.plans), cpu.get(r.run.model)) for r in results]
     table = pd.DataFrame(rows)
     labels = sorted({int(c[5:]) for c in table.columns if c.startswith("dice_") and c[5:].isdigit()})
-    columns = list(BASE_COLUMNS) + [f"dice_{v}" for v in labels] + [f"hd95_{v}" for v in labels]
+    columns = list(BASE_COLUMNS) + [f"{prefix}{v}" for prefix in LABEL_COLUMN_PREFIXES for v in labels]
     table = table.reindex(columns=columns)
-    for col in ("params_trainable", "params_keras"):
-        table[col] = table[col].astype("Int64")
-    table = table.sort_values(["dice_mean", "model", "plans", "fold"], ascending=[False, True, True, True],
-                              na_position="last", kind="stable")
+    counts = [c for c in columns if c.startswith("n_") and c not in ("n_cases", "n_missing")]
+    for col in (*_INTEGER_COLUMNS, *counts):
+        table[col] = table[col].astype("Int64")  # blank where a plan has no such label
+    table = table.sort_values(
+        ["dice_mean", "model", "plans", "fold"], ascending=[False, True, True, True], na_position="last", kind="stable"
+    )
     return table.reset_index(drop=True)
 
 
