@@ -4,6 +4,7 @@ Figures are drawn on matplotlib ``Figure`` objects with the Agg canvas (no pyplo
 and saved atomically. Folds of one ``<model>__<plans>`` are pooled: every case appears once per fold
 that validated it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,7 +54,7 @@ def _labels(names: list[str]) -> list[str]:
 
 
 def plot_leaderboard(results: list[FoldResult], path: str | os.PathLike) -> Path:
-    """Box plots of per-case foreground-mean Dice and HD95 (mm) per model, written to ``path`` (PNG).
+    """Box plots of per-case foreground-mean Dice and HD95 (mm, misses at the penalty) per model -> ``path`` (PNG).
 
     Returns:
         ``path``.
@@ -61,15 +62,23 @@ def plot_leaderboard(results: list[FoldResult], path: str | os.PathLike) -> Path
     groups = pooled_cases(results)
     names = sorted(groups, key=lambda n: -np.nan_to_num(groups[n]["dice"].mean(), nan=-1.0))
     fig, (ax_dice, ax_hd) = _figure(max(7.0, 2.4 * len(names) + 2.0), 4.5, ncols=2)
-    for ax, column, title, unit in ((ax_dice, "dice", "Dice", ""), (ax_hd, "hd95", "HD95", " (mm)")):
+    hd_unit = " (mm)\na miss or false alarm counts as the image diagonal"
+    for ax, column, title, unit in ((ax_dice, "dice", "Dice", ""), (ax_hd, "hd95", "HD95", hd_unit)):
         data = [groups[n][column].dropna().to_numpy(dtype=float) for n in names]
         ax.boxplot(data, showmeans=True)
         ax.set_xticks(range(1, len(names) + 1), _labels(names), fontsize=8)
-        ax.set_title(f"{title} per case{unit}")
+        ax.set_title(f"{title} per case{unit}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         for i, d in enumerate(data, start=1):
-            ax.annotate(f"n={d.size}", (i, 0), xycoords=("data", "axes fraction"), xytext=(0, 2),
-                        textcoords="offset points", ha="center", fontsize=7)
+            ax.annotate(
+                f"n={d.size}",
+                (i, 0),
+                xycoords=("data", "axes fraction"),
+                xytext=(0, 2),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+            )
     ax_dice.set_ylim(-0.02, 1.02)
     task = results[0].run.task if results else ""
     fig.suptitle(f"{task}: validation cases")
@@ -92,8 +101,11 @@ def most_informative_slice(ref: np.ndarray, pred: np.ndarray, axis: int) -> int:
     so among equally full slices the one showing the errors wins.
     """
     other = tuple(a for a in range(ref.ndim) if a != axis)
-    score = (np.count_nonzero(ref, axis=other) + np.count_nonzero(pred, axis=other)
-             + np.count_nonzero(ref != pred, axis=other))
+    score = (
+        np.count_nonzero(ref, axis=other)
+        + np.count_nonzero(pred, axis=other)
+        + np.count_nonzero(ref != pred, axis=other)
+    )
     return int(np.argmax(score))
 
 
@@ -130,8 +142,7 @@ def plot_overlay(
             if image_geometry.size == geometry.size:
                 background = image[0]
             else:
-                logger.warning("%s: grid differs from %s; overlay drawn on the reference.", image_file,
-                               reference_file)
+                logger.warning("%s: grid differs from %s; overlay drawn on the reference.", image_file, reference_file)
         except MonetError as exc:
             logger.warning("overlay drawn on the reference: %s", exc)
     ref2, pred2, back2 = (np.take(a, index, axis=axis) for a in (ref, pred, background))
@@ -142,11 +153,16 @@ def plot_overlay(
     for label in sorted((set(np.unique(ref2).tolist()) | set(np.unique(pred2).tolist())) - {0}):
         for mask, color, style in ((ref2 == label, "lime", "solid"), (pred2 == label, "red", "dashed")):
             if mask.any() and not mask.all():
-                ax.contour(mask.astype(np.float32), levels=[0.5], colors=[color], linestyles=style,
-                           linewidths=1.2, origin=origin)
+                ax.contour(
+                    mask.astype(np.float32),
+                    levels=[0.5],
+                    colors=[color],
+                    linestyles=style,
+                    linewidths=1.2,
+                    origin=origin,
+                )
     ax.set_axis_off()
-    ax.set_title(f"{title}\nslice {index} of axis {'zyx'[axis]}; green: reference, red: prediction",
-                 fontsize=8)
+    ax.set_title(f"{title}\nslice {index} of axis {'zyx'[axis]}; green: reference, red: prediction", fontsize=8)
     _save(fig, path)
     return Path(path)
 
@@ -177,11 +193,20 @@ def plot_overlays(
         for kind, row in picks.items():
             image = image_lookup(row["case"]) if image_lookup else None
             hd = "undefined" if math.isnan(row["hd95"]) else f"{row['hd95']:.2f} mm"
-            title = (f"{name} fold {row['fold']}: {kind} case {row['case']} "
-                     f"(Dice {row['dice']:.3f}, HD95 {hd})")
+            if row.get("n_penalized", 0):  # a missed / falsely predicted label counts at the penalty distance
+                hd += f", {int(row['n_penalized'])} label(s) missed or false alarm"
+            title = f"{name} fold {row['fold']}: {kind} case {row['case']} (Dice {row['dice']:.3f}, HD95 {hd})"
             try:
-                written.append(plot_overlay(row["reference_file"], row["prediction_file"],
-                                            out_dir / f"{name}_{kind}.png", image, axis, title))
+                written.append(
+                    plot_overlay(
+                        row["reference_file"],
+                        row["prediction_file"],
+                        out_dir / f"{name}_{kind}.png",
+                        image,
+                        axis,
+                        title,
+                    )
+                )
             except MonetError as exc:
                 logger.warning("%s: no %s overlay: %s", name, kind, exc)
     logger.info("wrote %d overlay(s) to %s", len(written), out_dir)
