@@ -195,3 +195,143 @@ def test_nan_in_nifti_is_found_although_itk_reads_it_as_zero(tmp_path):
     assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).any()  # ITK hides it...
     with pytest.raises(DatasetError, match="nan.nii.*NaN"):  # ...monetpipe does not
         read_volume([path])
+
+
+# --- truncated and corrupt files: SimpleITK reads a cut integer file as zeros; monetpipe refuses it ------
+
+
+def _real(shared_data, rel):
+    path = shared_data / rel
+    if not path.is_file():
+        pytest.skip(f"{rel} absent")
+    return path
+
+
+def _cut_copy(src, dst, keep=0.5):
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * keep)])
+    return dst
+
+
+def _float32_ct(shared_data, tmp_path, name="ct_f32.nii.gz"):
+    image = sitk.ReadImage(str(_real(shared_data, "ct/lung1_image_zcrop.nii.gz")))
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32), str(tmp_path / name), True)
+    return tmp_path / name
+
+
+def test_cut_uint8_label_is_refused_naming_the_file(shared_data, tmp_path):
+    src = _real(shared_data, "Task04_Hippocampus/labelsTr/hippocampus_001.nii.gz")
+    cut = _cut_copy(src, tmp_path / "hippocampus_001.nii.gz")
+    assert sitk.ReadImage(str(cut)).GetPixelID() == sitk.sitkUInt8  # ITK alone: no error, zeros
+    with pytest.raises(DatasetError, match=r"hippocampus_001.nii.gz: truncated .*expected \d+ bytes.*found \d+"):
+        read_label(cut)
+
+
+def test_cut_int16_ct_is_refused_although_simpleitk_reads_it(shared_data, tmp_path):
+    cut = _cut_copy(_real(shared_data, "ct/lung1_image_zcrop.nii.gz"), tmp_path / "lung.nii.gz", keep=0.1)
+    itk = sitk.GetArrayFromImage(sitk.ReadImage(str(cut)))
+    assert itk.shape == (11, 512, 512) and (itk == 0).mean() > 0.5  # the silent failure this guards against
+    with pytest.raises(DatasetError, match=r"lung.nii.gz: truncated NIfTI file.*Re-copy or re-download"):
+        read_volume([cut])
+
+
+def test_cut_float32_image_is_refused_not_an_eoferror(shared_data, tmp_path):
+    cut = _cut_copy(_float32_ct(shared_data, tmp_path), tmp_path / "cut_f32.nii.gz")
+    with pytest.raises(DatasetError, match=r"cut_f32.nii.gz: truncated NIfTI file \(expected \d+ bytes"):
+        read_volume([cut])
+
+
+def test_cut_uncompressed_nii_is_refused(shared_data, tmp_path):
+    src = _real(shared_data, "Task04_Hippocampus/imagesTr/hippocampus_001.nii.gz")
+    whole = tmp_path / "whole.nii"
+    sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(src)), sitk.sitkInt16), str(whole))
+    size = whole.stat().st_size
+    cut = _cut_copy(whole, tmp_path / "h001.nii", keep=0.9)
+    with pytest.raises(DatasetError, match=rf"h001.nii: truncated NIfTI file \(expected {size} bytes, found"):
+        read_volume([cut])
+    assert read_volume([whole])[0].shape == (1, 35, 51, 35)
+
+
+def test_corrupted_byte_in_gzip_stream_fails_the_crc(shared_data, tmp_path):
+    data = bytearray(_real(shared_data, "ct/lung1_image_zcrop.nii.gz").read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, in the middle of the compressed voxels
+    path = tmp_path / "flipped.nii.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"flipped.nii.gz: corrupt NIfTI file.*Re-copy or re-download"):
+        read_volume([path])
+
+
+def test_gzip_cut_in_its_trailer_and_recompressed_short_file_are_refused(shared_data, tmp_path):
+    src = _real(shared_data, "ct/example_ct_sm.nii.gz")
+    no_trailer = tmp_path / "no_trailer.nii.gz"
+    no_trailer.write_bytes(src.read_bytes()[:-4])  # every voxel there, CRC/length missing
+    with pytest.raises(DatasetError, match="no_trailer.nii.gz: truncated.*end marker"):
+        read_volume([no_trailer])
+    short = tmp_path / "short.nii.gz"  # cut, then re-compressed: a valid gzip of too few bytes
+    short.write_bytes(gzip.compress(gzip.decompress(src.read_bytes())[:-100]))
+    with pytest.raises(DatasetError, match="short.nii.gz: truncated.*after decompression"):
+        read_volume([short])
+
+
+def test_intact_files_in_unusual_but_valid_shapes_read_as_before(shared_data, tmp_path):
+    src = _real(shared_data, "ct/example_ct_sm.nii.gz")
+    expected, _ = read_volume([src])
+    plain = gzip.decompress(src.read_bytes())
+    (tmp_path / "multi.nii.gz").write_bytes(gzip.compress(plain[:1000]) + gzip.compress(plain[1000:]) + bytes(8))
+    (tmp_path / "not_compressed.nii.gz").write_bytes(plain)  # zlib reads this transparently, as ITK does
+    for name in ("multi.nii.gz", "not_compressed.nii.gz"):
+        assert np.array_equal(read_volume([tmp_path / name])[0], expected)
+
+
+def test_every_real_task04_file_and_ct_passes_the_check(shared_data):
+    from monetpipe.io.verify import verify_nifti
+
+    files = sorted((shared_data / "Task04_Hippocampus").glob("*Tr/*.nii.gz")) + sorted(
+        (shared_data / "ct").glob("*.nii.gz")
+    )
+    if not files:
+        pytest.skip("real data absent")
+    assert not any(verify_nifti(f) for f in files)  # none refused, none holds NaN
+
+
+def test_nan_in_a_float_label_map_is_refused(tmp_path):
+    arr = np.zeros((4, 5, 6), np.float32)
+    arr[0, 0, 0] = 1.0
+    path = tmp_path / "lab.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+    raw = bytearray(path.read_bytes())
+    at = raw.find(np.float32(1.0).tobytes(), 352)
+    raw[at : at + 4] = np.float32(np.nan).tobytes()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match="lab.nii: label map holds NaN"):
+        read_label(path)
+
+
+def _nifti2(array, spacing=(0.5, 0.75, 2.0)):
+    """A minimal little-endian NIfTI-2 file (int16, sform only) as bytes."""
+    import struct
+
+    header = bytearray(540)
+    struct.pack_into("<i8s2h", header, 0, 540, b"n+2\x00\r\n\x1a\n", 4, 16)
+    z, y, x = array.shape
+    struct.pack_into("<8q", header, 16, 3, x, y, z, 1, 1, 1, 1)
+    struct.pack_into("<8d", header, 104, 1.0, *spacing, 1, 1, 1, 1)
+    struct.pack_into("<q2d", header, 168, 544, 1.0, 0.0)
+    struct.pack_into("<2i", header, 344, 0, 1)
+    for row, s in enumerate(spacing):
+        struct.pack_into("<4d", header, 400 + 32 * row, *[s if c == row else 0.0 for c in range(3)], 0.0)
+    return bytes(header) + bytes(4) + array.astype("<i2").tobytes()
+
+
+def test_nifti2_is_checked_and_named_as_unsupported(tmp_path):
+    data = _nifti2(np.arange(120, dtype=np.int16).reshape(4, 5, 6))
+    (tmp_path / "n2.nii").write_bytes(data[:-20])
+    with pytest.raises(DatasetError, match=r"n2.nii: truncated NIfTI file \(expected 784 bytes, found 764\)"):
+        read_volume([tmp_path / "n2.nii"])
+    (tmp_path / "n2.nii.gz").write_bytes(gzip.compress(data))  # complete
+    try:
+        image, _ = read_volume([tmp_path / "n2.nii.gz"])
+    except DatasetError as exc:  # SimpleITK 2.5 (ITK 5.4) vendors only the NIfTI-1 library
+        assert "n2.nii.gz: is a NIfTI-2 file" in str(exc) and "NIfTI-1" in str(exc)
+    else:
+        assert np.array_equal(image[0], np.arange(120).reshape(4, 5, 6))

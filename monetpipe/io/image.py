@@ -17,16 +17,9 @@ import SimpleITK as sitk
 
 from monetpipe.errors import DatasetError
 from monetpipe.io.atomic import atomic_path
+from monetpipe.io.verify import read_layout, verify_nifti
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
-_FLOAT_PIXELS = (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32, sitk.sitkVectorFloat64)
-
-
-def _stores_nonfinite(path: Path) -> bool:
-    """ITK's NIfTI reader turns NaN/inf voxels into 0, so look at the stored float values themselves."""
-    from monetpipe.io.nifti import find_nonfinite  # io.nifti imports this module
-
-    return is_nifti(path) and find_nonfinite(path)
 
 
 @dataclass(frozen=True)
@@ -112,14 +105,34 @@ def strip_nifti(name: str) -> str:
 
 
 def read_sitk(path: str | os.PathLike) -> sitk.Image:
-    """Read one image file, turning any failure into an error that names the file."""
-    path = Path(path)
+    """Read one image file, turning any failure into an error that names the file.
+
+    A NIfTI file is first checked to hold every byte its header promises, with an intact gzip stream
+    (:func:`monetpipe.io.verify.verify_nifti`): SimpleITK itself reads a cut file as zeros.
+    """
+    return _read_checked(Path(path))[0]
+
+
+def _read_checked(path: Path) -> tuple[sitk.Image, bool]:
+    """The image, and whether the NIfTI file stores NaN/inf voxels (which ITK's reader turns into 0)."""
     if not path.is_file():
+        if path.is_symlink():
+            raise DatasetError(
+                f"{path}: is a symbolic link to {os.readlink(path)}, which does not exist. "
+                f"Fix the link or copy the file in."
+            )
         raise DatasetError(f"{path}: file not found. Check the file name and the task's dataset.json.")
+    nonfinite = is_nifti(path) and verify_nifti(path)
     try:
-        return sitk.ReadImage(str(path))
+        return sitk.ReadImage(str(path)), nonfinite
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        layout = read_layout(path) if is_nifti(path) else None
+        if layout is not None and layout.version == 2:
+            raise DatasetError(
+                f"{path}: is a NIfTI-2 file, which SimpleITK (ITK's NIfTI-1 library) cannot read. "
+                f"Save it as NIfTI-1 (e.g. nibabel.Nifti1Image) and try again."
+            ) from None
         raise DatasetError(
             f"{path}: cannot be read as an image ({first}). The file may be truncated or corrupt; "
             f"re-export or re-download it."
@@ -152,7 +165,7 @@ def read_volume(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometr
     channels, geometry = [], None
     for p in paths:
         p = Path(p)
-        image = read_sitk(p)
+        image, nonfinite = _read_checked(p)
         array = _as_channels(image, p).astype(np.float32, copy=False)
         g = Geometry.of(image)
         if geometry is None:
@@ -162,7 +175,7 @@ def read_volume(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometr
                 f"{p}: channel geometry differs from {Path(paths[0]).name} ({diff}). All channels of a case "
                 f"must share one grid; resample them onto the first channel."
             )
-        if not np.isfinite(array).all() or (image.GetPixelID() in _FLOAT_PIXELS and _stores_nonfinite(p)):
+        if nonfinite or not np.isfinite(array).all():
             raise DatasetError(
                 f"{p}: contains NaN or infinite intensities. Replace them (e.g. with the image minimum) "
                 f"before running monetpipe."
@@ -176,7 +189,9 @@ def read_volume(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometr
 def read_label(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read a label map as an integer array ``(Z, Y, X)``; float label files must hold whole numbers."""
     path = Path(path)
-    image = read_sitk(path)
+    image, nonfinite = _read_checked(path)
+    if nonfinite:
+        raise DatasetError(f"{path}: label map holds NaN or infinite values; labels must be whole numbers.")
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise DatasetError(f"{path}: a label map must be a single 3D volume.")
     array = sitk.GetArrayFromImage(image)

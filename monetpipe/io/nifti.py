@@ -13,7 +13,8 @@ Anything that is not a plain NIfTI-1 file falls back to :func:`monetpipe.io.imag
 (geometry within float rounding).
 
 **NaN inputs.** ITK's NIfTI reader silently turns NaN and inf voxels into 0, so a NaN check on the array
-SimpleITK returns never fires. :func:`find_nonfinite` scans the raw float data of the file instead.
+SimpleITK returns never fires. :func:`find_nonfinite` scans the raw float data of the file instead (the
+scan lives in :mod:`monetpipe.io.verify`, in the same pass that checks the file is complete).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import SimpleITK as sitk
 
 from monetpipe.io.atomic import atomic_path
 from monetpipe.io.image import Geometry, write_label
+from monetpipe.io.verify import verify_nifti
 
 log = logging.getLogger(__name__)
 
@@ -54,36 +56,13 @@ def nifti1_header(path: str | Path) -> tuple[bytes, str] | None:
     return None
 
 
-_FLOAT_DTYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes FLOAT32, FLOAT64
-_CHUNK = 1 << 24
-
-
 def find_nonfinite(path: str | Path) -> bool:
-    """True when the NIfTI-1 file ``path`` stores NaN or inf voxels (only float files can).
+    """True when the NIfTI file ``path`` stores NaN or inf voxels (only float files can).
 
-    Streams the data in 16 MiB pieces; integer files and non-NIfTI files return False at once.
+    The scan is part of :func:`monetpipe.io.verify.verify_nifti`, which also refuses a truncated or
+    corrupt file; :func:`monetpipe.io.image.read_volume` uses it on every NIfTI input.
     """
-    found = nifti1_header(path)
-    if found is None:
-        return False
-    raw, endian = found
-    dtype = _FLOAT_DTYPES.get(struct.unpack_from(endian + "h", raw, 70)[0])
-    if dtype is None:
-        return False
-    dtype = np.dtype(endian + dtype)
-    offset = int(struct.unpack_from(endian + "f", raw, 108)[0])
-    path = Path(path)
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        f.seek(offset)
-        rest = b""
-        while chunk := f.read(_CHUNK):
-            chunk = rest + chunk
-            usable = len(chunk) - len(chunk) % dtype.itemsize
-            if not np.isfinite(np.frombuffer(chunk[:usable], dtype=dtype)).all():
-                return True
-            rest = chunk[usable:]
-    return False
+    return verify_nifti(path)
 
 
 def label_header(raw: bytes, endian: str, size_xyz: tuple[int, int, int]) -> bytes | None:
@@ -139,8 +118,7 @@ def write_labels_like(
             return
         except _HeaderMismatch:
             log.warning(
-                "%s: its header does not reproduce the geometry read from it; writing through "
-                "SimpleITK instead",
+                "%s: its header does not reproduce the geometry read from it; writing through SimpleITK instead",
                 reference,
             )
     write_label(labels, geometry, path)
