@@ -335,3 +335,44 @@ def test_nifti2_is_checked_and_named_as_unsupported(tmp_path):
         assert "n2.nii.gz: is a NIfTI-2 file" in str(exc) and "NIfTI-1" in str(exc)
     else:
         assert np.array_equal(image[0], np.arange(120).reshape(4, 5, 6))
+
+
+# --- symbolic links: users link raw data into a task folder -------------------------------------------
+
+
+def test_symlinked_image_and_label_files_are_accepted(tmp_path):
+    _msd(tmp_path / "elsewhere")
+    task_dir = tmp_path / "task"
+    _msd(task_dir)
+    for sub in ("imagesTr", "labelsTr"):
+        target = tmp_path / "elsewhere" / sub / "case_001.nii.gz"
+        (task_dir / sub / "case_001.nii.gz").unlink()
+        (task_dir / sub / "case_001.nii.gz").symlink_to(target)
+    task = load_task(task_dir)
+    case = task.case("case_001")
+    assert case.image_files[0] == task_dir / "imagesTr" / "case_001.nii.gz"  # the link, named as listed
+    assert read_volume(case.image_files)[0].shape == (1, 4, 5, 6) and read_label(case.label_file)[0].max() == 2
+
+
+def test_symlinked_images_folder_is_accepted_but_dotdot_still_refused(tmp_path):
+    _msd(tmp_path / "data")
+    task_dir = tmp_path / "task"
+    task_dir.mkdir()
+    for name in ("imagesTr", "labelsTr", "dataset.json"):
+        (task_dir / name).symlink_to(tmp_path / "data" / name)
+    assert [c.case_id for c in load_task(task_dir).training] == ["case_000", "case_001"]
+    meta = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    meta["training"][0]["image"] = "./imagesTr/../../data/imagesTr/case_000.nii.gz"
+    (task_dir / "dataset.json").unlink()
+    (task_dir / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="leaves the task folder"):
+        load_task(task_dir)
+
+
+def test_dangling_symlink_is_named_as_such(tmp_path):
+    _msd(tmp_path)
+    link = tmp_path / "labelsTr" / "case_001.nii.gz"
+    link.unlink()
+    link.symlink_to(tmp_path / "gone.nii.gz")
+    with pytest.raises(DatasetError, match=r"case_001.nii.gz: label .*symbolic link to .*gone.nii.gz.*does not exist"):
+        load_task(tmp_path)

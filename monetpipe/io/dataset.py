@@ -74,13 +74,24 @@ def list_nifti(folder: Path) -> list[Path]:
 
 
 def _inside(folder: Path, rel: str, json_path: Path) -> Path:
-    path = (folder / rel).resolve()
-    if os.path.commonpath([path, folder.resolve()]) != str(folder.resolve()):
+    """``folder / rel`` when it names a place inside ``folder``; symbolic links in it are allowed.
+
+    The test is on the path as written (``..`` and absolute paths leave the folder), not on where links
+    point: linking raw data into a task folder is common and the user's choice.
+    """
+    path = Path(os.path.normpath(folder / rel))
+    if os.path.commonpath([path, folder]) != str(folder):
         raise DatasetError(
             f"{json_path}: path {rel!r} leaves the task folder. Paths in dataset.json must stay inside "
-            f"{folder}; move the file into the task folder and fix the entry."
+            f"{folder} (symbolic links inside it are fine); move or link the file into the task folder "
+            f"and fix the entry."
         )
     return path
+
+
+def _dangling(path: Path) -> str:
+    """``" (a symbolic link to X, which does not exist)"`` for a broken link, else ``""``."""
+    return f" (it is a symbolic link to {os.readlink(path)}, which does not exist)" if path.is_symlink() else ""
 
 
 def _channel_files(base: Path, n_channels: int) -> tuple[Path, ...] | None:
@@ -163,11 +174,13 @@ def _load_msd(folder: Path, json_path: Path, data: dict) -> TaskDataset:
             files, kind = per_channel, "nnunet_v1"
         else:
             raise DatasetError(
-                f"{img}: image listed in {json_path.name} not found (neither as one file nor as per-channel "
-                f"files {strip_nifti(img.name)}_0000.nii.gz ...). Add the file or remove the entry."
+                f"{img}: image listed in {json_path.name} not found{_dangling(img)} (neither as one file nor as "
+                f"per-channel files {strip_nifti(img.name)}_0000.nii.gz ...). Add the file or remove the entry."
             )
         if not lab.is_file():
-            raise DatasetError(f"{lab}: label listed in {json_path.name} not found. Add the file or remove the entry.")
+            raise DatasetError(
+                f"{lab}: label listed in {json_path.name} not found{_dangling(lab)}. Add the file or remove the entry."
+            )
         dialect = dialect or kind
         training.append(Case(strip_nifti(img.name), files, lab))
 
