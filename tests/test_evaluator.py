@@ -179,3 +179,41 @@ def test_real_hippocampus_labels_agree_with_monai(tmp_path):
             ).item()
             assert entry["metrics"][str(label)]["HD95"] == pytest.approx(expected, rel=1e-6)
             assert 0 < entry["metrics"][str(label)]["Dice"] < 1
+
+
+def test_truncated_prediction_fails_the_evaluation_naming_the_file(folders, capsys):
+    """A cut prediction is never scored (as zeros) nor silently skipped: exit 1, one line naming it."""
+    ref, pred = folders
+    (ref / "case_c.nii.gz").unlink()  # leave only case_a, case_b and the mismatched case_e
+    (pred / "case_e.nii.gz").unlink()
+    (ref / "case_e.nii.gz").unlink()
+    data = (pred / "case_a.nii.gz").read_bytes()
+    (pred / "case_a.nii.gz").write_bytes(data[: len(data) // 2])
+    for processes in ("1", "2"):
+        assert main(["-ref", str(ref), "-pred", str(pred), "-np", processes]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        lines = [line for line in err.splitlines() if "case_a.nii.gz" in line]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and str(pred / "case_a.nii.gz") in lines[0]
+        assert "truncated" in lines[0] or "corrupt" in lines[0]
+        summary = json.loads((pred / "summary.json").read_text())
+        assert summary["n_cases"] == 1 and [e["case"] for e in summary["errors"]] == ["case_a"]
+        assert not summary_ok(summary)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "Task04_Hippocampus").is_dir(), reason="shared MSD data not present")
+def test_truncated_real_prediction_is_refused(tmp_path, capsys):
+    labels_tr = SHARED_DATA / "Task04_Hippocampus" / "labelsTr"
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    for name in ("hippocampus_001.nii.gz", "hippocampus_003.nii.gz"):
+        (ref_dir / name).write_bytes((labels_tr / name).read_bytes())
+        (pred_dir / name).write_bytes((labels_tr / name).read_bytes())
+    cut = pred_dir / "hippocampus_003.nii.gz"
+    cut.write_bytes(cut.read_bytes()[:-200])  # the end of the gzip stream is gone
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-np", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"error: {cut}:" in err
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert summary["n_cases"] == 1 and summary["mean"]["1"]["Dice"] == 1.0  # the good case, and only it

@@ -185,3 +185,112 @@ def test_overlay_without_image_draws_on_the_reference(tmp_path):
     write_label(reference(0), GEOMETRY, ref)
     out = plot_overlay(ref, ref, tmp_path / "o" / "x.png", image_file=tmp_path / "absent.nii.gz", title="t")
     assert out.stat().st_size > 1000
+
+
+def test_truncated_validation_prediction_is_named_and_fails_the_command(tree, monkeypatch, capsys, caplog):
+    for name in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"MONET_{name}", str(getattr(tree, name)))
+    cut = tree.results / TASK / "unet16__monetPlans" / "fold_0" / "validation" / "toy_002.nii.gz"
+    cut.write_bytes(cut.read_bytes()[:-20])
+    assert main(["-t", TASK, "-m", "unet16", "--no-plots", "-np", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unet16__monetPlans/fold_0 (1)" in err
+    assert str(cut) in caplog.text
+    row = pd.read_csv(tree.results / TASK / "leaderboard.csv").iloc[0]
+    assert row["n_cases"] == 2 and row["n_missing"] == 1
+
+
+def test_federated_runs_get_their_sites_and_rounds(tree):
+    fold = tree.results / TASK / "unet16__monetPlans" / "fold_0"
+    record = {"model": "unet16", "federated": {"sites": 3, "rounds": 10, "strategy": "fedavg"}}
+    (fold / "config.json").write_text(json.dumps(record))
+    (tree.results / TASK / "monet__monetPlans" / "fold_0" / "config.json").write_text(json.dumps({"model": "monet"}))
+    table = build_leaderboard(TASK, tree, num_processes=1, make_plots=False)
+    written = pd.read_csv(tree.results / TASK / "leaderboard.csv").set_index(["model", "plans"])
+    assert written.loc[("unet16", "monetPlans"), ["federated_sites", "federated_rounds"]].tolist() == [3, 10]
+    for centralised in (("monet", "monetPlans"), ("monet", "monetPlans_binary")):  # no "federated" / no file
+        assert written.loc[centralised, ["federated_sites", "federated_rounds"]].isna().all()
+    assert str(table["federated_sites"].dtype) == "Int64"
+
+
+def test_an_old_format_summary_is_not_reused(tree):
+    build_leaderboard(TASK, tree, models=["unet16"], num_processes=1, make_plots=False)
+    summary_file = tree.results / TASK / "unet16__monetPlans" / "fold_0" / "validation" / "summary.json"
+    old = json.loads(summary_file.read_text())
+    del old["summary_version"]  # as written before misses were penalised
+    summary_file.write_text(json.dumps(old))
+    future = time.time() + 5
+    os.utime(summary_file, (future, future))  # newer than every prediction: only the version stops reuse
+    build_leaderboard(TASK, tree, models=["unet16"], num_processes=1, make_plots=False)
+    assert json.loads(summary_file.read_text())["summary_version"] == 2
+
+
+def test_cli_advice_names_the_model_option(tree, monkeypatch, capsys):
+    for name in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"MONET_{name}", str(getattr(tree, name)))
+    assert main(["-t", TASK, "-m", "unet64", "--no-plots"]) == 1
+    assert f"monet_train -t {TASK} -m unet64" in capsys.readouterr().err
+    empty = MonetPaths(tree.raw, tree.preprocessed, tree.results.parent / "elsewhere")
+    monkeypatch.setenv("MONET_results", str(empty.results))
+    assert main(["-t", TASK, "--no-plots"]) == 1
+    assert f"monet_train -t {TASK} -m MODEL" in capsys.readouterr().err
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "Task04_Hippocampus").is_dir(), reason="shared MSD data not present")
+def test_issue_11_deleting_a_shifted_structure_never_improves_the_leaderboard(tmp_path):
+    """Issue 11: perfect predictions except one case's label 2 shifted by 3 voxels, then that label deleted.
+
+    Averaging a case's labels with the undefined HD95 skipped (the old convention, recomputed below) made
+    the deletion *improve* hd95_mean to 0; now it is counted as a miss and scores the case's image diagonal.
+    """
+    from monetpipe.evaluation.evaluator import case_table
+    from monetpipe.io.image import read_label
+
+    labels_tr = SHARED_DATA / "Task04_Hippocampus" / "labelsTr"
+    cases = sorted(strip(p.name) for p in labels_tr.glob("hippocampus_*.nii.gz"))[:10]
+    paths = MonetPaths(tmp_path / "raw", tmp_path / "pre", tmp_path / "res")
+    maps = {}
+    for case in cases:
+        array, geometry = read_label(labels_tr / f"{case}.nii.gz")
+        maps[case] = (array, geometry)
+        write_label(array, geometry, paths.preprocessed / "Task004_Hippo" / "gt_segmentations" / "p" / f"{case}.nii.gz")
+    for variant in ("shifted", "deleted"):
+        folder = paths.results / "Task004_Hippo" / f"{variant}__p"
+        folder.mkdir(parents=True)
+        (folder / "plans.json").write_text(json.dumps({"output_labels": {"0": 0, "1": 1, "2": 2}}))
+        for i, case in enumerate(cases):
+            array, geometry = maps[case]
+            pred = array.copy()
+            if i == 0:
+                pred[pred == 2] = 0
+                if variant == "shifted":  # label 2 moved 3 voxels along x, over background only
+                    moved = np.roll(array == 2, 3, axis=2)
+                    pred[moved & (pred == 0)] = 2
+            write_label(pred, geometry, folder / "fold_0" / "validation" / f"{case}.nii.gz")
+    table = build_leaderboard("Task004_Hippo", paths, num_processes=1, make_plots=False).set_index("model")
+    shifted, deleted = table.loc["shifted"], table.loc["deleted"]
+    assert shifted["hd95_mean"] > 0 and shifted["n_missed"] == 0
+    assert deleted["n_missed"] == 1 and deleted["n_missed_2"] == 1
+    assert deleted["hd95_mean"] > shifted["hd95_mean"] and deleted["hd95_2"] > shifted["hd95_2"]
+    assert deleted["hd95_median"] >= shifted["hd95_median"] and deleted["dice_mean"] <= shifted["dice_mean"]
+    boards = pd.read_csv(paths.results / "Task004_Hippo" / "leaderboard.csv").set_index("model")
+    assert boards.loc["deleted", "hd95_mean"] == pytest.approx(deleted["hd95_mean"])
+    old_convention = {}
+    for variant in ("shifted", "deleted"):
+        summary_file = paths.results / "Task004_Hippo" / f"{variant}__p" / "fold_0" / "validation" / "summary.json"
+        summary = json.loads(summary_file.read_text())
+        cases_table = case_table(summary)
+        defined = cases_table["HD95"].where(cases_table["outcome"] == "both_present")
+        old_convention[variant] = defined.groupby(cases_table["case"]).mean().mean()
+        penalty = summary["metric_per_case"][0]["distance_penalty_mm"]
+    assert old_convention["deleted"] == 0.0 < old_convention["shifted"] == pytest.approx(shifted["hd95_mean"])
+    # 10 cases, 2 labels: the shifted label's HD95 is 3 voxels x 1 mm, the deleted one's the diagonal
+    assert shifted["hd95_mean"] == pytest.approx(3.0 / 2 / 10)
+    assert deleted["hd95_mean"] == pytest.approx(penalty / 2 / 10)
+
+
+def strip(name: str) -> str:
+    return name[: -len(".nii.gz")]
