@@ -308,3 +308,62 @@ def _ct_plans_for_lung(geometry):
         batch_size=8,
         max_size=256,
     )
+
+
+def _task04_copy(shared_data, raw, n=6):
+    """The first ``n`` real Task04 cases copied into ``raw/Task04_Hippocampus`` (their dataset.json trimmed)."""
+    import shutil
+
+    src = shared_data / "Task04_Hippocampus"
+    if not src.is_dir():
+        pytest.skip("Task04_Hippocampus absent")
+    meta = json.loads((src / "dataset.json").read_text())
+    meta["training"] = meta["training"][:n]
+    meta["numTraining"] = n
+    dst = raw / "Task04_Hippocampus"
+    for entry in meta["training"]:
+        for key in ("image", "label"):
+            (dst / entry[key]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / entry[key], dst / entry[key])
+    (dst / "dataset.json").write_text(json.dumps(meta))
+    return dst
+
+
+def test_cut_real_label_stops_preprocessing_naming_it_and_caches_nothing_from_it(shared_data, monet_roots, capsys):
+    task_dir = _task04_copy(shared_data, monet_roots.raw)
+    label = task_dir / "labelsTr" / "hippocampus_004.nii.gz"
+    label.write_bytes(label.read_bytes()[:-300])  # the tail of the voxels and the gzip trailer are gone
+    assert cli_main(["-t", "4", "-np", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "hippocampus_004.nii.gz: truncated NIfTI file" in err and "Re-copy or re-download" in err
+    assert "Traceback" not in err
+    out = monet_roots.preprocessed / "Task04_Hippocampus"
+    assert not (out / "dataset_fingerprint.json").exists() and not (out / "monetPlans.json").exists()
+    assert not list(out.rglob("hippocampus_004*")) and not list(out.rglob(".tmp-*"))
+
+
+def _read_only(folder):
+    if os.geteuid() == 0:
+        pytest.skip("running as root: permissions do not stop writes")
+    folder.chmod(0o555)
+
+
+def test_unwritable_preprocessed_root_is_refused_before_work(ct_task, capsys, monkeypatch):
+    # A path through a regular file cannot be created by anyone, root included.
+    blocker = ct_task.preprocessed / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("MONET_preprocessed", str(blocker / "pre"))
+    assert cli_main(["-t", "901", "-np", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"{blocker / 'pre'}" in err and "not writable" in err and "MONET_preprocessed" in err
+    assert "Traceback" not in err
+
+
+def test_read_only_preprocessed_folder_is_refused_naming_it(ct_task, capsys):
+    _read_only(ct_task.preprocessed)
+    try:
+        assert cli_main(["-t", "901", "-np", "1"]) == 1
+    finally:
+        ct_task.preprocessed.chmod(0o755)
+    err = capsys.readouterr().err
+    assert "Task901_SyntheticCT: folder is not writable" in err and "Traceback" not in err

@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from monetpipe.errors import MonetError
 
 
 @contextlib.contextmanager
@@ -29,6 +32,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def ensure_writable_dir(folder: str | os.PathLike, fix: str) -> Path:
+    """Create ``folder`` if needed and prove it writable with a probe file, before any work starts.
+
+    Args:
+        folder: the output folder.
+        fix: what the user should do, appended to the message (e.g. "point MONET_preprocessed elsewhere").
+
+    Raises:
+        MonetError: the folder cannot be created or written; the message names it, the reason and ``fix``.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".tmp-write-test-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MonetError(f"{folder}: folder is not writable ({exc.strerror or exc}). {fix}") from None
+    return folder
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from monetpipe.io.atomic import atomic_path, read_json, write_json
+from monetpipe.io.atomic import atomic_path, ensure_writable_dir, read_json, write_json
 from monetpipe.io.dataset import load_task
 from monetpipe.parallel import map_cases
 from monetpipe.paths import MonetPaths, find_task
@@ -62,7 +62,11 @@ def plan_and_preprocess(
     name, raw_dir = find_task(task, [paths.raw])
     dataset = load_task(raw_dir)
     out_dir = paths.preprocessed / name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    plans_name = plans_name_for(binary, labels)
+    layout = CacheLayout(out_dir, plans_name)
+    fix = f"Make it writable or set MONET_preprocessed to a writable folder (now {paths.preprocessed})."
+    for folder in (out_dir, layout.slices, layout.gt_segmentations):  # before any work starts
+        ensure_writable_dir(folder, fix)
     with atomic_path(out_dir / "dataset.json") as tmp:
         shutil.copyfile(raw_dir / "dataset.json", tmp)
 
@@ -72,9 +76,7 @@ def plan_and_preprocess(
     if fingerprint is not previous:
         write_json(fingerprint, fp_file)
 
-    plans_name = plans_name_for(binary, labels)
     plans = plan_experiment(dataset, fingerprint, plans_name, binary=binary, labels=labels, max_size=max_size)
-    layout = CacheLayout(out_dir, plans_name)
     plans.save(layout.plans_file)
     _log_plans(plans)
 
