@@ -9,7 +9,8 @@ Conventions (the same as nnU-Net for overlap, and as MONAI for distances where b
 * one mask empty: Dice = IoU = 0, the distances are NaN (a surface distance to nothing is undefined);
   precision is NaN when the prediction is empty, recall is NaN when the reference is empty.
 
-NaNs are excluded from means downstream and counted, so a missed structure never improves a mean distance.
+These are the per-pair definitions. How they are aggregated (a missed structure or false alarm counts
+with a penalty distance, "both empty" is excluded and counted) is :mod:`monetpipe.evaluation.aggregation`.
 
 Surface distances use the *boundary* of each mask: the mask minus its binary erosion with the
 face-connected structuring element (voxels on the array's edge count as boundary). For every boundary voxel
@@ -21,6 +22,7 @@ mask is taken; this gives the two *directed* distance sets ``d(pred -> ref)`` an
   linearly interpolated (MONAI's ``compute_hausdorff_distance(percentile=95)``);
 * ``ASSD`` = mean of both sets pooled, i.e. ``(sum d(pred -> ref) + sum d(ref -> pred)) / (|dP| + |dR|)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +33,19 @@ import numpy as np
 from scipy import ndimage
 
 METRIC_KEYS = (
-    "Dice", "IoU", "Precision", "Recall", "HD", "HD95", "ASSD", "TP", "FP", "FN", "TN", "n_ref", "n_pred",
+    "Dice",
+    "IoU",
+    "Precision",
+    "Recall",
+    "HD",
+    "HD95",
+    "ASSD",
+    "TP",
+    "FP",
+    "FN",
+    "TN",
+    "n_ref",
+    "n_pred",
 )
 DISTANCE_KEYS = ("HD", "HD95", "ASSD")
 
@@ -230,8 +244,21 @@ def binary_metrics(ref: np.ndarray, pred: np.ndarray, spacing: float | Sequence[
 def empty_label_metrics(n_voxels: int) -> dict:
     """The metrics of a label absent from both reference and prediction (of ``n_voxels`` voxels)."""
     nan = math.nan
-    return {"Dice": nan, "IoU": nan, "Precision": nan, "Recall": nan, "HD": nan, "HD95": nan, "ASSD": nan,
-            "TP": 0, "FP": 0, "FN": 0, "TN": int(n_voxels), "n_ref": 0, "n_pred": 0}
+    return {
+        "Dice": nan,
+        "IoU": nan,
+        "Precision": nan,
+        "Recall": nan,
+        "HD": nan,
+        "HD95": nan,
+        "ASSD": nan,
+        "TP": 0,
+        "FP": 0,
+        "FN": 0,
+        "TN": int(n_voxels),
+        "n_ref": 0,
+        "n_pred": 0,
+    }
 
 
 def label_values(label_map: np.ndarray) -> set[int]:
