@@ -62,19 +62,21 @@ def find_task(spec: str | os.PathLike, roots: Iterable[Path]) -> tuple[str, Path
     ``Task04_*`` and an nnU-Net folder ``Task004_*`` both answer to ``4``. Roots are searched in order;
     the first root holding a match wins (so a raw task and its preprocessed copy agree).
 
+    A path means one thing everywhere: the task its folder is named after. Each command then looks for
+    that name in its own root(s), so ``-t $MONET_raw/Task04_Hippocampus`` trains on
+    ``$MONET_preprocessed/Task04_Hippocampus``; the folder the path points to is not read itself.
+
     Returns:
         The task folder's name and the folder that matched (``None`` never happens: an unmatched spec raises).
 
     Raises:
-        TaskNotFoundError: nothing matches, or one root holds several matches; the message lists what exists.
+        TaskNotFoundError: nothing matches, or one root holds several matches; the message lists what exists
+            (for a path: where the command looked for its name).
     """
     roots = [Path(r) for r in roots]
     spec_str = os.fspath(spec)
-    as_path = Path(spec_str).expanduser()
-    if as_path.is_dir() and (as_path / "dataset.json").is_file() or os.sep in spec_str:
-        if not as_path.is_dir():
-            raise TaskNotFoundError(f"Task folder {as_path} does not exist.")
-        return as_path.resolve().name, as_path.resolve()
+    if _looks_like_path(spec_str):
+        return _task_from_path(Path(spec_str).expanduser(), roots)
 
     match = _TASK_SPEC.match(spec_str.strip())
     if not match:
@@ -102,3 +104,38 @@ def find_task(spec: str | os.PathLike, roots: Iterable[Path]) -> tuple[str, Path
         f"No task matches {spec_str!r} in {searched}. Tasks found:\n  {listing}\n"
         f"Set MONET_raw / MONET_preprocessed / MONET_results or pass a path to the task folder."
     )
+
+
+def _looks_like_path(spec: str) -> bool:
+    return os.sep in spec or "/" in spec or (os.altsep is not None and os.altsep in spec) or spec in (".", "..")
+
+
+def _task_from_path(path: Path, roots: list[Path]) -> tuple[str, Path]:
+    """``-t PATH``: the task named like the folder, looked up in ``roots`` (where the command reads)."""
+    name = path.resolve().name
+    if parse_task_dir_name(name) is None:
+        raise TaskNotFoundError(
+            f"-t {path}: {name!r} is not a task folder name (TaskXX_Name or DatasetXXX_Name). A path given to "
+            f"-t names the task by its folder name; pass the task folder, or its name or number."
+        )
+    for root in roots:
+        if (root / name).is_dir():
+            return name, (root / name).resolve()
+    env = MonetPaths.from_env()
+    labels = {env.raw: "MONET_raw", env.preprocessed: "MONET_preprocessed", env.results: "MONET_results"}
+    own = [f"{labels[r.resolve()]} ({r})" if r.resolve() in labels else str(r) for r in roots] or ["(no root)"]
+    message = f"-t {path} names task {name}; this command looks for it in {' and '.join(own)}, and it is not there."
+    parent = path.resolve().parent
+    if parent in labels and all(parent != r.resolve() for r in roots):
+        message += f" {path} is the task's folder in {labels[parent]}, which this command does not read."
+    elif parent not in labels:
+        message += (
+            f" {parent} is none of the data roots: to use the task there, set the variable of the root this "
+            f"command reads (MONET_raw, MONET_preprocessed or MONET_results) to {parent}."
+        )
+    wanted = {labels.get(r.resolve()) for r in roots}
+    if "MONET_preprocessed" in wanted:
+        message += f" A task is found there once preprocessed: monet_plan_and_preprocess -t {name}."
+    elif "MONET_results" in wanted:
+        message += f" A task is found there once trained: monet_train -t {name} -m MODEL."
+    raise TaskNotFoundError(message)

@@ -32,10 +32,40 @@ def test_nnunet_three_digit_folder_matches_msd_number(tmp_path):
     assert find_task("Task07", [tmp_path])[0] == "Task007_Pancreas"
 
 
-def test_path_spec(tmp_path):
-    _make(tmp_path, "Task04_Hippocampus")
-    name, folder = find_task(str(tmp_path / "Task04_Hippocampus"), [])
-    assert name == "Task04_Hippocampus" and folder == (tmp_path / "Task04_Hippocampus").resolve()
+def test_a_path_names_the_task_and_each_command_looks_in_its_own_root(monet_roots):
+    _make(monet_roots.raw, "Task04_Hippocampus")
+    _make(monet_roots.preprocessed, "Task04_Hippocampus")
+    raw_task = monet_roots.raw / "Task04_Hippocampus"
+    # the raw folder given to training means the preprocessed task of that name, and vice versa
+    assert find_task(str(raw_task), [monet_roots.preprocessed]) == (
+        "Task04_Hippocampus",
+        (monet_roots.preprocessed / "Task04_Hippocampus").resolve(),
+    )
+    assert find_task(str(monet_roots.preprocessed / "Task04_Hippocampus") + "/", [monet_roots.raw]) == (
+        "Task04_Hippocampus",
+        raw_task.resolve(),
+    )
+    assert find_task(str(raw_task), [monet_roots.raw])[1] == raw_task.resolve()
+
+
+def test_a_path_into_another_root_says_where_the_command_looked(monet_roots):
+    _make(monet_roots.raw, "Task04_Hippocampus")
+    raw_task = monet_roots.raw / "Task04_Hippocampus"
+    with pytest.raises(TaskNotFoundError) as info:
+        find_task(str(raw_task), [monet_roots.preprocessed])
+    message = str(info.value)
+    assert f"looks for it in MONET_preprocessed ({monet_roots.preprocessed})" in message
+    assert f"{raw_task} is the task's folder in MONET_raw, which this command does not read" in message
+    assert "monet_plan_and_preprocess -t Task04_Hippocampus" in message
+
+
+def test_a_path_outside_the_roots_is_used_for_its_name_only(monet_roots, tmp_path):
+    _make(tmp_path / "downloads", "Task04_Hippocampus")
+    elsewhere = tmp_path / "downloads" / "Task04_Hippocampus"
+    with pytest.raises(TaskNotFoundError, match=f"set the variable of the root .* to {tmp_path / 'downloads'}"):
+        find_task(str(elsewhere), [monet_roots.raw])
+    with pytest.raises(TaskNotFoundError, match="not a task folder name"):
+        find_task(str(tmp_path / "downloads"), [monet_roots.raw])
 
 
 def test_unknown_task_lists_what_exists(tmp_path):
