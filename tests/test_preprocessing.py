@@ -367,3 +367,63 @@ def test_read_only_preprocessed_folder_is_refused_naming_it(ct_task, capsys):
         ct_task.preprocessed.chmod(0o755)
     err = capsys.readouterr().err
     assert "Task901_SyntheticCT: folder is not writable" in err and "Traceback" not in err
+
+
+# --- worker processes end with their parent ---------------------------------------------------------
+
+
+def _descendants(pid: int) -> set[int]:
+    """Live (non-zombie) processes below ``pid``, from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+            if state != "Z":
+                parents[int(entry)] = int(ppid)
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier and p not in found}
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2] != "Z":
+            alive.add(pid)
+    return alive
+
+
+def test_workers_exit_when_the_parent_is_killed():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs /proc to list processes")
+    script = "import time\nfrom monetpipe.parallel import map_cases\nmap_cases(time.sleep, [120] * 4, 2)\n"
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 90
+        while len(_descendants(proc.pid)) < 3 and time.monotonic() < deadline:  # forkserver + 2 workers
+            time.sleep(0.5)
+        workers = _descendants(proc.pid)
+        assert len(workers) >= 3, "the workers never started"
+        os.kill(proc.pid, signal.SIGKILL)  # not reaped yet: the parent stays a zombie meanwhile
+        deadline = time.monotonic() + 15
+        while (alive := _alive(workers)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not alive, f"orphaned worker processes still running: {sorted(alive)}"
