@@ -290,6 +290,7 @@ def test_issue_11_deleting_a_shifted_structure_never_improves_the_leaderboard(tm
     # 10 cases, 2 labels: the shifted label's HD95 is 3 voxels x 1 mm, the deleted one's the diagonal
     assert shifted["hd95_mean"] == pytest.approx(3.0 / 2 / 10)
     assert deleted["hd95_mean"] == pytest.approx(penalty / 2 / 10)
+    assert cases[0] == "hippocampus_001" and penalty == pytest.approx(71.07, abs=0.01)  # quoted in the docs
 
 
 def strip(name: str) -> str:

@@ -238,6 +238,7 @@ def evaluate_folders(
             "HD": "mm",
             "HD95": "mm",
             "ASSD": "mm",
+            "distance_penalty_mm": "mm",
             "TP": "voxels",
             "FP": "voxels",
             "FN": "voxels",

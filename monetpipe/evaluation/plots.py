@@ -91,7 +91,7 @@ def _slice_axis(plans: dict, spacing_zyx: tuple[float, float, float]) -> int:
     axis = plans.get("slice_axis")
     if isinstance(axis, int) and 0 <= axis < 3:
         return axis
-    return int(np.argmax(spacing_zyx))  # the largest spacing, ties -> z (DESIGN §4)
+    return int(np.argmax(spacing_zyx))  # the largest spacing, ties -> z (as the planner chooses)
 
 
 def most_informative_slice(ref: np.ndarray, pred: np.ndarray, axis: int) -> int:
