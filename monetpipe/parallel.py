@@ -8,11 +8,12 @@ unreaped zombie). Without it, a killed ``-np N`` run left its workers computing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.connection import Connection
 from typing import TypeVar
@@ -53,15 +54,22 @@ def map_cases(fn: Callable[[T], R], items: Sequence[T], num_processes: int = 1, 
     """
     if num_processes <= 1 or len(items) <= 1:
         return [fn(x) for x in tqdm(items, desc=desc, disable=not desc)]
+    with worker_pool(num_processes) as pool:
+        return list(tqdm(pool.map(fn, items, chunksize=1), total=len(items), desc=desc, disable=not desc))
+
+
+@contextlib.contextmanager
+def worker_pool(max_workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A forkserver ``ProcessPoolExecutor`` whose workers use one thread each and exit with this process."""
     # forkserver: workers never inherit a parent's torch/OpenMP thread state (fork can deadlock there),
     # nor the pipe's write end, so its end-of-file means exactly "the parent is gone".
     ctx = multiprocessing.get_context("forkserver")
     parent_alive, keep_open = ctx.Pipe(duplex=False)
     try:
         with ProcessPoolExecutor(
-            max_workers=num_processes, initializer=_init_worker, initargs=(parent_alive,), mp_context=ctx
+            max_workers=max_workers, initializer=_init_worker, initargs=(parent_alive,), mp_context=ctx
         ) as pool:
-            return list(tqdm(pool.map(fn, items, chunksize=1), total=len(items), desc=desc, disable=not desc))
+            yield pool
     finally:
         parent_alive.close()
         keep_open.close()
