@@ -427,3 +427,40 @@ def test_workers_exit_when_the_parent_is_killed():
         proc.kill()
         proc.wait()
     assert not alive, f"orphaned worker processes still running: {sorted(alive)}"
+
+
+# --- absurd voxel spacings in training data -----------------------------------------------------------
+
+
+def _respace(folder, case, spacing_xyz):
+    import SimpleITK as sitk
+
+    for sub in ("imagesTr", "labelsTr"):
+        path = folder / sub / f"{case}.nii.gz"
+        image = sitk.ReadImage(str(path))
+        image.SetSpacing(spacing_xyz)
+        sitk.WriteImage(image, str(path), True)
+
+
+@pytest.mark.parametrize(
+    "spacing_xyz, message",
+    [((0.01, 0.01, 2.5), "below 0.05 mm"), ((15.0, 15.0, 2.5), "more than 10x in-plane")],
+)
+def test_absurd_spacing_in_training_data_is_refused_naming_the_case(ct_task, capsys, spacing_xyz, message):
+    _respace(ct_task.raw / "Task901_SyntheticCT", "synct_002", spacing_xyz)
+    assert cli_main(["-t", "901", "-np", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "imagesTr/synct_002.nii.gz: voxel spacing" in err and message in err and "pixdim" in err
+    assert not (ct_task.preprocessed / "Task901_SyntheticCT" / "monetPlans.json").exists()
+
+
+def test_slice_axis_spacing_outlier_only_warns(ct_task, caplog):
+    import SimpleITK as sitk
+
+    folder = ct_task.raw / "Task901_SyntheticCT"
+    x, y, z = sitk.ReadImage(str(folder / "imagesTr" / "synct_002.nii.gz")).GetSpacing()
+    _respace(folder, "synct_002", (x, y, z * 20))
+    with caplog.at_level("WARNING"):
+        result = plan_and_preprocess("901", num_processes=1)
+    assert result.plans.slice_axis == 0
+    assert "synct_002.nii.gz: spacing along the slice axis" in caplog.text

@@ -4,13 +4,16 @@ labels and batch size. Every decision is a small pure function so it can be read
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
-from monetpipe.errors import MonetError
+from monetpipe.errors import DatasetError, MonetError
 from monetpipe.io.dataset import TaskDataset
 from monetpipe.preprocessing.plans import ChannelNormalization, Plans
+
+log = logging.getLogger(__name__)
 
 SIZE_MULTIPLE = 16  # every registered network downsamples at most 16x
 DEFAULT_BATCH_SIZE = 32
@@ -42,6 +45,59 @@ def in_plane_target_spacing(
 
 def round_up(value: float, multiple: int = SIZE_MULTIPLE) -> int:
     return int(math.ceil(value / multiple) * multiple)
+
+
+MIN_SPACING_MM = 0.05  # finer than any CT or MR voxel: a header in metres or micrometres, or a typo
+MAX_SPACING_RATIO = 10.0  # a case this far from the dataset's median spacing almost surely has a wrong header
+
+
+def check_spacings(task: TaskDataset, fingerprint: dict, slice_axis: int) -> None:
+    """Refuse training cases whose voxel spacing cannot be right, before they shape the plans.
+
+    A spacing below 0.05 mm on any axis, or an in-plane spacing more than 10x away from the dataset's
+    median, is refused (in-plane spacing decides the resampling, so one such case would be shrunk to a few
+    pixels or blown up). A slice-axis spacing 10x off is only warned about: slices are never resampled
+    along that axis.
+
+    Raises:
+        DatasetError: naming the first such case's image file, its spacing and the median.
+    """
+    ids = list(fingerprint["cases"])
+    spacings = np.array([fingerprint["cases"][c]["spacing"] for c in ids], dtype=float)
+    median = np.median(spacings, axis=0)
+    ratio = np.maximum(spacings / median, median / np.maximum(spacings, 1e-12))
+    in_plane = [a for a in range(3) if a != slice_axis]
+    too_fine = np.flatnonzero((spacings < MIN_SPACING_MM).any(axis=1))
+    off = np.flatnonzero((ratio[:, in_plane] > MAX_SPACING_RATIO).any(axis=1))
+    for rows, reason in (
+        (too_fine, f"is below {MIN_SPACING_MM} mm, finer than any CT or MR scanner"),
+        (off, f"differs from the dataset's median {_mm(median)} by more than {MAX_SPACING_RATIO:g}x in-plane"),
+    ):
+        if len(rows):
+            others = f" ({len(rows) - 1} other case(s) too)" if len(rows) > 1 else ""
+            raise DatasetError(
+                f"{_image_of(task, ids[rows[0]])}: voxel spacing (z, y, x) {_mm(spacings[rows[0]])} {reason}{others}. "
+                f"The header's pixdim is probably wrong: check and fix it, or remove the case from dataset.json."
+            )
+    for row in np.flatnonzero(ratio[:, slice_axis] > MAX_SPACING_RATIO):
+        log.warning(
+            "%s: spacing along the slice axis %s differs from the median %s by more than %gx; check its header",
+            _image_of(task, ids[row]),
+            _mm(spacings[row]),
+            _mm(median),
+            MAX_SPACING_RATIO,
+        )
+
+
+def _mm(spacing_zyx) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in spacing_zyx) + ") mm"
+
+
+def _image_of(task: TaskDataset, case_id: str) -> str:
+    try:
+        return str(task.case(case_id).image_files[0])
+    except KeyError:
+        return f"case {case_id}"
 
 
 def plan_labels(dataset_labels: dict[int, str], binary: bool, keep: list[int] | None):
@@ -115,6 +171,7 @@ def plan_experiment(
     cases = list(fingerprint["cases"].values())
     spacing = np.median([c["spacing"] for c in cases], axis=0)
     slice_axis = choose_slice_axis(list(spacing))
+    check_spacings(task, fingerprint, slice_axis)
     forward, backward = transposes(slice_axis)
     cropped = np.array([c["shape_after_crop"] for c in cases], dtype=float)[:, forward]
     raw = np.array([c["shape"] for c in cases], dtype=float)[:, forward]
