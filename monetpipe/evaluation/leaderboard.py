@@ -81,7 +81,7 @@ class FoldRun:
 
     @property
     def name(self) -> str:
-        return f"{self.model}__{self.plans}"
+        return self.model_dir.name  # <model>__<plans>, or <model>__<plans>__<tag> for a federated run
 
 
 @dataclass
@@ -104,7 +104,7 @@ def find_runs(results_task_dir: Path, models: Iterable[str] | None = None) -> li
     wanted = None if models is None else set(models)
     runs = []
     for model_dir in sorted(p for p in results_task_dir.iterdir() if p.is_dir() and "__" in p.name):
-        model, plans = model_dir.name.split("__", 1)
+        model, plans = model_dir.name.split("__")[:2]  # a third part tags a variant (monet_federated's fedavg3)
         if wanted is not None and model not in wanted:
             continue
         for fold_dir in sorted(model_dir.glob("fold_*")):
