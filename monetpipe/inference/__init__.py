@@ -4,6 +4,7 @@
 does the same with networks already in memory. Both are imported lazily, so ``monet_predict --help``
 stays instant.
 """
+
 from __future__ import annotations
 
 __all__ = ["PredictionSummary", "predict_files", "predict_folder"]

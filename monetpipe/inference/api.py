@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from monetpipe.errors import MonetError
-from monetpipe.inference.inputs import InputCase, group_input_files
+from monetpipe.inference.inputs import InputCase, group_input_files, is_utf8, printable
 from monetpipe.io.atomic import atomic_path
 from monetpipe.io.image import Geometry, read_volume
 from monetpipe.preprocessing.plans import Plans
@@ -142,23 +144,11 @@ def predict_folder(
     Raises:
         MonetError: unusable folders or model (nothing is predicted), e.g. ``output_dir`` in ``input_dir``.
     """
-    import torch
-
-    from monetpipe.inference.loading import configure_threads, default_workers, load_models, resolve_device
+    from monetpipe.inference.loading import load_models
 
     check_folders(input_dir, output_dir)
-    threads = None
-    if resolve_device(device).type == "cpu":
-        threads = configure_threads(num_threads)
-        workers = default_workers("cpu", threads) if workers is None else workers
-        log.info(
-            "CPU inference with %d thread(s)%s",
-            threads,
-            f" as {workers} slice-parallel workers" if workers > 1 else "",
-        )
-    elif workers is None:
-        workers = 1
-    try:
+    check_writable(output_dir)
+    with cpu_workers(device, num_threads, workers) as workers:
         loaded = load_models(model_folder, folds, checkpoint, device, backend=backend, workers=workers)
         summary = predict_files(
             input_dir,
@@ -175,11 +165,88 @@ def predict_folder(
             overlap=overlap,
             workers=loaded.workers,
         )
-    finally:
-        if threads is not None and workers > 1:
-            torch.set_num_threads(threads)  # the workers lowered it process-wide while they ran
     summary.folds = list(loaded.folds)
     return summary
+
+
+def predict_network(
+    cases: Sequence[InputCase],
+    output_dir: str | Path,
+    network,
+    plans: Plans,
+    device: str = "auto",
+    backend: str = "torch",
+    num_threads: int | None = None,
+    workers: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> PredictionSummary:
+    """:func:`predict_folder` for given cases and one network in memory: training's final validation.
+
+    Everything after loading the checkpoint is ``monet_predict``'s code with its defaults: threads and
+    slice-parallel workers (:func:`cpu_workers`), the network form
+    (:func:`~monetpipe.inference.loading.inference_form`), reading, preprocessing, batching, restoring
+    and writing (:func:`predict_cases`). Existing outputs are overwritten.
+
+    Args:
+        cases: the cases (id and image files), e.g. from a task's dataset.json.
+        output_dir: where ``<case>.nii.gz`` go.
+        network: an eval-mode network on the CPU with the weights to use (what
+            :func:`~monetpipe.inference.loading.network_from_checkpoint` returns).
+        plans: the plans it was trained with.
+        Others: as in :func:`predict_folder`.
+    """
+    from monetpipe.inference.loading import default_channels_last, inference_form, resolve_device
+
+    check_writable(output_dir)
+    with cpu_workers(device, num_threads, workers) as workers:
+        torch_device = resolve_device(str(device))
+        channels_last = default_channels_last(torch_device)
+        model = inference_form(network, torch_device, channels_last, backend, workers)
+        input_dir = cases[0].files[0].parent if cases and cases[0].files else Path(".")
+        return predict_cases(
+            cases,
+            input_dir,
+            output_dir,
+            [model],
+            plans,
+            device=torch_device,
+            batch_size=batch_size,
+            overwrite=True,
+            channels_last=channels_last,
+            workers=workers,
+            progress=progress,
+        )
+
+
+@contextlib.contextmanager
+def cpu_workers(device, num_threads: int | None, workers: int | None) -> Iterator[int]:
+    """Set PyTorch's CPU threads the way ``monet_predict`` does and yield the slice-parallel workers.
+
+    On CPU: :func:`~monetpipe.inference.loading.configure_threads` and (unless given)
+    :func:`~monetpipe.inference.loading.default_workers`; the thread count is set back afterwards, since
+    the workers lower it process-wide while they run. Elsewhere: one worker.
+    """
+    import torch
+
+    from monetpipe.inference.loading import configure_threads, default_workers, resolve_device
+
+    threads = None
+    if resolve_device(str(device)).type == "cpu":
+        threads = configure_threads(num_threads)
+        workers = default_workers("cpu", threads) if workers is None else workers
+        log.info(
+            "CPU inference with %d thread(s)%s",
+            threads,
+            f" as {workers} slice-parallel workers" if workers > 1 else "",
+        )
+    elif workers is None:
+        workers = 1
+    try:
+        yield workers
+    finally:
+        if threads is not None and workers > 1:
+            torch.set_num_threads(threads)
 
 
 def check_folders(input_dir: str | Path, output_dir: str | Path) -> None:
@@ -192,6 +259,40 @@ def check_folders(input_dir: str | Path, output_dir: str | Path) -> None:
         )
     if out.exists() and not out.is_dir():
         raise MonetError(f"{output_dir}: exists and is not a folder. Choose another -o.")
+    for name, folder in (("-i", input_dir), ("-o", output_dir)):
+        if not is_utf8(str(folder)):
+            raise MonetError(
+                f"{printable(folder)}: the folder name is not valid UTF-8, and SimpleITK cannot open files "
+                f"in it. Rename the folder (or pass another {name})."
+            )
+
+
+def check_writable(output_dir: str | Path) -> None:
+    """Create ``output_dir`` if needed and write and remove a probe file in it, before any work starts.
+
+    Raises:
+        MonetError: the folder cannot be created or is not writable (named, with the fix).
+    """
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MonetError(
+            f"{out}: cannot create the output folder ({exc.strerror or exc}). Choose another -o, or create "
+            f"it where you have write permission."
+        ) from None
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".monet-write-test-", dir=out)
+        try:
+            os.write(handle, b"monetpipe")
+        finally:
+            os.close(handle)
+            os.unlink(probe)
+    except OSError as exc:
+        raise MonetError(
+            f"{out}: the output folder is not writable ({exc.strerror or exc}). Choose another -o, or make "
+            f"it writable (nothing was predicted)."
+        ) from None
 
 
 @contextlib.contextmanager
@@ -255,13 +356,55 @@ def predict_files(
         workers: the models' slice-parallel workers (sizes the default batch).
         Others: as in :func:`predict_folder`.
     """
+    check_folders(input_dir, output_dir)
+    check_writable(output_dir)
+    start = time.perf_counter()
+    cases, _ = group_input_files(input_dir, plans.num_input_channels)
+    summary = predict_cases(
+        cases,
+        input_dir,
+        output_dir,
+        models,
+        plans,
+        tta=tta,
+        save_probabilities=save_probabilities,
+        largest_component=largest_component,
+        device=device,
+        batch_size=batch_size,
+        overwrite=overwrite,
+        channels_last=channels_last,
+        overlap=overlap,
+        workers=workers,
+    )
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def predict_cases(
+    cases: Sequence[InputCase],
+    input_dir: str | Path,
+    output_dir: str | Path,
+    models: Sequence,
+    plans: Plans,
+    tta: bool = False,
+    save_probabilities: bool = False,
+    largest_component: bool = False,
+    device="cpu",
+    batch_size: int | None = None,
+    overwrite: bool = False,
+    channels_last: bool = False,
+    overlap: bool = True,
+    workers: int = 1,
+    progress: bool = True,
+) -> PredictionSummary:
+    """The per-case loop of :func:`predict_files` for cases already grouped (``input_dir`` is only reported).
+
+    ``output_dir`` must exist and be writable (:func:`check_writable`).
+    """
     from tqdm import tqdm
 
-    check_folders(input_dir, output_dir)
     start = time.perf_counter()
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    cases, _ = group_input_files(input_dir, plans.num_input_channels)
-    output_dir.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, CaseOutcome] = {}
     todo = []
     for case in cases:
@@ -306,14 +449,14 @@ def predict_files(
         with flush_denormals(on_cpu):
             _finish(prepared, probs, plans, output_dir, save_probabilities, largest_component)
 
-    progress = tqdm(total=len(todo), desc="Predict", unit="case", disable=not todo)
+    bar = tqdm(total=len(todo), desc="Predict", unit="case", disable=not (todo and progress))
     try:
         run = _run_overlapped if overlap and len(todo) > 1 else _run_sequential
         for outcome in run(todo, prepare, network, finish):
             outcomes[outcome.case_id] = outcome
-            progress.update(1)
+            bar.update(1)
     finally:
-        progress.close()
+        bar.close()
     ordered = [outcomes[c.case_id] for c in cases]
     return PredictionSummary(input_dir, output_dir, ordered, time.perf_counter() - start)
 
@@ -331,31 +474,98 @@ def _failed(case: InputCase, error: str) -> CaseOutcome:
 
 
 def _error_text(case: InputCase, exc: BaseException) -> str:
+    """What a user reads about a failed case: the image's fault, memory, or a bug (never all three as one)."""
     if isinstance(exc, MonetError):
         return str(exc)
-    log.debug("case %s", case.case_id, exc_info=exc)
-    files = ", ".join(str(f) for f in case.files)
-    return f"{files}: unexpected {type(exc).__name__}: {exc}. Check the image; run with -v for the traceback."
+    if is_out_of_memory(exc):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (
+            f"case {case.case_id}: out of memory ({first}). Use a smaller --batch-size (on CPU also fewer "
+            f"--workers) or free memory, then re-run the same command: finished cases are skipped."
+        )
+    log.error("case %s: internal error", case.case_id, exc_info=exc)
+    return (
+        f"case {case.case_id}: internal error ({type(exc).__name__}: {exc}). This is a bug in monetpipe, not "
+        f"a problem of the image; please report it with the traceback logged above."
+    )
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """``MemoryError`` (numpy too), torch's CUDA/MPS out-of-memory error, or PyTorch's CPU allocator failing."""
+    if isinstance(exc, MemoryError):
+        return True
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        marker in text for marker in ("out of memory", "can't allocate memory", "Cannot allocate memory")
+    )
+
+
+#: Resampled slices smaller than this (pixels, either axis) cannot be segmented meaningfully.
+MIN_RESAMPLED_SIZE = 8
+#: A case whose in-plane spacing is this many times finer or coarser than the plan's is refused.
+MAX_SPACING_RATIO = 20.0
+
+
+def check_spacing(case: InputCase, shape_zyx: Sequence[int], geometry: Geometry, plans: Plans) -> None:
+    """Refuse a case whose slices would be degenerate after resampling to the plan's in-plane spacing.
+
+    A wrong header (e.g. 0.01 mm pixels) otherwise shrinks every slice to a few pixels, and the network's
+    answer, blown back up to the original grid, is one label everywhere.
+
+    Raises:
+        MonetError: resampled in-plane size below :data:`MIN_RESAMPLED_SIZE`, or spacing more than
+            :data:`MAX_SPACING_RATIO` times finer or coarser than the plan's.
+    """
+    from monetpipe.preprocessing.resampling import resampled_shape
+
+    axes = list(plans.transpose_forward)[1:]
+    spacing = tuple(float(geometry.spacing_zyx[a]) for a in axes)
+    size = tuple(int(shape_zyx[a]) for a in axes)
+    target = tuple(float(t) for t in plans.target_spacing)
+    resampled = resampled_shape(size, spacing, target)
+    ratio = max(max(s / t, t / s) for s, t in zip(spacing, target, strict=True)) if min(spacing) > 0 else float("inf")
+    if min(resampled) >= MIN_RESAMPLED_SIZE and ratio <= MAX_SPACING_RATIO:
+        return
+    files = ", ".join(printable(f) for f in case.files)
+    raise MonetError(
+        f"{files}: in-plane pixel spacing {spacing[0]:g} x {spacing[1]:g} mm is {ratio:.3g}x off the plan's "
+        f"{target[0]:g} x {target[1]:g} mm; its {size[0]} x {size[1]} slices would be resampled to "
+        f"{resampled[0]} x {resampled[1]} pixels, which cannot be segmented. Check the header's pixel spacing "
+        f"(pixdim) and fix it."
+    )
 
 
 def _prepare(case: InputCase, plans: Plans) -> _Prepared:
     from monetpipe.preprocessing.preprocessor import preprocess_image
 
     t0 = time.perf_counter()
-    image, geometry = read_volume(case.files)  # also refuses NaN/inf, in NIfTI files too
+    files = ", ".join(printable(f) for f in case.files)
+    try:
+        image, geometry = read_volume(case.files)  # also refuses NaN/inf, in NIfTI files too
+    except (MonetError, MemoryError):
+        raise
+    except Exception as exc:  # whatever a reader raises on a bad file is the file's fault
+        log.debug("reading case %s", case.case_id, exc_info=exc)
+        raise MonetError(
+            f"{files}: cannot be read ({type(exc).__name__}: {exc}). Check the image: it may be truncated or "
+            f"corrupt; re-export it."
+        ) from None
     t1 = time.perf_counter()
     if image.shape[0] != plans.num_input_channels:
         names = ", ".join(plans.channel_names)
-        files = ", ".join(str(f) for f in case.files)
         raise MonetError(
             f"{files}: has {image.shape[0]} channel(s), but the model expects {plans.num_input_channels} "
             f"({names}). Give one {plans.num_input_channels}-channel file per case, or one 3D file per "
             f"channel (case_0000.nii.gz ...)."
         )
+    check_spacing(case, image.shape[1:], geometry, plans)
     data, properties = preprocess_image(image, geometry, plans)
-    return _Prepared(
-        case, data, properties, geometry, {"read": t1 - t0, "preprocess": time.perf_counter() - t1}
-    )
+    return _Prepared(case, data, properties, geometry, {"read": t1 - t0, "preprocess": time.perf_counter() - t1})
 
 
 def _finish(
@@ -379,8 +589,14 @@ def _finish(
         labels = probabilities_to_labels(restored, plans)
         timings["restore"] = time.perf_counter() - t
         t = time.perf_counter()
-        with atomic_path(output_dir / f"{case_id}.npz") as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, probabilities=with_background(restored).astype(np.float16))
+        try:
+            with atomic_path(output_dir / f"{case_id}.npz") as tmp, open(tmp, "wb") as f:
+                np.savez_compressed(f, probabilities=with_background(restored).astype(np.float16))
+        except OSError as exc:
+            raise MonetError(
+                f"{output_dir / f'{case_id}.npz'}: cannot be written ({exc.strerror or exc}). Free disk space "
+                f"or choose another -o."
+            ) from None
         del restored
         timings["write"] = time.perf_counter() - t
     else:
@@ -391,15 +607,20 @@ def _finish(
         labels = keep_largest_component(labels, [v for v in plans.output_labels.values() if v != 0])
     timings["postprocess"] = time.perf_counter() - t
     t = time.perf_counter()
-    write_labels_like(labels, prepared.case.files[0], prepared.geometry, output_dir / f"{case_id}.nii.gz")
+    target = output_dir / f"{case_id}.nii.gz"
+    try:
+        write_labels_like(labels, prepared.case.files[0], prepared.geometry, target)
+    except OSError as exc:
+        raise MonetError(
+            f"{target}: cannot be written ({exc.strerror or exc}). Free disk space or choose another -o; "
+            f"re-running the command skips the finished cases."
+        ) from None
     timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t
 
 
 def _done(case: InputCase, timings: dict[str, float]) -> CaseOutcome:
     total = sum(timings.values())
-    log.info(
-        "case %s: %.1f s (%s)", case.case_id, total, ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
-    )
+    log.info("case %s: %.1f s (%s)", case.case_id, total, ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
     return CaseOutcome(case.case_id, "predicted", timings=dict(timings))
 
 

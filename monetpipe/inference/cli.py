@@ -19,15 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", required=True, help="output folder (not inside the input folder)")
     p.add_argument("-t", "--task", help="task of the model: Task04, 4, Task04_Hippocampus, ... (with -m)")
-    p.add_argument(
-        "-m", "--model", help="network the model was trained as: monet, unet16, unet64, attention_unet"
-    )
-    p.add_argument(
-        "-p", "--plans", default=None, help="plans name (default monetPlans; e.g. monetPlans_binary)"
-    )
-    p.add_argument(
-        "--model-folder", help="a results folder <model>__<plans>/ instead of -t/-m (needs nothing else)"
-    )
+    p.add_argument("-m", "--model", help="network the model was trained as: monet, unet16, unet64, attention_unet")
+    p.add_argument("-p", "--plans", default=None, help="plans name (default monetPlans; e.g. monetPlans_binary)")
+    p.add_argument("--model-folder", help="a results folder <model>__<plans>/ instead of -t/-m (needs nothing else)")
     p.add_argument(
         "-f",
         "--folds",
@@ -56,12 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=None,
-        help="slices per forward pass (default: the plan's; on CPU fewer for large slices, "
-        "see docs/inference.md)",
+        help="slices per forward pass (default: the plan's; on CPU fewer for large slices, see docs/inference.md)",
     )
-    p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: available cores)"
-    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: available cores)")
     p.add_argument(
         "--workers",
         type=int,

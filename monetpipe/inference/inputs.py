@@ -14,6 +14,7 @@ to end in four digits (``lung_0001.nii.gz``, ``lung_0002.nii.gz``) are never mis
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,20 @@ class InputCase:
     case_id: str
     files: tuple[Path, ...]
     error: str | None = None
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a file name (as Python decodes it) is valid UTF-8; SimpleITK aborts the process on others."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes come back as lone surrogates
+        return False
+    return True
+
+
+def printable(path: str | os.PathLike) -> str:
+    """A file name safe to print and log: undecodable bytes shown as ``\\xff``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def detect_naming(files: list[Path], num_channels: int) -> str:
@@ -67,14 +82,10 @@ def group_input_files(folder: str | Path, num_channels: int) -> tuple[list[Input
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise MonetError(
-            f"{folder}: input folder not found. Pass the folder holding the images to segment with -i."
-        )
+        raise MonetError(f"{folder}: input folder not found. Pass the folder holding the images to segment with -i.")
     files = list_nifti(folder)
     if not files:
-        raise MonetError(
-            f"{folder}: no NIfTI images (.nii.gz / .nii) found. Put the images to segment there."
-        )
+        raise MonetError(f"{folder}: no NIfTI images (.nii.gz / .nii) found. Put the images to segment there.")
     naming = detect_naming(files, num_channels)
     by_case: dict[str, list[Path]] = {}
     for f in files:
@@ -84,9 +95,18 @@ def group_input_files(folder: str | Path, num_channels: int) -> tuple[list[Input
 
     cases = []
     for case_id, paths in sorted(by_case.items()):
-        cases.append(
-            _nnunet_case(case_id, paths, num_channels) if naming == NNUNET else _msd_case(case_id, paths)
-        )
+        odd = [p for p in paths if not is_utf8(p.name)]
+        if odd:
+            cases.append(
+                InputCase(
+                    printable(case_id),
+                    tuple(paths),
+                    f"{printable(odd[0])}: the file name is not valid UTF-8, and SimpleITK cannot open such a "
+                    f"file. Rename it (e.g. to ASCII letters, digits and '_'); the other cases are predicted.",
+                )
+            )
+            continue
+        cases.append(_nnunet_case(case_id, paths, num_channels) if naming == NNUNET else _msd_case(case_id, paths))
     log.info(
         "%s: %d case(s), %s naming%s",
         folder,

@@ -164,9 +164,7 @@ def load_plans(folder: ModelFolder, first_checkpoint: dict | None = None) -> Pla
     if first_checkpoint is not None and isinstance(first_checkpoint.get("plans"), dict):
         log.warning("%s missing; using the plans stored in the checkpoint", folder.plans_file)
         return Plans.from_dict(first_checkpoint["plans"])
-    raise MonetError(
-        f"{folder.plans_file}: plans not found. Copy the whole results folder, plans.json included."
-    )
+    raise MonetError(f"{folder.plans_file}: plans not found. Copy the whole results folder, plans.json included.")
 
 
 def network_from_checkpoint(ckpt: dict, path: Path):
@@ -199,6 +197,20 @@ def prepare_for_inference(model, device, channels_last: bool = False):
     from monetpipe.inference.backends import prepared_module
 
     return prepared_module(model, torch.device(device), channels_last)
+
+
+def inference_form(network, device, channels_last: bool, backend: str = "torch", workers: int = 1):
+    """The form ``monet_predict`` runs ``network`` in (an eval-mode CPU network, as from a checkpoint).
+
+    ``torch`` with one worker: :func:`prepare_for_inference`; otherwise
+    :func:`~monetpipe.inference.backends.make_inference_model`. Training's final validation calls this
+    too, so both run the same network form.
+    """
+    if backend == "torch" and workers == 1:
+        return prepare_for_inference(network, device, channels_last)
+    from monetpipe.inference.backends import make_inference_model
+
+    return make_inference_model(network, backend, device=device, channels_last=channels_last, workers=workers)
 
 
 def default_channels_last(device) -> bool:
@@ -250,16 +262,7 @@ def load_models(
         _check_compatible(ckpt, plans, path)
         names.add(ckpt["network"]["name"])
         network = network_from_checkpoint(ckpt, path)
-        if backend == "torch" and workers == 1:
-            models.append(prepare_for_inference(network, torch_device, channels_last))
-        else:
-            from monetpipe.inference.backends import make_inference_model
-
-            models.append(
-                make_inference_model(
-                    network, backend, device=torch_device, channels_last=channels_last, workers=workers
-                )
-            )
+        models.append(inference_form(network, torch_device, channels_last, backend, workers))
     log.info(
         "loaded %s fold(s) %s (checkpoint_%s) on %s%s%s",
         "/".join(sorted(names)),
@@ -269,9 +272,7 @@ def load_models(
         ", channels_last" if channels_last else "",
         f", {workers} slice-parallel workers" if workers > 1 else "",
     )
-    return LoadedModels(
-        models, plans, chosen, files, "/".join(sorted(names)), torch_device, channels_last, workers
-    )
+    return LoadedModels(models, plans, chosen, files, "/".join(sorted(names)), torch_device, channels_last, workers)
 
 
 def _check_compatible(ckpt: dict, plans: Plans, path: Path) -> None:

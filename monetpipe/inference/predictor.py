@@ -1,7 +1,7 @@
-"""Volume -> slices -> network -> probabilities on the original grid.
+"""Preprocessed slices -> network(s) -> probabilities on the preprocessed grid.
 
-The one prediction code path: training's final validation and ``monet_predict`` both call
-:func:`predict_preprocessed` (or :func:`predict_case`, which preprocesses first).
+:func:`predict_slices` is the network step of :mod:`monetpipe.inference.api`, the one prediction code
+path that ``monet_predict`` and training's final validation both run.
 """
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from monetpipe.io.image import Geometry
-from monetpipe.preprocessing.plans import Plans
-from monetpipe.preprocessing.preprocessor import preprocess_image, restore_probabilities
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -82,44 +78,3 @@ def with_background(probabilities: np.ndarray) -> np.ndarray:
     if probabilities.shape[0] != 1:
         return probabilities
     return np.concatenate([1.0 - probabilities, probabilities], axis=0)
-
-
-def predict_preprocessed(
-    models: Sequence[torch.nn.Module],
-    data: np.ndarray,
-    properties: dict,
-    plans: Plans,
-    batch_size: int = 16,
-    tta: bool = False,
-    device: str | torch.device = "cpu",
-    channels_last: bool = False,
-) -> np.ndarray:
-    """Predict preprocessed slices and return ``(K, Z, Y, X)`` probabilities on the original grid."""
-    probs = predict_slices(
-        models, data, batch_size=batch_size, tta=tta, device=device, channels_last=channels_last
-    )
-    return restore_probabilities(probs, properties, plans)
-
-
-def predict_case(
-    models: Sequence[torch.nn.Module],
-    image: np.ndarray,
-    geometry: Geometry,
-    plans: Plans,
-    batch_size: int = 16,
-    tta: bool = False,
-    device: str | torch.device = "cpu",
-    channels_last: bool = False,
-) -> np.ndarray:
-    """Preprocess a raw ``(C, Z, Y, X)`` volume as in training, predict, and restore to its grid."""
-    data, properties = preprocess_image(image, geometry, plans)
-    return predict_preprocessed(
-        models,
-        data,
-        properties,
-        plans,
-        batch_size=batch_size,
-        tta=tta,
-        device=device,
-        channels_last=channels_last,
-    )

@@ -44,6 +44,7 @@ class FoldPlan:
     train_cases: list[str]
     inner_val_cases: list[str]
     val_cases: list[str]
+    raw_dir: Path | None = None  # MONET_raw/<Task>: the final validation predicts its raw images
 
     @property
     def fold_dir(self) -> Path:
@@ -107,6 +108,7 @@ def plan_fold(
         train,
         inner,
         val,
+        paths.raw / task_name,
     )
 
 
@@ -236,7 +238,7 @@ def _validate_finished(fp: FoldPlan, config: TrainConfig, final: Path) -> FoldRe
             fp.val_cases,
             fp.folder.validation_dir(fp.fold),
             device,
-            config.val_batch_size,
+            raw_dir=fp.raw_dir,
         )
     return FoldResult(fp.fold_dir, int(ckpt["epoch"]), float(ckpt.get("best_dice", math.nan)), summary)
 

@@ -238,7 +238,7 @@ def _finish(fp: FoldPlan, parts: TrainingParts, state: TrainingState, config: Tr
         fp.val_cases,
         fp.folder.validation_dir(fp.fold),
         parts.device,
-        config.val_batch_size,
+        raw_dir=fp.raw_dir,
     )
 
 
