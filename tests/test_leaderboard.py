@@ -295,3 +295,17 @@ def test_issue_11_deleting_a_shifted_structure_never_improves_the_leaderboard(tm
 
 def strip(name: str) -> str:
     return name[: -len(".nii.gz")]
+
+
+def test_a_fold_that_cannot_be_evaluated_is_named_and_fails_the_command(tree, monkeypatch, capsys):
+    for name in ("raw", "preprocessed", "results"):
+        monkeypatch.setenv(f"MONET_{name}", str(getattr(tree, name)))
+    validation = tree.results / TASK / "unet16__monetPlans" / "fold_0" / "validation"
+    for path in validation.glob("*.nii.gz"):
+        path.write_bytes(b"")  # every prediction of the fold unreadable: the fold has no row at all
+    assert main(["-t", TASK, "--no-plots", "-np", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "error: unet16__monetPlans/fold_0: None of the 3 case(s)" in err and "toy_00" in err
+    written = pd.read_csv(tree.results / TASK / "leaderboard.csv")
+    assert sorted(written["model"]) == ["monet", "monet"]  # the other folds are still ranked

@@ -107,7 +107,14 @@ def _leaderboard(args: argparse.Namespace) -> int:
         "n_missing",
     ]
     with pd.option_context("display.width", 200, "display.max_columns", 50):
-        print(table[shown].to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
+        display = table[shown].copy()
+        for column in display.columns:  # nullable integers print <NA> whatever na_rep says
+            if str(display[column].dtype) == "Int64":
+                display[column] = display[column].astype(object).where(display[column].notna(), "")
+        print(display.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
+    skipped = table.attrs.get("skipped_folds", [])
+    for line in skipped:
+        print(f"error: {line} (this fold has no row)", file=sys.stderr)
     incomplete = table[table["n_missing"] > 0]
     if len(incomplete):
         runs = ", ".join(f"{r.model}__{r.plans}/fold_{r.fold} ({r.n_missing})" for r in incomplete.itertuples())
@@ -117,8 +124,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
             f"exclude those cases.",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    return 1 if skipped or len(incomplete) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

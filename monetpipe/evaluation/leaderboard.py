@@ -346,9 +346,17 @@ def _resolve_task(task: str | os.PathLike, paths: MonetPaths) -> str:
 
 
 def collect_results(
-    task: str | os.PathLike, paths: MonetPaths, models: Iterable[str] | None = None, num_processes: int = 2
+    task: str | os.PathLike,
+    paths: MonetPaths,
+    models: Iterable[str] | None = None,
+    num_processes: int = 2,
+    skipped: list[str] | None = None,
 ) -> list[FoldResult]:
     """Evaluate every trained fold of ``task`` (optionally only ``models``).
+
+    Args:
+        skipped: when given, a line ``<model>__<plans>/fold_<k>: <reason>`` is appended for every fold
+            that could not be evaluated at all (it has no row).
 
     Raises:
         MonetError: the task has no results folder or no fold with validation predictions.
@@ -370,14 +378,17 @@ def collect_results(
             f"{model_arg}) or, for a trained fold, predict its validation cases with monet_train -t {name} "
             f"{model_arg} --val-only."
         )
-    results = []
+    results, failed = [], []
     for run in runs:
         try:
             results.append(evaluate_run(run, paths, num_processes))
         except EvaluationError as exc:
             logger.warning("%s/fold_%s skipped: %s", run.name, run.fold, exc)
+            failed.append(f"{run.name}/fold_{run.fold}: {exc}")
+    if skipped is not None:
+        skipped.extend(failed)
     if not results:
-        raise EvaluationError(f"{results_task}: no fold could be evaluated; see the warnings above.")
+        raise EvaluationError(f"{results_task}: no fold could be evaluated; first problem: {failed[0]}")
     return results
 
 
@@ -433,10 +444,13 @@ def build_leaderboard(
         image_lookup: case id -> image file for overlays; default the raw task's ``imagesTr``.
 
     Returns:
-        The leaderboard, one row per (model, plans, fold), best ``dice_mean`` first (blank = unknown).
+        The leaderboard, one row per (model, plans, fold), best ``dice_mean`` first (blank = unknown);
+        ``table.attrs["skipped_folds"]`` lists the folds that could not be evaluated at all, with the reason.
     """
-    results = collect_results(task, paths, models, num_processes)
+    skipped: list[str] = []
+    results = collect_results(task, paths, models, num_processes, skipped)
     table = leaderboard_table(results)
+    table.attrs["skipped_folds"] = skipped
     results_task = results[0].run.model_dir.parent
     with atomic_path(results_task / "leaderboard.csv") as tmp:
         table.to_csv(tmp, index=False)
