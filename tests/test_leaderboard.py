@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -201,15 +202,21 @@ def test_truncated_validation_prediction_is_named_and_fails_the_command(tree, mo
 
 
 def test_federated_runs_get_their_sites_and_rounds(tree):
-    fold = tree.results / TASK / "unet16__monetPlans" / "fold_0"
-    record = {"model": "unet16", "federated": {"sites": 3, "rounds": 10, "strategy": "fedavg"}}
-    (fold / "config.json").write_text(json.dumps(record))
-    (tree.results / TASK / "monet__monetPlans" / "fold_0" / "config.json").write_text(json.dumps({"model": "monet"}))
+    """A monet_federated folder <model>__<plans>__<tag> beside the centralised one: same model and plans,
+    told apart by ``run`` and the federated columns read from the fold's config.json."""
+    results = tree.results / TASK
+    shutil.copytree(results / "monet__monetPlans", results / "monet__monetPlans__fedavg3")
+    record = {"model": "monet", "federated": {"sites": 3, "rounds": 10, "strategy": "fedavg", "local_steps": 5}}
+    (results / "monet__monetPlans__fedavg3" / "fold_0" / "config.json").write_text(json.dumps(record))
+    (results / "monet__monetPlans" / "fold_0" / "config.json").write_text(json.dumps({"model": "monet"}))
     table = build_leaderboard(TASK, tree, num_processes=1, make_plots=False)
-    written = pd.read_csv(tree.results / TASK / "leaderboard.csv").set_index(["model", "plans"])
-    assert written.loc[("unet16", "monetPlans"), ["federated_sites", "federated_rounds"]].tolist() == [3, 10]
-    for centralised in (("monet", "monetPlans"), ("monet", "monetPlans_binary")):  # no "federated" / no file
-        assert written.loc[centralised, ["federated_sites", "federated_rounds"]].isna().all()
+    written = pd.read_csv(results / "leaderboard.csv").set_index("run")
+    federated = ["federated_sites", "federated_rounds", "federated_strategy"]
+    fed = written.loc["monet__monetPlans__fedavg3"]
+    assert (fed["model"], fed["plans"]) == ("monet", "monetPlans") and fed[federated].tolist() == [3, 10, "fedavg"]
+    for centralised in ("monet__monetPlans", "monet__monetPlans_binary", "unet16__monetPlans"):
+        assert written.loc[centralised, federated].isna().all()  # no "federated" object / no config.json
+    assert fed["dice_mean"] == written.loc["monet__monetPlans", "dice_mean"]  # same predictions, same score
     assert str(table["federated_sites"].dtype) == "Int64"
 
 

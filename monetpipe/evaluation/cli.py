@@ -90,10 +90,10 @@ def _leaderboard(args: argparse.Namespace) -> int:
         make_plots=not args.no_plots,
     )
     shown = [
-        "model",
-        "plans",
+        "run",
         "fold",
         "federated_sites",
+        "federated_rounds",
         "n_cases",
         "dice_mean",
         "dice_std",
@@ -117,7 +117,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
         print(f"error: {line} (this fold has no row)", file=sys.stderr)
     incomplete = table[table["n_missing"] > 0]
     if len(incomplete):
-        runs = ", ".join(f"{r.model}__{r.plans}/fold_{r.fold} ({r.n_missing})" for r in incomplete.itertuples())
+        runs = ", ".join(f"{r.run}/fold_{r.fold} ({r.n_missing})" for r in incomplete.itertuples())
         print(
             f"error: validation cases without a usable prediction (missing, unreadable or on another grid; "
             f"named in the warnings above and in each fold's validation/summary.json): {runs}. Their rows "

@@ -42,8 +42,10 @@ BASE_COLUMNS = (
     "model",
     "plans",
     "fold",
+    "run",
     "federated_sites",
     "federated_rounds",
+    "federated_strategy",
     "n_cases",
     "dice_mean",
     "dice_std",
@@ -184,11 +186,11 @@ def per_case_foreground(summary: dict) -> pd.DataFrame:
 
 
 def federated_settings(fold_dir: Path) -> dict:
-    """``federated_sites`` / ``federated_rounds`` from ``fold_dir/config.json``'s ``"federated"`` object.
+    """``federated_sites`` / ``_rounds`` / ``_strategy`` from ``fold_dir/config.json``'s ``"federated"`` object.
 
-    Both are ``None`` for a centralised run (no such object) or when the file is absent or unreadable.
+    All ``None`` for a centralised run (no such object) or when the file is absent or unreadable.
     """
-    blank = {"federated_sites": None, "federated_rounds": None}
+    blank = {"federated_sites": None, "federated_rounds": None, "federated_strategy": None}
     path = fold_dir / "config.json"
     if not path.is_file():
         return blank
@@ -203,6 +205,8 @@ def federated_settings(fold_dir: Path) -> dict:
     for column, key in (("federated_sites", "sites"), ("federated_rounds", "rounds")):
         value = federated.get(key)
         out[column] = int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    strategy = federated.get("strategy")
+    out["federated_strategy"] = str(strategy) if strategy is not None else None
     return out
 
 
@@ -316,6 +320,7 @@ def leaderboard_row(result: FoldResult, params: dict, cpu_s: float | None) -> di
         "task": result.run.task,
         "model": result.run.model,
         "plans": result.run.plans,
+        "run": result.run.name,
         "fold": result.run.fold,
         **federated_settings(result.run.model_dir / f"fold_{result.run.fold}"),
         "n_cases": len(result.per_case),
