@@ -580,3 +580,102 @@ def test_onnxruntime_backend_gives_the_same_segmentation(ct_env, tmp_path):
         out[backend] = {c: read_labels(tmp_path / backend / f"{c}.nii.gz") for c in summary.predicted}
     for case, labels in out["torch"].items():
         assert np.mean(labels == out["onnxruntime"][case]) >= 0.9999
+
+
+# --- bad inputs and bad conditions never cost the good cases ---------------------------------------
+
+
+def test_odd_byte_in_one_file_name_fails_that_case_only(ct_env, tmp_path):
+    """A non-UTF-8 byte in a file name once aborted the process (SimpleITK, exit 134) with nothing
+    written; now that case is reported by a printable name and the others are written."""
+    import os
+    import subprocess
+    import sys
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    good = sorted(ct_env["images"].glob("*.nii.gz"))
+    for f in good:
+        shutil.copy(f, inp / f.name)
+    real = SHARED_CT / "lung1_image_zcrop.nii.gz"
+    source = real if real.is_file() else good[0]  # a real CT where present; it is never read anyway
+    odd = os.path.join(os.fsencode(inp), b"odd\xffname.nii.gz")
+    shutil.copy(source, odd)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "monetpipe.inference.cli", "-i", str(inp), "-o", str(out)]
+        + ["--model-folder", str(ct_env["folder"]), "-f", "0", "--device", "cpu"],
+        capture_output=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        timeout=300,
+    )
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 1, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(f.name for f in good)
+    assert "FAILED odd\\xffname" in err and "not valid UTF-8" in err and "Rename it" in err
+
+
+def test_unwritable_output_is_refused_before_the_model_is_loaded(ct_env, tmp_path, capsys):
+    """A read-only -o (or one that cannot be created) is refused first, naming the folder; the model
+    folder given here does not even exist, so nothing was loaded or computed."""
+    import os
+
+    if os.geteuid() != 0:
+        read_only = tmp_path / "read_only"
+        read_only.mkdir()
+        read_only.chmod(0o555)
+        cases = [(read_only, "not writable"), (read_only / "sub" / "out", "cannot create")]
+    elif Path("/sys").is_dir():  # root ignores permission bits; sysfs refuses new files even to root
+        cases = [(Path("/sys"), "not writable"), (Path("/sys/monet_out/x"), "cannot create")]
+    else:
+        pytest.skip("no read-only folder to test with")
+    for out, words in cases:
+        code = main(["-i", str(ct_env["images"]), "-o", str(out), "--model-folder", str(tmp_path / "no_model")])
+        err = capsys.readouterr().err
+        assert code == 1 and str(out) in err and words in err and "Choose another -o" in err
+        assert "Traceback" not in err and "no_model" not in err
+
+
+def test_in_plane_spacing_far_from_the_plan_is_refused_by_name(ct_env, tmp_path):
+    """0.01 mm pixels (a broken header) would shrink every slice to a pixel or two and come back as one
+    label everywhere; the case is refused with its spacing and the plan's, the normal case is written."""
+    inp = tmp_path / "in"
+    hu = ct_phantom((6, 32, 40))
+    identity = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    write_volume(hu, inp / "normal.nii.gz", (0.8, 0.8, 2.5), (0.0, 0.0, 0.0), identity)
+    write_volume(hu, inp / "tiny_pixels.nii.gz", (0.01, 0.01, 2.5), (0.0, 0.0, 0.0), identity)
+    plans = ct_threshold_plans(ct_env["binary"], (0.8, 0.8))
+    summary = predict_files(inp, tmp_path / "out", [ThresholdNet(0.6)], plans)
+    assert summary.predicted == ["normal"]
+    error = summary.failed["tiny_pixels"]
+    assert "tiny_pixels.nii.gz" in error and "0.01 x 0.01 mm" in error and "0.8 x 0.8 mm" in error
+    assert "pixel spacing" in error
+    assert not (tmp_path / "out" / "tiny_pixels.nii.gz").exists()
+
+
+class _Failing(nn.Module):
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__()
+        self.exc = exc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    "exc,words",
+    [
+        (MemoryError(), ["out of memory", "--batch-size", "--workers"]),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), ["out of memory"]),
+        (TypeError("unsupported operand"), ["internal error", "bug in monetpipe", "TypeError"]),
+    ],
+)
+def test_memory_and_internal_errors_are_not_blamed_on_the_image(ct_env, tmp_path, caplog, exc, words):
+    plans = ct_threshold_plans(ct_env["binary"], (0.8, 0.8))
+    summary = predict_files(ct_env["images"], tmp_path / "out", [_Failing(exc)], plans, overlap=False)
+    assert summary.failed and not summary.predicted
+    for error in summary.failed.values():
+        assert "Check the image" not in error
+        assert all(w in error for w in words), error
+    if isinstance(exc, TypeError):  # a bug: its traceback is logged for the report
+        assert any(r.exc_info for r in caplog.records if r.levelname == "ERROR")
