@@ -1,7 +1,7 @@
 """The results layout (DESIGN.md §2), shared by training, inference and evaluation.
 
 ``MONET_results/<Task>/<model>__<plans>/`` is self-contained: ``plans.json``, ``dataset.json`` and
-``dataset_fingerprint.json`` beside ``fold_<k>/`` folders holding ``checkpoint_{latest,best,final}.pth``,
+``dataset_fingerprint.json`` beside ``fold_<k>/`` folders holding ``checkpoint_{latest,previous,best,final}.pth``,
 ``training_log.csv``, ``progress.png``, ``config.json`` and ``validation/``.
 
 A checkpoint is a dict that loads with ``torch.load(..., weights_only=True)``:
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from monetpipe.errors import MonetError
 
-CHECKPOINTS = ("final", "best", "latest")
+CHECKPOINTS = ("final", "best", "latest", "previous")
 _FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
 
 
@@ -33,6 +33,16 @@ def parse_fold(value: str | int) -> int | str:
         return int(value)
     except ValueError:
         raise MonetError(f"fold {value!r} is not a number or 'all'") from None
+
+
+class CorruptCheckpointError(MonetError):
+    """A checkpoint file exists but does not load (truncated or corrupt)."""
+
+    def __init__(
+        self, path: Path, reason: str, advice: str = "Use another checkpoint of this fold, or train it again."
+    ):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: cannot load checkpoint ({reason}); the file is truncated or corrupt. {advice}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,4 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        raise MonetError(
-            f"{path}: cannot load checkpoint ({str(exc).splitlines()[0]}). It may be truncated; "
-            f"re-run training with --continue or use another checkpoint."
-        ) from None
+        raise CorruptCheckpointError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -76,7 +77,46 @@ def ensure_splits(path: Path, case_ids: list[str], folds: int = 1, overwrite: bo
     return wanted
 
 
-def load_splits(path: Path) -> list[dict]:
+def load_splits(path: Path, known_cases: Iterable[str] | None = None) -> list[dict]:
+    """Read ``splits_final.json`` and check it: folds of ``{"train": [...], "val": [...]}`` case ids.
+
+    A case id becomes part of file names (``<id>_data.npy``, ``validation/<id>.nii.gz``), so every id must
+    be a plain name (no folder separator, not ``.``/``..``) and, when ``known_cases`` is given (the ids of
+    the slice cache), one of them: a crafted id can neither reach outside the task's folders nor name a
+    case that was never preprocessed.
+
+    Raises:
+        MonetError: the file is missing, not in this format, or holds an unknown or unsafe case id.
+    """
     if not path.is_file():
         raise MonetError(f"{path}: no splits. Run monet_plan_and_preprocess for this task first.")
-    return read_json(path)
+    fix = f"Re-create it with monet_plan_and_preprocess -t {path.parent.name} --overwrite-splits, or edit the file."
+    try:
+        splits = read_json(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MonetError(f"{path}: not valid JSON ({exc}). {fix}") from None
+    if not isinstance(splits, list) or not splits:
+        raise MonetError(f'{path}: expected a list of folds, each {{"train": [...], "val": [...]}}. {fix}')
+    known = None if known_cases is None else set(known_cases)
+    for k, split in enumerate(splits):
+        if not isinstance(split, dict) or not all(isinstance(split.get(part), list) for part in ("train", "val")):
+            raise MonetError(f'{path}: fold {k} is not {{"train": [...], "val": [...]}}. {fix}')
+        for part in ("train", "val"):
+            for case_id in split[part]:
+                problem = unsafe_case_id(case_id)
+                if problem is None and known is not None and case_id not in known:
+                    problem = "is not in the slice cache (no such preprocessed case)"
+                if problem:
+                    raise MonetError(f"{path}: case id {case_id!r} (fold {k}, {part}) {problem}. {fix}")
+    return splits
+
+
+def unsafe_case_id(case_id: object) -> str | None:
+    """Why ``case_id`` cannot be used in a file name (``None`` when it can)."""
+    if not isinstance(case_id, str) or not case_id.strip():
+        return "is not a non-empty string"
+    if PureWindowsPath(case_id).drive or PurePosixPath(case_id).is_absolute():
+        return "is an absolute path, not a case name"
+    if "/" in case_id or "\\" in case_id or case_id in (".", "..") or "\0" in case_id:
+        return "is not a plain case name (it holds a folder separator or is '.'/'..')"
+    return None

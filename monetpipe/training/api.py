@@ -9,10 +9,13 @@ Only rank 0 of a ``torchrun`` job writes files.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import math
+import os
 import platform
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass
@@ -85,7 +88,9 @@ def plan_fold(
     layout = CacheLayout(task_dir, plans_name)
     plans = Plans.load(layout.plans_file)
     splits_file = task_dir / "splits_final.json"
-    splits = load_splits(splits_file)
+    # the ids the cache holds: splits_final.json may name no other case (nor any path)
+    cached = {f.name[: -len("_data.npy")] for f in layout.slices.glob("*_data.npy")} if layout.slices.is_dir() else None
+    splits = load_splits(splits_file, cached)
     fold = parse_fold(fold)
     if fold == "all":
         cases = sorted({c for s in splits for c in s["train"] + s["val"]})
@@ -152,8 +157,9 @@ def train_fold(
     paths: MonetPaths | None = None,
     continue_training: bool = False,
     val_only: bool = False,
+    continue_from: str = "latest",
 ) -> FoldResult:
-    """Train (or resume, or only validate) one model on one fold.
+    """Train (or resume, or only validate) one model on one fold, holding the fold folder's lock.
 
     Args:
         task: ``Task04``, ``4``, ``Task04_Hippocampus``, ... (resolved in ``MONET_preprocessed``).
@@ -164,20 +170,47 @@ def train_fold(
         paths: data roots (default: from the environment).
         continue_training: resume from ``checkpoint_latest.pth``.
         val_only: only re-run the final validation of a finished run.
+        continue_from: ``"previous"`` resumes from ``checkpoint_previous.pth`` instead (implies
+            ``continue_training``; the current ``checkpoint_latest.pth`` is kept as
+            ``checkpoint_latest_replaced.pth``).
 
     Returns:
         The fold folder, completed epochs, best inner-val Dice and the validation summary (if any).
 
     Raises:
-        MonetError: the run is finished (or started) and ``continue_training`` is false, or inputs are
-            missing.
+        MonetError: the run is finished (or started) and ``continue_training`` is false, a started run has
+            no checkpoint to continue from, inputs are missing, or another process trains this fold
+            (:class:`~monetpipe.training.lock.RunFolderBusyError`).
     """
-    import torch
+    from monetpipe.training.distributed import sync_after_fold
+    from monetpipe.training.lock import run_folder_lock
 
+    if continue_from not in ("latest", "previous"):
+        raise MonetError(f"--continue-from {continue_from!r}: choose latest or previous.")
+    continue_training = continue_training or continue_from == "previous"
     config = config or TrainConfig()
     fp = plan_fold(task, model, fold, plans_name, paths, config.inner_val_fraction, config.seed)
+    # Under torchrun only rank 0 writes, so only rank 0 locks; if it is refused it exits with the error and
+    # torchrun stops the other ranks (they are waiting for it to join the process group).
+    lock = run_folder_lock(fp.fold_dir, "monet_train") if _rank() == 0 else contextlib.nullcontext()
+    with lock:
+        result = _train_fold_locked(fp, config, continue_training, val_only, continue_from)
+    sync_after_fold()
+    return result
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _train_fold_locked(
+    fp: FoldPlan, config: TrainConfig, continue_training: bool, val_only: bool, continue_from: str
+) -> FoldResult:
+    import torch
+
     final = fp.folder.checkpoint(fp.fold, "final")
     latest = fp.folder.checkpoint(fp.fold, "latest")
+    previous = fp.folder.checkpoint(fp.fold, "previous")
     if val_only:
         if not final.is_file():
             raise MonetError(f"{final}: not found; --val-only needs a finished run. Train it first.")
@@ -201,13 +234,80 @@ def train_fold(
             f"{fp.fold_dir} holds an unfinished run (checkpoint_latest.pth). Pass --continue to resume it, "
             f"or delete {fp.fold_dir} to start over."
         )
-    if continue_training and not latest.is_file():
-        log.info("%s: no checkpoint_latest.pth to continue from; starting a new run", fp.fold_dir)
+    if continue_from == "previous":
+        if not previous.is_file():
+            raise MonetError(
+                f"{previous}: not found, so there is no previous state to continue from. Continue from "
+                f"checkpoint_latest.pth with --continue, or delete {fp.fold_dir} to start over."
+            )
+        resume_from = previous
+        if _rank() == 0 and latest.is_file():
+            set_aside = latest.with_name("checkpoint_latest_replaced.pth")
+            os.replace(latest, set_aside)
+            log.warning("continuing from %s; the former checkpoint_latest.pth is now %s", previous, set_aside)
+    elif latest.is_file():
+        resume_from = latest
+    else:
+        _refuse_to_restart(fp, previous, continue_training)
+        if continue_training:
+            log.info("%s: no checkpoint_latest.pth to continue from and no epoch recorded; starting", fp.fold_dir)
+        resume_from = None
 
     from monetpipe.training.session import run_training
 
     device = torch.device(resolve_device(config.device))
-    return run_training(fp, config, device, resume_from=latest if latest.is_file() else None)
+    return run_training(fp, config, device, resume_from=resume_from)
+
+
+def _refuse_to_restart(fp: FoldPlan, previous: Path, continue_training: bool) -> None:
+    """A fold with recorded epochs but no ``checkpoint_latest.pth`` is never silently started over."""
+    from monetpipe.training.progress import read_log_csv
+
+    log_file = fp.fold_dir / "training_log.csv"
+    try:
+        logged = len(read_log_csv(log_file)) if log_file.is_file() else 0
+    except (OSError, ValueError, KeyError):
+        logged = 1  # unreadable, but something was recorded
+    if not logged and not previous.is_file():
+        return  # at most a run killed in its first epoch: nothing to lose
+    there = f"training_log.csv with {logged} epoch(s)" if logged else "no training_log.csv rows"
+    options = ["restore checkpoint_latest.pth into it and add --continue"]
+    if previous.is_file():
+        options.append(f"continue from checkpoint_previous.pth: {continue_command('previous')}")
+    options.append(f"or delete {fp.fold_dir} to start over")
+    what = "--continue has nothing to continue from" if continue_training else "starting over would overwrite it"
+    raise MonetError(
+        f"{fp.fold_dir} holds a started run ({there}"
+        f"{', checkpoint_previous.pth' if previous.is_file() else ''}) but no checkpoint_latest.pth; {what}. "
+        f"Options: {'; '.join(options)}."
+    )
+
+
+def continue_command(which: str) -> str:
+    """The command line that continues this run from ``checkpoint_<which>.pth`` (``--continue-from which``).
+
+    Built from the running command (``monet_train``, ``python -m monetpipe.training`` or ``torchrun``);
+    called from Python, the :func:`train_fold` argument to use.
+    """
+    argv0 = Path(sys.argv[0]).as_posix() if sys.argv else ""
+    if Path(argv0).name == "monet_train":
+        prog = ["monet_train"]
+    elif argv0.endswith("monetpipe/training/__main__.py"):
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        local = os.environ.get("LOCAL_WORLD_SIZE", str(world))
+        prog = ["torchrun", "--nproc_per_node", local] if world > 1 else ["python"]
+        prog += ["-m", "monetpipe.training"]
+    else:
+        return f"train_fold(..., continue_from={which!r})"
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--continue-from":
+            skip = True
+        elif arg != "--continue" and not arg.startswith("--continue-from="):
+            args.append(arg)
+    return shlex.join([*prog, *args, "--continue-from", which])
 
 
 def _validate_finished(fp: FoldPlan, config: TrainConfig, final: Path) -> FoldResult:
@@ -252,6 +352,7 @@ def train_models(
     paths: MonetPaths | None = None,
     continue_training: bool = False,
     val_only: bool = False,
+    continue_from: str = "latest",
 ) -> list[FoldResult]:
     """:func:`train_fold` for every model and fold, one after another (``-m all`` trains every network
     of :func:`monetpipe.networks.list_networks` on the same split)."""
@@ -262,7 +363,9 @@ def train_models(
     for name in names:
         for fold in folds:
             log.info("=== %s, fold %s ===", name, fold)
-            results.append(train_fold(task, name, fold, config, plans_name, paths, continue_training, val_only))
+            results.append(
+                train_fold(task, name, fold, config, plans_name, paths, continue_training, val_only, continue_from)
+            )
     return results
 
 

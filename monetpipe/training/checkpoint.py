@@ -14,7 +14,9 @@ Everything is tensors, numbers, strings, lists and dicts: nothing that needs unp
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,24 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: never half a checkpoint."""
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
+
+
+def save_latest(checkpoint: dict, latest: Path, previous: Path) -> None:
+    """Write ``checkpoint_latest``, keeping the file it replaces as ``checkpoint_previous``.
+
+    Every step is a rename, in this order: the new checkpoint goes to a temporary file; the current
+    ``latest`` is linked (or copied) to a temporary name that is renamed over ``previous``; the temporary
+    checkpoint is renamed over ``latest``. A kill at any point therefore leaves a complete ``latest`` (old
+    or new) once one existed, and ``previous`` is always a complete, older state.
+    """
+    with atomic_path(latest) as tmp:
+        torch.save(checkpoint, tmp)
+        if latest.is_file():
+            with atomic_path(previous) as previous_tmp:
+                try:
+                    os.link(latest, previous_tmp)  # latest is only ever replaced, never rewritten in place
+                except OSError:  # a filesystem without hard links
+                    shutil.copyfile(latest, previous_tmp)
 
 
 def network_spec(name: str, in_channels: int, num_classes: int) -> dict:

@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume from checkpoint_latest.pth (a finished run: only a missing validation is redone)",
     )
     g.add_argument(
+        "--continue-from",
+        choices=("latest", "previous"),
+        default="latest",
+        help="with 'previous': resume from checkpoint_previous.pth, the state one epoch before "
+        "checkpoint_latest.pth (when that one is lost or corrupt); implies --continue",
+    )
+    g.add_argument(
         "--pretrained-weights",
         metavar="CKPT",
         default=None,
@@ -219,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.plans,
                 continue_training=args.continue_training,
                 val_only=args.val_only,
+                continue_from=args.continue_from,
             )
         except KeyboardInterrupt:
             print(

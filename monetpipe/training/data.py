@@ -29,6 +29,7 @@ from monetpipe.errors import MonetError
 from monetpipe.io.atomic import read_json
 from monetpipe.preprocessing.plans import Plans
 from monetpipe.preprocessing.slice_cache import CacheLayout
+from monetpipe.preprocessing.splits import unsafe_case_id
 
 log = logging.getLogger(__name__)
 NO_CLASS = -1
@@ -50,9 +51,7 @@ def carve_inner_validation(
     """
     ids = sorted(case_ids)
     if len(ids) < 2:
-        raise MonetError(
-            f"Training needs at least 2 cases (one is carved out for inner validation); got {len(ids)}."
-        )
+        raise MonetError(f"Training needs at least 2 cases (one is carved out for inner validation); got {len(ids)}.")
     n_inner = min(len(ids) - 1, max(1, int(round(fraction * len(ids)))))
     order = np.random.RandomState(seed).permutation(len(ids))
     inner = sorted(ids[i] for i in order[:n_inner])
@@ -75,9 +74,7 @@ class SliceIndex:
         self.layout = layout
         self.cases = cases
         self.offsets = np.cumsum([0] + [c.num_slices for c in cases])
-        self.foreground_cases = [
-            i for i, c in enumerate(cases) if any(len(s) for s in c.class_slices.values())
-        ]
+        self.foreground_cases = [i for i, c in enumerate(cases) if any(len(s) for s in c.class_slices.values())]
 
     @classmethod
     def build(cls, layout: CacheLayout, case_ids: list[str], plans: Plans) -> SliceIndex:
@@ -89,6 +86,9 @@ class SliceIndex:
         expected = plans.preprocessing_hash()
         cases = []
         for case_id in case_ids:
+            problem = unsafe_case_id(case_id)
+            if problem:
+                raise MonetError(f"case id {case_id!r} {problem}; case ids are file names in {layout.slices}.")
             props_file = layout.properties_file(case_id)
             if not props_file.is_file() or not layout.data_file(case_id).is_file():
                 raise MonetError(
@@ -153,9 +153,7 @@ def epoch_schedule(
     out[:, ~fg_mask, 2] = NO_CLASS
 
     if n_fg:
-        fg_cases = np.asarray(index.foreground_cases)[
-            rng.integers(0, len(index.foreground_cases), iterations * n_fg)
-        ]
+        fg_cases = np.asarray(index.foreground_cases)[rng.integers(0, len(index.foreground_cases), iterations * n_fg)]
         picks = np.empty((iterations * n_fg, 3), dtype=np.int64)
         for k, c in enumerate(fg_cases):
             present = [cls for cls, s in index.cases[c].class_slices.items() if len(s)]
@@ -208,9 +206,7 @@ def read_patch(
         if len(ys):
             k = rng.integers(len(ys))
             keep = (int(ys[k]), int(xs[k]))
-    (y0, y1, dy), (x0, x1, dx) = (
-        _window(s, p, rng, k) for s, p, k in zip((h, w), patch_size, keep, strict=True)
-    )
+    (y0, y1, dy), (x0, x1, dx) = (_window(s, p, rng, k) for s, p, k in zip((h, w), patch_size, keep, strict=True))
     out_data[:, dy : dy + y1 - y0, dx : dx + x1 - x0] = data[:, slice_index, y0:y1, x0:x1]
     out_seg[dy : dy + y1 - y0, dx : dx + x1 - x0] = seg_slice[y0:y1, x0:x1]
 

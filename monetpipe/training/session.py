@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from monetpipe.errors import MonetError
-from monetpipe.io.atomic import atomic_path
 from monetpipe.preprocessing.plans import Plans
-from monetpipe.results import load_checkpoint
-from monetpipe.training.api import FoldPlan, FoldResult, prepare_run_folder, run_record
+from monetpipe.results import CorruptCheckpointError, load_checkpoint
+from monetpipe.training.api import FoldPlan, FoldResult, continue_command, prepare_run_folder, run_record
 from monetpipe.training.augmentation import batch_stream, training_transforms
 from monetpipe.training.checkpoint import (
     load_pretrained,
@@ -27,6 +25,7 @@ from monetpipe.training.checkpoint import (
     restore_rng_states,
     rng_states,
     save_checkpoint,
+    save_latest,
     unwrap,
 )
 from monetpipe.training.config import (
@@ -150,7 +149,17 @@ def make_checkpoint(
 
 
 def _load_resume(path: Path, fp: FoldPlan, config: TrainConfig) -> dict:
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except CorruptCheckpointError as exc:
+        previous = fp.folder.checkpoint(fp.fold, "previous")
+        if path.name == "checkpoint_latest.pth" and previous.is_file():
+            advice = (
+                f"To continue from the state before it (checkpoint_previous.pth), run: {continue_command('previous')}"
+            )
+        else:
+            advice = f"No earlier state is kept; delete {fp.fold_dir} to start over."
+        raise CorruptCheckpointError(path, exc.reason, advice) from None
     spec = network_spec(fp.model, fp.plans.num_input_channels, fp.plans.num_classes)
     if ckpt.get("network") != spec:
         raise MonetError(
@@ -200,16 +209,20 @@ def _state_from(resume: dict | None) -> TrainingState:
 
 
 def _epoch_writer(fp: FoldPlan, parts: TrainingParts, config: TrainConfig, ctx: DistContext):
-    """After each epoch (rank 0): checkpoint_latest, checkpoint_best when improved, the log and its plot."""
+    """After each epoch (rank 0): checkpoint_best when improved, checkpoint_latest, the log and its plot.
+
+    ``best`` is written before the ``latest`` that records it, so a kill in between leaves a ``best``
+    newer than ``latest`` (harmless: the resumed run redoes that epoch), never an older one that
+    ``latest``'s ``best_dice`` would keep from ever being replaced.
+    """
 
     def write(state: TrainingState, is_best: bool) -> None:
         if not ctx.is_main:
             return
-        latest = fp.folder.checkpoint(fp.fold, "latest")
-        save_checkpoint(make_checkpoint(parts, state, fp, config, finished=False), latest)
+        checkpoint = make_checkpoint(parts, state, fp, config, finished=False)
         if is_best:
-            with atomic_path(fp.folder.checkpoint(fp.fold, "best")) as tmp:
-                shutil.copyfile(latest, tmp)
+            save_checkpoint(checkpoint, fp.folder.checkpoint(fp.fold, "best"))
+        save_latest(checkpoint, fp.folder.checkpoint(fp.fold, "latest"), fp.folder.checkpoint(fp.fold, "previous"))
         write_log_csv(state.history, fp.fold_dir / "training_log.csv")
         plot_progress(state.history, fp.fold_dir / "progress.png", f"{fp.task} {fp.model} fold {fp.fold}")
 
@@ -218,16 +231,10 @@ def _epoch_writer(fp: FoldPlan, parts: TrainingParts, config: TrainConfig, ctx: 
 
 def _finish(fp: FoldPlan, parts: TrainingParts, state: TrainingState, config: TrainConfig) -> dict | None:
     """Save checkpoint_final and run the final validation (rank 0); returns the validation summary."""
-    save_checkpoint(
-        make_checkpoint(parts, state, fp, config, finished=True), fp.folder.checkpoint(fp.fold, "final")
-    )
-    log.info(
-        "finished %s after %d epochs (best inner-val Dice %.4f)", fp.fold_dir, state.epoch, state.best_dice
-    )
+    save_checkpoint(make_checkpoint(parts, state, fp, config, finished=True), fp.folder.checkpoint(fp.fold, "final"))
+    log.info("finished %s after %d epochs (best inner-val Dice %.4f)", fp.fold_dir, state.epoch, state.best_dice)
     if not fp.val_cases:
-        log.info(
-            "fold %s has no validation cases (trained on all cases): skipping the final validation", fp.fold
-        )
+        log.info("fold %s has no validation cases (trained on all cases): skipping the final validation", fp.fold)
         return None
     from monetpipe.training.validation import validate_fold
 
@@ -283,9 +290,7 @@ def run_training(
 
     resume = _load_resume(resume_from, fp, config) if resume_from else None
     fresh = resume is None and not config.pretrained_weights
-    frequencies = (
-        sampled_class_frequencies(loader(), fp.plans.num_classes) if fresh and config.output_prior else None
-    )
+    frequencies = sampled_class_frequencies(loader(), fp.plans.num_classes) if fresh and config.output_prior else None
     parts = build_parts(fp, config, device, ctx, resume, frequencies)
     state = _state_from(resume)
 
