@@ -111,4 +111,5 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        raise CorruptCheckpointError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        reason = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__  # torch's first sentence
+        raise CorruptCheckpointError(path, reason) from None

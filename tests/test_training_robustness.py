@@ -103,6 +103,19 @@ def test_the_fallback_without_fcntl_refuses_a_live_holder_and_replaces_a_dead_on
     assert not (fold_dir / LOCK_NAME).exists()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_monet_train_refuses_a_fold_another_process_trains(roots, monkeypatch, capsys):
+    fold_dir = roots.results / TASK / "monet__monetPlans" / "fold_0"
+    child = _hold_lock_in_child(fold_dir)
+    try:
+        assert _monet_train(monkeypatch, *TINY_ARGS) == 1
+    finally:
+        _kill(child)
+    err = capsys.readouterr().err
+    assert f"error: {fold_dir} is in use by monet_train (pid {child.pid} on host" in err
+    assert sorted(p.name for p in fold_dir.iterdir()) == [LOCK_NAME]  # the refused run wrote nothing
+
+
 # ---- --continue, checkpoint_previous and the write order ---------------------------------------------
 
 TINY_ARGS = ["--epochs", "2", "--iters-per-epoch", "2", "--batch-size", "4", "--num-workers", "0"]
