@@ -319,3 +319,19 @@ def test_torchrun_ranks_wait_for_a_final_validation_longer_than_the_process_grou
     for model in ("monet", "unet16"):
         fold = roots.results / TASK / f"{model}__monetPlans" / "fold_0"
         assert (fold / "validation" / "summary.json").is_file()
+
+
+@pytest.mark.slow  # torchrun starts two Python processes
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_torchrun_on_a_locked_fold_stops_every_rank_with_the_message(roots):
+    fold_dir = roots.results / TASK / "monet__monetPlans" / "fold_0"
+    child = _hold_lock_in_child(fold_dir)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "monetpipe.training", "-t", "901", "-m", "monet", *TINY_ARGS, "--device", "cpu"]
+    try:
+        proc = subprocess.run(cmd, env=test_training._env(roots), capture_output=True, text=True, timeout=300)
+    finally:
+        _kill(child)
+    assert proc.returncode != 0
+    assert f"{fold_dir} is in use by monet_train (pid {child.pid}" in proc.stderr
+    assert sorted(p.name for p in fold_dir.iterdir()) == [LOCK_NAME]
