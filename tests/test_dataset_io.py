@@ -376,3 +376,92 @@ def test_dangling_symlink_is_named_as_such(tmp_path):
     link.symlink_to(tmp_path / "gone.nii.gz")
     with pytest.raises(DatasetError, match=r"case_001.nii.gz: label .*symbolic link to .*gone.nii.gz.*does not exist"):
         load_task(tmp_path)
+
+
+# --- the voxels come from the checking pass: they must equal SimpleITK's, geometry included ------------
+
+
+def _itk_reference(path):
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), Geometry.of(image)
+
+
+def _without_itk_voxel_reads(monkeypatch):
+    """Make SimpleITK's full read fail, so a passing read proves the single-pass path was taken."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sitk.ReadImage was called: the voxels were decompressed twice")
+
+    monkeypatch.setattr(sitk, "ReadImage", refuse)
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64, np.float32, np.float64]
+)
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+def test_single_pass_read_equals_simpleitk_for_every_pixel_type(tmp_path, monkeypatch, dtype, ending):
+    arr = (np.arange(4 * 5 * 6).reshape(4, 5, 6) * 7 % 113 - (30 if np.dtype(dtype).kind != "u" else 0)).astype(dtype)
+    path = tmp_path / f"x{ending}"
+    _write(path, arr)
+    expected, geometry = _itk_reference(path)
+    _without_itk_voxel_reads(monkeypatch)
+    image, g = read_volume([path])
+    assert np.array_equal(image[0], expected.astype(np.float32)) and g == geometry
+
+
+def test_single_pass_read_equals_simpleitk_for_4d_and_labels(tmp_path, monkeypatch):
+    vols = [sitk.GetImageFromArray(np.full((3, 4, 5), c, np.int16)) for c in range(2)]
+    sitk.WriteImage(sitk.JoinSeries(vols), str(tmp_path / "mr.nii.gz"))
+    _write(tmp_path / "lab.nii.gz", (np.arange(120).reshape(4, 5, 6) % 3).astype(np.uint8))
+    expected_4d, g4 = _itk_reference(tmp_path / "mr.nii.gz")
+    expected_lab, gl = _itk_reference(tmp_path / "lab.nii.gz")
+    _without_itk_voxel_reads(monkeypatch)
+    image, g = read_volume([tmp_path / "mr.nii.gz"])
+    assert np.array_equal(image, expected_4d) and g == g4
+    label, g = read_label(tmp_path / "lab.nii.gz")
+    assert np.array_equal(label, expected_lab) and g == gl
+
+
+def _nifti1(array, endian=">", slope=1.0, inter=0.0):
+    """A minimal NIfTI-1 file (int16, sform only) in the given byte order, as bytes."""
+    import struct
+
+    header = bytearray(348)
+    z, y, x = array.shape
+    struct.pack_into(endian + "i", header, 0, 348)
+    struct.pack_into(endian + "8h", header, 40, 3, x, y, z, 1, 1, 1, 1)
+    struct.pack_into(endian + "2h", header, 70, 4, 16)
+    struct.pack_into(endian + "8f", header, 76, 1.0, 0.5, 0.75, 2.0, 1, 1, 1, 1)
+    struct.pack_into(endian + "3f", header, 108, 352.0, slope, inter)
+    struct.pack_into(endian + "2h", header, 252, 0, 1)
+    for row, s in enumerate((0.5, 0.75, 2.0)):
+        struct.pack_into(endian + "4f", header, 280 + 16 * row, *[s if c == row else 0.0 for c in range(3)], 0.0)
+    header[344:348] = b"n+1\x00"
+    return bytes(header) + bytes(4) + array.astype(endian + "i2").tobytes()
+
+
+@pytest.mark.parametrize("endian, slope, inter", [(">", 1.0, 0.0), ("<", 1.0, 0.0), (">", 2.0, -5.0), ("<", 0.5, 0.0)])
+def test_byte_order_and_intensity_scaling_read_as_simpleitk_does(tmp_path, endian, slope, inter):
+    arr = (np.arange(120).reshape(4, 5, 6) - 60).astype(np.int16)
+    path = tmp_path / "h.nii.gz"
+    path.write_bytes(gzip.compress(_nifti1(arr, endian, slope, inter)))
+    expected, geometry = _itk_reference(path)
+    assert np.allclose(expected, arr * slope + inter)  # scaled files go through SimpleITK's own read
+    image, g = read_volume([path])
+    assert np.array_equal(image[0], expected.astype(np.float32)) and g == geometry
+
+
+def test_single_pass_read_equals_simpleitk_on_real_files(shared_data, monkeypatch):
+    images = sorted((shared_data / "Task04_Hippocampus" / "imagesTr").glob("*.nii.gz"))[:40]
+    labels = sorted((shared_data / "Task04_Hippocampus" / "labelsTr").glob("*.nii.gz"))[:40]
+    cts = sorted((shared_data / "ct").glob("*.nii.gz"))
+    if not images or not cts:
+        pytest.skip("real data absent")
+    expected = {f: _itk_reference(f) for f in images + labels + cts}
+    _without_itk_voxel_reads(monkeypatch)
+    for f in images + cts:
+        image, g = read_volume([f])
+        assert np.array_equal(image[0], expected[f][0].astype(np.float32)) and g == expected[f][1], f
+    for f in labels:
+        label, g = read_label(f)
+        assert np.array_equal(label, expected[f][0]) and g == expected[f][1], f

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from monetpipe.errors import DatasetError
 from monetpipe.io.atomic import atomic_path
-from monetpipe.io.verify import read_layout, verify_nifti
+from monetpipe.io.verify import check_nifti, read_layout, verify_nifti
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
@@ -108,21 +108,26 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
     """Read one image file, turning any failure into an error that names the file.
 
     A NIfTI file is first checked to hold every byte its header promises, with an intact gzip stream
-    (:func:`monetpipe.io.verify.verify_nifti`): SimpleITK itself reads a cut file as zeros.
+    (:func:`monetpipe.io.verify.check_nifti`): SimpleITK itself reads a cut file as zeros.
     """
-    return _read_checked(Path(path))[0]
+    path = Path(path)
+    _require_file(path)
+    return _read_checked(path, is_nifti(path) and verify_nifti(path))[0]
 
 
-def _read_checked(path: Path) -> tuple[sitk.Image, bool]:
-    """The image, and whether the NIfTI file stores NaN/inf voxels (which ITK's reader turns into 0)."""
-    if not path.is_file():
-        if path.is_symlink():
-            raise DatasetError(
-                f"{path}: is a symbolic link to {os.readlink(path)}, which does not exist. "
-                f"Fix the link or copy the file in."
-            )
-        raise DatasetError(f"{path}: file not found. Check the file name and the task's dataset.json.")
-    nonfinite = is_nifti(path) and verify_nifti(path)
+def _require_file(path: Path) -> None:
+    if path.is_file():
+        return
+    if path.is_symlink():
+        raise DatasetError(
+            f"{path}: is a symbolic link to {os.readlink(path)}, which does not exist. "
+            f"Fix the link or copy the file in."
+        )
+    raise DatasetError(f"{path}: file not found. Check the file name and the task's dataset.json.")
+
+
+def _read_checked(path: Path, nonfinite: bool) -> tuple[sitk.Image, bool]:
+    """SimpleITK's read of an already checked file, with errors that name it."""
     try:
         return sitk.ReadImage(str(path)), nonfinite
     except RuntimeError as exc:
@@ -139,17 +144,75 @@ def _read_checked(path: Path) -> tuple[sitk.Image, bool]:
         ) from None
 
 
-def _as_channels(image: sitk.Image, path: Path) -> np.ndarray:
-    array = sitk.GetArrayFromImage(image)
-    if image.GetNumberOfComponentsPerPixel() > 1:  # vector image: (z, y, x, c)
-        array = np.moveaxis(array, -1, 0)
-    elif image.GetDimension() == 3:
-        array = array[None]
-    elif image.GetDimension() != 4:
-        raise DatasetError(
-            f"{path}: is {image.GetDimension()}D; monetpipe needs 3D volumes (or 4D with channels last)."
-        )
-    return array
+@dataclass(frozen=True)
+class _Pixels:
+    """One file's voxels in SimpleITK's numpy order ``(z, y, x)``, ``(t, z, y, x)`` or ``(z, y, x, c)``."""
+
+    array: np.ndarray
+    geometry: Geometry
+    dimension: int
+    components: int
+    nonfinite: bool  # the file stores NaN/inf (ITK's NIfTI reader would have turned them into 0)
+
+
+_SITK_PIXEL = {
+    ("u", 1): sitk.sitkUInt8, ("i", 1): sitk.sitkInt8, ("u", 2): sitk.sitkUInt16, ("i", 2): sitk.sitkInt16,
+    ("u", 4): sitk.sitkUInt32, ("i", 4): sitk.sitkInt32, ("u", 8): sitk.sitkUInt64, ("i", 8): sitk.sitkInt64,
+    ("f", 4): sitk.sitkFloat32, ("f", 8): sitk.sitkFloat64,
+}  # fmt: skip
+
+
+def _read_pixels(path: Path) -> _Pixels:
+    """Voxels and geometry of one file, checked. A plain NIfTI's voxels come from the checking pass itself
+    (SimpleITK reads only its header), so the check costs no second decompression; anything else
+    (intensity scaling, vector pixels, other formats) is read by SimpleITK."""
+    _require_file(path)
+    nonfinite = False
+    if is_nifti(path):
+        check = check_nifti(path, keep_voxels=True)
+        if check.voxels is not None and (pixels := _from_voxels(path, check.voxels, check.nonfinite)) is not None:
+            return pixels
+        nonfinite, check = check.nonfinite, None  # release the voxels before SimpleITK reads its own
+    image, nonfinite = _read_checked(path, nonfinite)
+    return _Pixels(
+        sitk.GetArrayFromImage(image),
+        Geometry.of(image) if image.GetDimension() in (3, 4) else None,
+        image.GetDimension(),
+        image.GetNumberOfComponentsPerPixel(),
+        nonfinite,
+    )
+
+
+def _from_voxels(path: Path, voxels: np.ndarray, nonfinite: bool) -> _Pixels | None:
+    """The checked voxels shaped as SimpleITK would return them, or None where SimpleITK would differ."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None  # the full read reports it
+    size, dim = reader.GetSize(), reader.GetDimension()
+    if (
+        dim not in (3, 4)
+        or reader.GetNumberOfComponents() != 1
+        or reader.GetPixelID() != _SITK_PIXEL.get((voxels.dtype.kind, voxels.dtype.itemsize))
+        or int(np.prod(size)) != voxels.size
+    ):
+        return None
+    array = voxels.reshape(size[::-1])
+    if not voxels.dtype.isnative:
+        array = array.astype(voxels.dtype.newbyteorder("="))
+    return _Pixels(array, Geometry.of(reader), dim, 1, nonfinite)
+
+
+def _as_channels(pixels: _Pixels, path: Path) -> np.ndarray:
+    if pixels.components > 1:  # vector image: (z, y, x, c)
+        return np.moveaxis(pixels.array, -1, 0)
+    if pixels.dimension == 3:
+        return pixels.array[None]
+    if pixels.dimension != 4:
+        raise DatasetError(f"{path}: is {pixels.dimension}D; monetpipe needs 3D volumes (or 4D with channels last).")
+    return pixels.array
 
 
 def read_volume(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometry]:
@@ -159,15 +222,15 @@ def read_volume(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometr
         ``float32`` array ``(C, Z, Y, X)`` and the 3D geometry.
 
     Raises:
-        DatasetError: a file is missing or unreadable, channel files disagree in geometry, or the image
-            holds NaN/inf values. The message names the file.
+        DatasetError: a file is missing, truncated, corrupt or unreadable, channel files disagree in
+            geometry, or the image holds NaN/inf values. The message names the file.
     """
     channels, geometry = [], None
     for p in paths:
         p = Path(p)
-        image, nonfinite = _read_checked(p)
-        array = _as_channels(image, p).astype(np.float32, copy=False)
-        g = Geometry.of(image)
+        pixels = _read_pixels(p)
+        array = _as_channels(pixels, p).astype(np.float32, copy=False)
+        g = pixels.geometry
         if geometry is None:
             geometry = g
         elif (diff := geometry.mismatch(g)) is not None:
@@ -175,7 +238,7 @@ def read_volume(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometr
                 f"{p}: channel geometry differs from {Path(paths[0]).name} ({diff}). All channels of a case "
                 f"must share one grid; resample them onto the first channel."
             )
-        if nonfinite or not np.isfinite(array).all():
+        if pixels.nonfinite or not np.isfinite(array).all():
             raise DatasetError(
                 f"{p}: contains NaN or infinite intensities. Replace them (e.g. with the image minimum) "
                 f"before running monetpipe."
@@ -189,18 +252,18 @@ def read_volume(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, Geometr
 def read_label(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read a label map as an integer array ``(Z, Y, X)``; float label files must hold whole numbers."""
     path = Path(path)
-    image, nonfinite = _read_checked(path)
-    if nonfinite:
+    pixels = _read_pixels(path)
+    if pixels.nonfinite:
         raise DatasetError(f"{path}: label map holds NaN or infinite values; labels must be whole numbers.")
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+    if pixels.dimension != 3 or pixels.components != 1:
         raise DatasetError(f"{path}: a label map must be a single 3D volume.")
-    array = sitk.GetArrayFromImage(image)
+    array = pixels.array
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all() or not np.all(np.mod(array, 1) == 0):
             raise DatasetError(f"{path}: label map holds non-integer values; labels must be whole numbers.")
     if array.size and (array.min() < 0 or array.max() > 255):
         raise DatasetError(f"{path}: label values must lie in 0..255, found {array.min()}..{array.max()}.")
-    return array.astype(np.uint8), Geometry.of(image)
+    return array.astype(np.uint8), pixels.geometry
 
 
 def write_label(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> None:

@@ -1,7 +1,7 @@
-"""Refuse truncated or corrupt NIfTI files before SimpleITK reads them, in one streaming pass.
+"""Refuse truncated or corrupt NIfTI files, in the one streaming pass that also reads their voxels.
 
 SimpleITK reads a cut ``.nii.gz`` of integer pixels without an error (the missing voxels become 0) and
-turns stored NaN/inf voxels into 0. :func:`verify_nifti` therefore reads the file itself, once, in
+turns stored NaN/inf voxels into 0. :func:`check_nifti` therefore reads the file itself, once, in
 pieces, and checks:
 
 - the file holds every byte its header promises: ``vox_offset + prod(dim) * bytes per voxel``
@@ -9,9 +9,12 @@ pieces, and checks:
 - a gzip stream is complete and intact: zlib checks each member's CRC-32 and length trailer;
 - for float data, whether any stored voxel is NaN or infinite (the same pass, so no extra read).
 
-An uncompressed file whose data need no NaN scan costs one ``stat``. Compression is recognised by the
-gzip magic bytes, not the file name (zlib, like ITK, reads an uncompressed file named ``.nii.gz``).
-A file whose header is not a single-file NIfTI is left to SimpleITK to judge.
+With ``keep_voxels`` it also returns the voxel data (plain numeric types, no intensity scaling), so
+:mod:`monetpipe.io.image` takes them from here and asks SimpleITK only for the geometry: the check then
+costs no second decompression. Without, an uncompressed file whose data need no NaN scan costs one
+``stat``. Compression is recognised by the gzip magic bytes, not the file name (zlib, like ITK, reads
+an uncompressed file named ``.nii.gz``). A file whose header is not a single-file NIfTI is left to
+SimpleITK to judge.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ _ITEMSIZE = {
     1024: 8, 1280: 8, 1536: 16, 1792: 16, 2048: 32, 2304: 4,
 }  # fmt: skip
 _FLOAT_CODES = {16: "f4", 64: "f8", 1536: "f16"}  # float32, float64, float128 (numpy's longdouble)
+# Plain numeric types whose stored bytes are the voxel values (no complex, RGB or float128).
+_PLAIN_CODES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class NiftiLayout:
     datatype: int
     num_voxels: int
     data_offset: int
+    scaled: bool = False  # scl_slope/scl_inter change the stored values when read
 
     @property
     def data_bytes(self) -> int:
@@ -66,6 +72,12 @@ class NiftiLayout:
             return None
         return np.dtype(np.longdouble).newbyteorder(self.endian) if code == "f16" else np.dtype(self.endian + code)
 
+    @property
+    def plain_dtype(self) -> np.dtype | None:
+        """The numpy type of the stored voxels when they are the values read, else None."""
+        code = _PLAIN_CODES.get(self.datatype)
+        return None if code is None or self.scaled else np.dtype(self.endian + code)
+
 
 def parse_layout(head: bytes) -> NiftiLayout | None:
     """The data layout described by the first bytes of a ``.nii`` file; None if it is not one."""
@@ -74,15 +86,15 @@ def parse_layout(head: bytes) -> NiftiLayout | None:
             if struct.unpack_from(endian + "i", head, 0)[0] == 348:
                 dims = struct.unpack_from(endian + "8h", head, 40)
                 datatype = struct.unpack_from(endian + "h", head, 70)[0]
-                offset, minimum = struct.unpack_from(endian + "f", head, 108)[0], 352
-                return _layout(1, endian, dims, datatype, offset, minimum)
+                offset, slope, inter = struct.unpack_from(endian + "3f", head, 108)
+                return _layout(1, endian, dims, datatype, offset, 352, slope, inter)
     if len(head) >= 540 and head[4:12] == _NIFTI2_MAGIC:
         for endian in "<>":
             if struct.unpack_from(endian + "i", head, 0)[0] == 540:
                 dims = struct.unpack_from(endian + "8q", head, 16)
                 datatype = struct.unpack_from(endian + "h", head, 12)[0]
-                offset, minimum = struct.unpack_from(endian + "q", head, 168)[0], 544
-                return _layout(2, endian, dims, datatype, offset, minimum)
+                offset, slope, inter = struct.unpack_from(endian + "q2d", head, 168)
+                return _layout(2, endian, dims, datatype, offset, 544, slope, inter)
     return None
 
 
@@ -104,108 +116,142 @@ def read_layout(path: str | os.PathLike) -> NiftiLayout | None:
         return None
 
 
-def _layout(version: int, endian: str, dims, datatype: int, offset: float, minimum: int) -> NiftiLayout | None:
+def _layout(version, endian, dims, datatype, offset, minimum, slope, inter) -> NiftiLayout | None:
     if not 1 <= dims[0] <= 7 or datatype not in _ITEMSIZE or not np.isfinite(offset):
         return None  # not a header the NIfTI library reads either: SimpleITK reports it
     num_voxels = 1
     for d in dims[1 : dims[0] + 1]:
         num_voxels *= max(int(d), 1)
-    return NiftiLayout(version, endian, datatype, num_voxels, max(int(offset), minimum))
+    scaled = slope not in (0.0, 1.0) or inter != 0.0  # NaN counts as scaled: left to SimpleITK
+    return NiftiLayout(version, endian, datatype, num_voxels, max(int(offset), minimum), scaled)
+
+
+@dataclass
+class NiftiCheck:
+    """What :func:`check_nifti` found in a complete, intact file."""
+
+    layout: NiftiLayout | None  # None: not a single-file NIfTI header (SimpleITK decides)
+    nonfinite: bool  # float voxels hold NaN or inf
+    voxels: np.ndarray | None = None  # 1-D, stored type and byte order; only with keep_voxels and plain_dtype
 
 
 def verify_nifti(path: str | os.PathLike, scan_nonfinite: bool = True) -> bool:
     """Check that a ``.nii``/``.nii.gz`` file is complete and intact; report stored NaN/inf voxels.
 
-    Args:
-        path: the file.
-        scan_nonfinite: also look for NaN/inf in float voxel data (during the same read).
-
     Returns:
         True when the file's float voxel data hold a NaN or infinite value (always False for other types).
 
     Raises:
-        DatasetError: the file is truncated or its gzip stream is corrupt. The message names the file,
-            the expected and found sizes, and the fix.
+        DatasetError: see :func:`check_nifti`.
+    """
+    return check_nifti(path, scan_nonfinite).nonfinite
+
+
+def check_nifti(path: str | os.PathLike, scan_nonfinite: bool = True, keep_voxels: bool = False) -> NiftiCheck:
+    """Read a ``.nii``/``.nii.gz`` file once: refuse it if truncated or corrupt, scan it for NaN/inf.
+
+    Args:
+        path: the file.
+        scan_nonfinite: look for NaN/inf in float voxel data.
+        keep_voxels: also return the voxel data when their stored bytes are the values (plain numeric
+            type, no ``scl_slope``/``scl_inter`` scaling).
+
+    Raises:
+        DatasetError: the file is truncated (fewer bytes than its header promises, or a gzip stream cut
+            short) or corrupt (gzip CRC/length check or invalid compressed data). The message names the
+            file, the expected and found sizes, and the fix.
     """
     path = Path(path)
     try:
         with open(path, "rb") as f:
             if f.read(2) == _GZIP_MAGIC:
                 f.seek(0)
-                return _verify_stream(path, _inflate(f), scan_nonfinite)
+                return _check_stream(path, _inflate(f), scan_nonfinite, keep_voxels)
             f.seek(0)
             layout = parse_layout(f.read(_HEAD_BYTES))
             if layout is None:
-                return False
+                return NiftiCheck(None, False)
             size = os.fstat(f.fileno()).st_size
             if size < layout.expected_bytes:
                 raise _truncated(path, layout.expected_bytes, size, "")
-            if not scan_nonfinite or layout.float_dtype is None:
-                return False
+            if not keep_voxels and (not scan_nonfinite or layout.float_dtype is None):
+                return NiftiCheck(layout, False)
             f.seek(layout.data_offset)
-            return _verify_stream(path, _chunks(f, layout.data_bytes), scan_nonfinite, layout)
+            return _check_stream(path, _chunks(f, layout.data_bytes), scan_nonfinite, keep_voxels, layout)
     except OSError as exc:
         raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc}). Check the file's permissions.") from None
 
 
-def _verify_stream(
-    path: Path, pieces: Iterator[bytes], scan_nonfinite: bool, layout: NiftiLayout | None = None
-) -> bool:
+def _check_stream(
+    path: Path, pieces: Iterator[bytes], scan_nonfinite: bool, keep_voxels: bool, layout: NiftiLayout | None = None
+) -> NiftiCheck:
     """Consume ``pieces``: the whole decompressed file, or (with ``layout``) its voxel data only."""
     total = 0 if layout is None else layout.data_offset  # decompressed bytes seen
     head, held = b"", []  # the pieces read before the header was complete
-    scan = None if layout is None else _NonfiniteScan(layout, scan_nonfinite, layout.data_offset)
+    sink = None if layout is None else _VoxelSink(layout, scan_nonfinite, keep_voxels, layout.data_offset)
     try:
         for piece in pieces:
             total += len(piece)
-            if scan is not None:
-                scan.feed(piece)
+            if sink is not None:
+                sink.feed(piece)
                 continue
             head += piece[: _HEAD_BYTES - len(head)]
             held.append(piece)
             if len(head) == _HEAD_BYTES:
                 layout = parse_layout(head)
-                scan = _NonfiniteScan(layout, scan_nonfinite)
+                sink = _VoxelSink(layout, scan_nonfinite, keep_voxels)
                 for p in held:
-                    scan.feed(p)
+                    sink.feed(p)
                 held = []
     except _StreamError as exc:
         found = parse_layout(head) if layout is None else layout
         raise exc.error(path, found.expected_bytes if found else None, total) from None
-    if scan is None:  # the whole file is shorter than a NIfTI-2 header
+    if sink is None:  # the whole file is shorter than a NIfTI-2 header
         layout = parse_layout(head)
-        scan = _NonfiniteScan(layout, scan_nonfinite)
+        sink = _VoxelSink(layout, scan_nonfinite, keep_voxels)
         for p in held:
-            scan.feed(p)
+            sink.feed(p)
     if layout is not None and total < layout.expected_bytes:
         raise _truncated(path, layout.expected_bytes, total, " after decompression")
-    return scan.found
+    return sink.result()
 
 
-class _NonfiniteScan:
-    """Looks for NaN/inf in the float voxel data of a decompressed NIfTI fed to it piece by piece."""
+class _VoxelSink:
+    """Takes the decompressed file piece by piece: copies out the voxel bytes and/or scans them for NaN/inf."""
 
-    def __init__(self, layout: NiftiLayout | None, enabled: bool, position: int = 0):
-        self.dtype = layout.float_dtype if layout is not None and enabled else None
+    def __init__(self, layout: NiftiLayout | None, scan: bool, keep: bool, position: int = 0):
+        self.layout = layout
         self.lo = layout.data_offset if layout is not None else 0
         self.hi = layout.expected_bytes if layout is not None else 0
+        self.scan_dtype = layout.float_dtype if layout is not None and scan else None
+        plain = layout.plain_dtype if layout is not None and keep else None
+        self.voxels = np.empty(layout.num_voxels, plain) if plain is not None else None
+        self.raw = self.voxels.view(np.uint8) if self.voxels is not None else None
         self.position = position  # offset of the next piece in the decompressed file
         self.found, self.rest = False, b""
 
     def feed(self, piece: bytes) -> None:
         start, self.position = self.position, self.position + len(piece)
-        if self.dtype is None or self.found:
-            return
         lo, hi = max(self.lo - start, 0), min(self.hi - start, len(piece))
         if lo >= hi:
+            return
+        if self.raw is not None:  # scanned whole in result()
+            self.raw[start + lo - self.lo : start + hi - self.lo] = np.frombuffer(piece, np.uint8, hi - lo, lo)
+            return
+        if self.scan_dtype is None or self.found:
             return
         data = memoryview(piece)[lo:hi]
         if self.rest:
             data = memoryview(self.rest + data)
-        usable = len(data) - len(data) % self.dtype.itemsize
-        values = np.frombuffer(data, dtype=self.dtype, count=usable // self.dtype.itemsize)
+        usable = len(data) - len(data) % self.scan_dtype.itemsize
+        values = np.frombuffer(data, dtype=self.scan_dtype, count=usable // self.scan_dtype.itemsize)
         self.found = not np.isfinite(values).all()
         self.rest = bytes(data[usable:])
+
+    def result(self) -> NiftiCheck:
+        if self.voxels is not None and self.scan_dtype is not None:
+            self.found = not np.isfinite(self.voxels).all()
+        return NiftiCheck(self.layout, self.found, self.voxels)
 
 
 def _chunks(f, count: int) -> Iterator[bytes]:
