@@ -159,9 +159,42 @@ def test_slice_parallel_workers_predict_the_same(backend, keep_threads):
     assert fn.workers == 2 and torch.get_num_threads() == 1  # 2 threads over 2 workers: 1 each
 
 
+def _inductor_flags() -> tuple[bool, bool]:
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.freezing, inductor_config.cpp_wrapper
+
+
 @pytest.mark.slow
 def test_slice_parallel_torch_compile_predicts_the_same(keep_threads):
+    before = _inductor_flags()
     check_backend("monet", "torch_compile", num_classes=3, workers=2)
+    assert _inductor_flags() == before  # Inductor's process-wide config is back as it was
+
+
+def test_torch_compile_patches_inductor_config_only_while_compiling(keep_threads, monkeypatch):
+    """Workers compile a new shape once, under a lock, with freezing/cpp_wrapper on; every later call
+    runs with the config as it was, and it is restored afterwards (a stand-in replaces the compiler)."""
+    seen = []  # (batch size, freezing, cpp_wrapper) at each call of the "compiled" graph
+
+    def fake_compile(module, dynamic=False):
+        def graph(x):
+            seen.append((x.shape[0], *_inductor_flags()))
+            return module(x)
+
+        return graph
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    before = _inductor_flags()
+    assert before == (False, False)
+    torch.set_num_threads(2)
+    fn = make_inference_model(build_network("monet", 1, 3).eval(), "torch_compile", workers=2)
+    x = torch.randn(8, 1, 32, 32)
+    for _ in range(5):
+        fn(x)
+    assert _inductor_flags() == before
+    assert seen[0][1:] == (True, True)  # the first call of the shape compiled with the options
+    assert all(tuple(flags) == (False, False) for _, *flags in seen[1:])  # later calls left the config alone
 
 
 def test_slice_parallel_keeps_order_and_runs_a_new_shape_alone_first():

@@ -50,6 +50,11 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("eager", "torch", "torch_compile", "onnxruntime")
 DEFAULT_BACKEND = "torch"
 
+#: Held while Inductor's process-wide config is patched to compile a new input shape. Patching it from
+#: several worker threads at once can interleave the saves and restores and leave ``freezing`` /
+#: ``cpp_wrapper`` on for the whole process; under this lock one compilation patches and restores at a time.
+COMPILE_LOCK = threading.Lock()
+
 
 class InferenceModel:
     """A network prepared for inference: call it like the model, ``logits = f(x)``.
@@ -280,9 +285,19 @@ def _compiled(
     # 10.1 s without (scripts/benchmark_workers.py, docs/performance.md).
     options = {"freezing": True, "cpp_wrapper": workers > 1}
 
+    compiled_shapes: set[tuple[int, ...]] = set()
+
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), inductor_config.patch(**options):
-            return compiled(_as_input(x, device, channels_last)).contiguous()
+        x = _as_input(x, device, channels_last)
+        key = tuple(x.shape)
+        if key not in compiled_shapes:
+            # A new shape compiles with the options, under the lock; the config is restored on leaving.
+            with COMPILE_LOCK, torch.no_grad(), inductor_config.patch(**options):
+                out = compiled(x)
+                compiled_shapes.add(key)
+            return out.contiguous()
+        with torch.no_grad():  # compiled already: the graph no longer reads the config
+            return compiled(x).contiguous()
 
     def first_use(seconds: float) -> None:
         holder[0].setup_s += seconds
