@@ -422,7 +422,7 @@ def test_single_pass_read_equals_simpleitk_for_4d_and_labels(tmp_path, monkeypat
     assert np.array_equal(label, expected_lab) and g == gl
 
 
-def _nifti1(array, endian=">", slope=1.0, inter=0.0):
+def _nifti1(array, endian=">", slope=1.0, inter=0.0, vox_offset=352.0):
     """A minimal NIfTI-1 file (int16, sform only) in the given byte order, as bytes."""
     import struct
 
@@ -432,21 +432,26 @@ def _nifti1(array, endian=">", slope=1.0, inter=0.0):
     struct.pack_into(endian + "8h", header, 40, 3, x, y, z, 1, 1, 1, 1)
     struct.pack_into(endian + "2h", header, 70, 4, 16)
     struct.pack_into(endian + "8f", header, 76, 1.0, 0.5, 0.75, 2.0, 1, 1, 1, 1)
-    struct.pack_into(endian + "3f", header, 108, 352.0, slope, inter)
+    struct.pack_into(endian + "3f", header, 108, vox_offset, slope, inter)
     struct.pack_into(endian + "2h", header, 252, 0, 1)
     for row, s in enumerate((0.5, 0.75, 2.0)):
         struct.pack_into(endian + "4f", header, 280 + 16 * row, *[s if c == row else 0.0 for c in range(3)], 0.0)
     header[344:348] = b"n+1\x00"
-    return bytes(header) + bytes(4) + array.astype(endian + "i2").tobytes()
+    padding = bytes(max(int(vox_offset), 348) - 348)  # the NIfTI library reads data at >= 348
+    return bytes(header) + padding + array.astype(endian + "i2").tobytes()
 
 
-@pytest.mark.parametrize("endian, slope, inter", [(">", 1.0, 0.0), ("<", 1.0, 0.0), (">", 2.0, -5.0), ("<", 0.5, 0.0)])
-def test_byte_order_and_intensity_scaling_read_as_simpleitk_does(tmp_path, endian, slope, inter):
+@pytest.mark.parametrize(
+    "endian, slope, inter, vox_offset",
+    [(">", 1.0, 0.0, 352.0), ("<", 1.0, 0.0, 352.0), (">", 2.0, -5.0, 352.0), ("<", 0.5, 0.0, 352.0),
+     ("<", 1.0, 0.0, 0.0), ("<", 0.0, 0.0, 400.0)],
+)  # fmt: skip
+def test_byte_order_scaling_and_offsets_read_as_simpleitk_does(tmp_path, endian, slope, inter, vox_offset):
     arr = (np.arange(120).reshape(4, 5, 6) - 60).astype(np.int16)
     path = tmp_path / "h.nii.gz"
-    path.write_bytes(gzip.compress(_nifti1(arr, endian, slope, inter)))
+    path.write_bytes(gzip.compress(_nifti1(arr, endian, slope, inter, vox_offset)))
     expected, geometry = _itk_reference(path)
-    assert np.allclose(expected, arr * slope + inter)  # scaled files go through SimpleITK's own read
+    assert np.allclose(expected, arr * (slope or 1.0) + inter)  # scaled files go through SimpleITK's own read
     image, g = read_volume([path])
     assert np.array_equal(image[0], expected.astype(np.float32)) and g == geometry
 
@@ -465,3 +470,13 @@ def test_single_pass_read_equals_simpleitk_on_real_files(shared_data, monkeypatc
     for f in labels:
         label, g = read_label(f)
         assert np.array_equal(label, expected[f][0]) and g == expected[f][1], f
+
+
+def test_header_promising_more_than_gzip_can_hold_is_refused_without_allocating_it(tmp_path):
+    data = bytearray(_nifti1(np.zeros((4, 5, 6), np.int16), "<"))
+    import struct
+
+    struct.pack_into("<8h", data, 40, 3, 30000, 30000, 30000, 1, 1, 1, 1)  # 54 TB of int16
+    (tmp_path / "huge.nii.gz").write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(DatasetError, match=r"huge.nii.gz: truncated NIfTI file \(expected 54000000000352 bytes"):
+        read_volume([tmp_path / "huge.nii.gz"])

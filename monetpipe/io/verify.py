@@ -35,6 +35,7 @@ _IN_CHUNK = 1 << 20  # compressed bytes read at a time
 _OUT_CHUNK = 1 << 24  # most decompressed bytes held at a time
 _NIFTI2_MAGIC = b"n+2\x00\r\n\x1a\n"
 _HEAD_BYTES = 544  # a NIfTI-2 header plus its 4-byte extension flag; a NIfTI-1 one needs 352
+_MAX_DEFLATE_RATIO = 1100  # deflate expands at most ~1032x
 # NIfTI data type code -> bytes per voxel (nifti1.h); complex and RGB types included.
 _ITEMSIZE = {
     2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4,
@@ -54,7 +55,7 @@ class NiftiLayout:
     datatype: int
     num_voxels: int
     data_offset: int
-    scaled: bool = False  # scl_slope/scl_inter change the stored values when read
+    simple: bool = True  # no scl_slope/scl_inter scaling, data at a standard offset: voxels are as stored
 
     @property
     def data_bytes(self) -> int:
@@ -76,7 +77,7 @@ class NiftiLayout:
     def plain_dtype(self) -> np.dtype | None:
         """The numpy type of the stored voxels when they are the values read, else None."""
         code = _PLAIN_CODES.get(self.datatype)
-        return None if code is None or self.scaled else np.dtype(self.endian + code)
+        return None if code is None or not self.simple else np.dtype(self.endian + code)
 
 
 def parse_layout(head: bytes) -> NiftiLayout | None:
@@ -87,14 +88,14 @@ def parse_layout(head: bytes) -> NiftiLayout | None:
                 dims = struct.unpack_from(endian + "8h", head, 40)
                 datatype = struct.unpack_from(endian + "h", head, 70)[0]
                 offset, slope, inter = struct.unpack_from(endian + "3f", head, 108)
-                return _layout(1, endian, dims, datatype, offset, 352, slope, inter)
+                return _layout(1, endian, dims, datatype, offset, 348, slope, inter)
     if len(head) >= 540 and head[4:12] == _NIFTI2_MAGIC:
         for endian in "<>":
             if struct.unpack_from(endian + "i", head, 0)[0] == 540:
                 dims = struct.unpack_from(endian + "8q", head, 16)
                 datatype = struct.unpack_from(endian + "h", head, 12)[0]
                 offset, slope, inter = struct.unpack_from(endian + "q2d", head, 168)
-                return _layout(2, endian, dims, datatype, offset, 544, slope, inter)
+                return _layout(2, endian, dims, datatype, offset, 540, slope, inter)
     return None
 
 
@@ -116,14 +117,17 @@ def read_layout(path: str | os.PathLike) -> NiftiLayout | None:
         return None
 
 
-def _layout(version, endian, dims, datatype, offset, minimum, slope, inter) -> NiftiLayout | None:
+def _layout(version, endian, dims, datatype, offset, header_size, slope, inter) -> NiftiLayout | None:
     if not 1 <= dims[0] <= 7 or datatype not in _ITEMSIZE or not np.isfinite(offset):
         return None  # not a header the NIfTI library reads either: SimpleITK reports it
     num_voxels = 1
     for d in dims[1 : dims[0] + 1]:
         num_voxels *= max(int(d), 1)
-    scaled = slope not in (0.0, 1.0) or inter != 0.0  # NaN counts as scaled: left to SimpleITK
-    return NiftiLayout(version, endian, datatype, num_voxels, max(int(offset), minimum), scaled)
+    # The NIfTI library reads the data at int(vox_offset), but never inside the header itself.
+    data_offset = max(int(offset), header_size)
+    standard = offset == int(offset) and offset >= header_size + 4
+    unscaled = slope in (0.0, 1.0) and inter == 0.0  # NaN counts as scaled: left to SimpleITK
+    return NiftiLayout(version, endian, datatype, num_voxels, data_offset, standard and unscaled)
 
 
 @dataclass
@@ -166,7 +170,10 @@ def check_nifti(path: str | os.PathLike, scan_nonfinite: bool = True, keep_voxel
         with open(path, "rb") as f:
             if f.read(2) == _GZIP_MAGIC:
                 f.seek(0)
-                return _check_stream(path, _inflate(f), scan_nonfinite, keep_voxels)
+                # deflate expands at most ~1032x: a header promising more is cut or corrupt, and must not
+                # make us allocate its promise before the stream proves it wrong
+                most = _MAX_DEFLATE_RATIO * os.fstat(f.fileno()).st_size
+                return _check_stream(path, _inflate(f), scan_nonfinite, keep_voxels, most_bytes=most)
             f.seek(0)
             layout = parse_layout(f.read(_HEAD_BYTES))
             if layout is None:
@@ -183,7 +190,12 @@ def check_nifti(path: str | os.PathLike, scan_nonfinite: bool = True, keep_voxel
 
 
 def _check_stream(
-    path: Path, pieces: Iterator[bytes], scan_nonfinite: bool, keep_voxels: bool, layout: NiftiLayout | None = None
+    path: Path,
+    pieces: Iterator[bytes],
+    scan_nonfinite: bool,
+    keep_voxels: bool,
+    layout: NiftiLayout | None = None,
+    most_bytes: int | None = None,
 ) -> NiftiCheck:
     """Consume ``pieces``: the whole decompressed file, or (with ``layout``) its voxel data only."""
     total = 0 if layout is None else layout.data_offset  # decompressed bytes seen
@@ -199,7 +211,8 @@ def _check_stream(
             held.append(piece)
             if len(head) == _HEAD_BYTES:
                 layout = parse_layout(head)
-                sink = _VoxelSink(layout, scan_nonfinite, keep_voxels)
+                keep = keep_voxels and (most_bytes is None or layout is None or layout.expected_bytes <= most_bytes)
+                sink = _VoxelSink(layout, scan_nonfinite, keep)
                 for p in held:
                     sink.feed(p)
                 held = []
