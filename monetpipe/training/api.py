@@ -264,21 +264,26 @@ def _refuse_to_restart(fp: FoldPlan, previous: Path, continue_training: bool) ->
     from monetpipe.training.progress import read_log_csv
 
     log_file = fp.fold_dir / "training_log.csv"
-    try:
-        logged = len(read_log_csv(log_file)) if log_file.is_file() else 0
-    except (OSError, ValueError, KeyError):
-        logged = 1  # unreadable, but something was recorded
-    if not logged and not previous.is_file():
+    there = []
+    if log_file.is_file():
+        try:
+            logged = len(read_log_csv(log_file))
+        except (OSError, ValueError, KeyError):
+            there.append("an unreadable training_log.csv")
+        else:
+            if logged:
+                there.append(f"training_log.csv with {logged} epoch(s)")
+    if previous.is_file():
+        there.append("checkpoint_previous.pth")
+    if not there:
         return  # at most a run killed in its first epoch: nothing to lose
-    there = f"training_log.csv with {logged} epoch(s)" if logged else "no training_log.csv rows"
     options = ["restore checkpoint_latest.pth into it and add --continue"]
     if previous.is_file():
         options.append(f"continue from checkpoint_previous.pth: {continue_command('previous')}")
     options.append(f"or delete {fp.fold_dir} to start over")
     what = "--continue has nothing to continue from" if continue_training else "starting over would overwrite it"
     raise MonetError(
-        f"{fp.fold_dir} holds a started run ({there}"
-        f"{', checkpoint_previous.pth' if previous.is_file() else ''}) but no checkpoint_latest.pth; {what}. "
+        f"{fp.fold_dir} holds a started run ({', '.join(there)}) but no checkpoint_latest.pth; {what}. "
         f"Options: {'; '.join(options)}."
     )
 
