@@ -1,4 +1,4 @@
-"""monet_predict end to end: geometry, naming, failures, resume, ensembles, real CT (DESIGN.md §7).
+"""monet_predict end to end: geometry, naming, failures, resume, ensembles, real CT (docs/inference.md).
 
 The checkpoints are made here, not by the training code: a tiny MoNet is trained for a few steps on the
 synthetic task's cached slices and saved in the documented results layout. Where a test needs to know
@@ -75,7 +75,7 @@ def make_model(plans: Plans, slices_dir: Path, seed: int, train_steps: int = 0) 
 
 
 def save_results(folder: Path, plans: Plans, nets: dict, name: str = "monet", checkpoint: str = "final") -> Path:
-    """Write ``folder/plans.json`` and ``fold_<k>/checkpoint_<checkpoint>.pth`` as DESIGN.md §2 documents."""
+    """Write ``folder/plans.json`` and ``fold_<k>/checkpoint_<checkpoint>.pth`` as docs/training.md documents."""
     folder.mkdir(parents=True, exist_ok=True)
     plans.save(folder / "plans.json")
     for fold, net in nets.items():

@@ -1,4 +1,4 @@
-"""Which files of an input folder make up which case (DESIGN.md §7, "Input naming").
+"""Which files of an input folder make up which case (docs/inference.md, "Input naming").
 
 Two namings are accepted, decided once per folder:
 

@@ -1,6 +1,6 @@
 """From a results folder to inference-ready networks: folds, checkpoints, plans, device and threads.
 
-A results folder (``<model>__<plans>/``, DESIGN.md §2) is self-contained: ``plans.json`` plus
+A results folder (``<model>__<plans>/``, docs/training.md) is self-contained: ``plans.json`` plus
 ``fold_<k>/checkpoint_<which>.pth``. Nothing here reads ``MONET_raw`` or ``MONET_preprocessed``, so a
 copied results folder is all a prediction machine needs.
 """
