@@ -76,10 +76,10 @@ def test_the_lock_is_released_after_an_error_and_a_refusal_leaves_no_folder(tmp_
             raise ValueError("boom")
     with run_folder_lock(fold_dir):  # free again
         pass
-    other = tmp_path / "fold_1"
+    other = tmp_path / "results" / "Task04_Hippocampus" / "monet__monetPlans" / "fold_1"
     with run_folder_lock(other):
         pass
-    assert not other.exists()  # created for the lock, left empty: removed
+    assert not (tmp_path / "results").exists()  # created for the lock, left empty: removed
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")

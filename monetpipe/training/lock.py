@@ -84,7 +84,7 @@ def run_folder_lock(fold_dir: Path, command: str = "monet_train") -> Iterator[Pa
         RunFolderBusyError: a live process holds the lock; the message names it (command, pid, host, start).
     """
     fold_dir = Path(fold_dir)
-    created = not fold_dir.is_dir()
+    created = [d for d in (fold_dir, *fold_dir.parents) if not d.is_dir()]  # innermost first
     fold_dir.mkdir(parents=True, exist_ok=True)
     path = fold_dir / LOCK_NAME
     take = _flock if _fcntl is not None else _exclusive_file
@@ -92,9 +92,11 @@ def run_folder_lock(fold_dir: Path, command: str = "monet_train") -> Iterator[Pa
         with take(fold_dir, path, command):
             yield path
     finally:
-        if created:  # a refused or empty run leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                fold_dir.rmdir()
+        for folder in created:  # a refused or empty run leaves no empty folders behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 @contextlib.contextmanager
