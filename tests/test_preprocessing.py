@@ -139,6 +139,28 @@ def test_second_run_skips_and_changed_source_rebuilds_only_that_case(ct_task):
     assert third.num_built == 1 and third.num_skipped == 5
 
 
+def test_changed_intensities_keep_the_plans_and_rebuild_one_case_unless_replan(ct_task, caplog):
+    import SimpleITK as sitk
+
+    from monetpipe.preprocessing.plans import Plans
+
+    first = plan_and_preprocess("901", num_processes=1)
+    image_file = ct_task.raw / "Task901_SyntheticCT" / "imagesTr" / "synct_002.nii.gz"
+    img = sitk.ReadImage(str(image_file))
+    brighter = sitk.GetImageFromArray(sitk.GetArrayFromImage(img) + np.int16(80))  # shifts the CT statistics
+    brighter.CopyInformation(img)
+    sitk.WriteImage(brighter, str(image_file), True)
+    with caplog.at_level("INFO"):
+        second = plan_and_preprocess("901", num_processes=1)
+    assert second.num_built == 1 and second.num_skipped == 5
+    assert second.plans == first.plans == Plans.load(first.layout.plans_file)
+    assert "Keeping the existing plans" in caplog.text and "normalization" in caplog.text
+    third = plan_and_preprocess("901", num_processes=1, replan=True)
+    assert third.plans.normalization != first.plans.normalization
+    assert Plans.load(first.layout.plans_file) == third.plans
+    assert third.num_built == 6
+
+
 def test_plan_variants_never_overwrite_each_other(ct_task):
     default = plan_and_preprocess("901", num_processes=1)
     binary = plan_and_preprocess("901", num_processes=1, binary=True)

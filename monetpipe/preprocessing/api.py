@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from monetpipe.errors import MonetError
 from monetpipe.io.atomic import atomic_path, ensure_writable_dir, read_json, write_json
 from monetpipe.io.dataset import load_task
 from monetpipe.parallel import map_cases
@@ -41,6 +42,7 @@ def plan_and_preprocess(
     folds: int = 1,
     max_size: int = 256,
     overwrite_splits: bool = False,
+    replan: bool = False,
 ) -> PreprocessResult:
     """Fingerprint, plan, cache slices and fix the splits of a raw task.
 
@@ -53,6 +55,9 @@ def plan_and_preprocess(
         folds: 1 for the paper's 70/30 hold-out, K for K-fold cross-validation.
         max_size: largest in-plane slice size after resampling.
         overwrite_splits: replace an existing ``splits_final.json`` that differs.
+        replan: plan from the current data even when plans of the same kind exist (every cached case is
+            then rebuilt if the plans change); by default existing plans are kept, see
+            :func:`keep_existing_plans`.
 
     Returns:
         What was written and how long it took. Up-to-date cache entries are skipped.
@@ -76,8 +81,10 @@ def plan_and_preprocess(
     if fingerprint is not previous:
         write_json(fingerprint, fp_file)
 
-    plans = plan_experiment(dataset, fingerprint, plans_name, binary=binary, labels=labels, max_size=max_size)
-    plans.save(layout.plans_file)
+    planned = plan_experiment(dataset, fingerprint, plans_name, binary=binary, labels=labels, max_size=max_size)
+    plans = planned if replan else keep_existing_plans(planned, layout.plans_file)
+    if plans is planned:
+        plans.save(layout.plans_file)
     _log_plans(plans)
 
     plans_hash = plans.preprocessing_hash()
@@ -98,6 +105,59 @@ def plan_and_preprocess(
     seconds = time.perf_counter() - start
     log.info("Preprocessed %s: %d built, %d up to date, %.1f s", name, len(jobs), skipped, seconds)
     return PreprocessResult(out_dir, plans, layout, splits, len(jobs), skipped, seconds)
+
+
+# Plan fields that follow from the data's statistics; any other difference means another kind of plans.
+_DATA_DERIVED = (
+    "slice_axis",
+    "transpose_forward",
+    "transpose_backward",
+    "target_spacing",
+    "patch_size",
+    "median_shape",
+    "crop_to_nonzero",
+    "batch_size",
+    "extra",
+)
+
+
+def _kind(plans: Plans) -> dict:
+    d = plans.to_dict()
+    for key in _DATA_DERIVED:
+        d.pop(key, None)
+    d["normalization"] = [n["scheme"] for n in d["normalization"]]
+    return d
+
+
+def keep_existing_plans(planned: Plans, plans_file: Path) -> Plans:
+    """The plans already in ``plans_file`` when they are of the same kind as ``planned``, else ``planned``.
+
+    Plans are an artifact the cache and every model trained on it depend on, so they do not drift with the
+    data: adding or changing a case keeps the existing plans (same labels, channels, normalization schemes,
+    version) and rebuilds only that case's cache entry. What re-planning would change (spacing, patch,
+    normalization statistics, ...) is logged; ``--replan`` adopts it.
+    """
+    if not plans_file.is_file():
+        return planned
+    try:
+        existing = Plans.load(plans_file)
+    except MonetError as exc:
+        log.warning("%s; planning anew", exc)
+        return planned
+    if _kind(existing) != _kind(planned):
+        log.info("%s describes other labels, channels or version; replacing it", plans_file)
+        return planned
+    old, new = existing.to_dict(), planned.to_dict()
+    changed = [k for k in (*_DATA_DERIVED, "normalization") if k != "extra" and old.get(k) != new.get(k)]
+    if changed:
+        log.info(
+            "Keeping the existing plans %s, made from earlier data (planning from the current data would change "
+            "%s). Cached cases stay valid; only new or changed cases are built. Pass --replan to plan again "
+            "(rebuilds the whole cache; models trained before keep their own copy of the old plans).",
+            plans_file,
+            ", ".join(changed),
+        )
+    return existing
 
 
 def _log_plans(plans: Plans) -> None:

@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-size", type=int, default=256, help="largest in-plane slice size after resampling (default 256)"
     )
     p.add_argument("--overwrite-splits", action="store_true", help="replace an existing, different splits_final.json")
+    p.add_argument(
+        "--replan",
+        action="store_true",
+        help="plan from the current data even if plans exist (default: keep existing plans, so a changed or "
+        "added case rebuilds only itself; the log says what re-planning would change)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -52,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             folds=args.folds,
             max_size=args.max_size,
             overwrite_splits=args.overwrite_splits,
+            replan=args.replan,
         )
         print(f"plans:  {result.layout.plans_file}")
         print(
