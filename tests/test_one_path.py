@@ -9,7 +9,10 @@ the Dice values of the two ``summary.json`` files must be equal.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +70,6 @@ def _metrics(summary: dict) -> tuple:
 
 def _assert_validation_is_monet_predict(paths: MonetPaths, result, tmp_path: Path) -> None:
     from monetpipe.evaluation.evaluator import evaluate_folders
-    from monetpipe.inference.cli import main as monet_predict
     from monetpipe.io.dataset import load_task
     from monetpipe.training.validation import foreground_labels
 
@@ -85,8 +87,18 @@ def _assert_validation_is_monet_predict(paths: MonetPaths, result, tmp_path: Pat
         (image,) = dataset.case(case).image_files
         shutil.copy(image, images / f"{case}.nii.gz")
     out = tmp_path / "predicted"
-    code = monet_predict(["-i", str(images), "-o", str(out), "--model-folder", str(model_folder), "-f", "0"])
-    assert code == 0
+    # A fresh process with monet_predict's own defaults (2 threads as 2 slice-parallel workers; training
+    # and its validation ran on 1 thread).
+    proc = subprocess.run(
+        [sys.executable, "-m", "monetpipe.inference.cli", "-i", str(images), "-o", str(out)]
+        + ["--model-folder", str(model_folder), "-f", "0"],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "2", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "2 slice-parallel workers" in proc.stderr
     found = set()
     for case in val_cases:
         ours = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz")))

@@ -114,16 +114,22 @@ def predict_cases(
         if is_nifti(old) and strip_nifti(old.name) not in wanted:
             old.unlink()
     device_name = str(device)
-    summary = predict_network(
-        cases,
-        output_dir,
-        network,
-        plans,
-        device=device_name,
-        num_threads=torch.get_num_threads() if torch.device(device_name).type == "cpu" else None,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    # Training turns cuDNN autotuning on; monet_predict runs with PyTorch's default (off), under which
+    # cuDNN picks its convolution algorithms by fixed heuristics rather than by timing them.
+    autotune, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+    try:
+        summary = predict_network(
+            cases,
+            output_dir,
+            network,
+            plans,
+            device=device_name,
+            num_threads=torch.get_num_threads() if torch.device(device_name).type == "cpu" else None,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    finally:
+        torch.backends.cudnn.benchmark = autotune
     if summary.failed:
         failures = "; ".join(f"{case}: {error}" for case, error in summary.failed.items())
         raise MonetError(f"final validation: {len(summary.failed)} case(s) could not be predicted ({failures})")
