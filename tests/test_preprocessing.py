@@ -161,6 +161,17 @@ def test_changed_intensities_keep_the_plans_and_rebuild_one_case_unless_replan(c
     assert third.num_built == 6
 
 
+def test_a_raw_task_folder_outside_monet_raw_is_read_from_its_path(monet_roots, tmp_path):
+    from monetpipe.paths import find_task
+
+    downloaded = make_synthetic_task(tmp_path / "downloads", kind="ct", num_cases=3, num_test=0, shape=(40, 36, 8))
+    result = plan_and_preprocess(str(downloaded), num_processes=1)
+    assert result.task_dir == monet_roots.preprocessed / "Task901_SyntheticCT"
+    assert result.num_built == 3 and not any(monet_roots.raw.iterdir())
+    # every later command finds it by name in its own root
+    assert find_task(str(downloaded), [monet_roots.preprocessed])[0] == "Task901_SyntheticCT"
+
+
 def test_plan_variants_never_overwrite_each_other(ct_task):
     default = plan_and_preprocess("901", num_processes=1)
     binary = plan_and_preprocess("901", num_processes=1, binary=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ def plan_and_preprocess(
     """
     start = time.perf_counter()
     paths = paths or MonetPaths.from_env()
-    name, raw_dir = find_task(task, [paths.raw])
+    name, raw_dir = raw_task_folder(task, paths)
     dataset = load_task(raw_dir)
     out_dir = paths.preprocessed / name
     plans_name = plans_name_for(binary, labels)
@@ -105,6 +106,17 @@ def plan_and_preprocess(
     seconds = time.perf_counter() - start
     log.info("Preprocessed %s: %d built, %d up to date, %.1f s", name, len(jobs), skipped, seconds)
     return PreprocessResult(out_dir, plans, layout, splits, len(jobs), skipped, seconds)
+
+
+def raw_task_folder(task: str | os.PathLike, paths: MonetPaths) -> tuple[str, Path]:
+    """``-t``'s raw task: looked up by name in ``MONET_raw``, or a raw task folder given by path anywhere
+    (it holds ``dataset.json`` and ``imagesTr/``); the name is the folder's name in both cases."""
+    as_path = Path(os.fspath(task)).expanduser()
+    if (as_path / "dataset.json").is_file() and (as_path / "imagesTr").is_dir():
+        name, _ = find_task(as_path, [as_path.resolve().parent])  # checks it is named like a task
+        return name, as_path.resolve()
+    name, folder = find_task(task, [paths.raw])
+    return name, folder
 
 
 # Plan fields that follow from the data's statistics; any other difference means another kind of plans.
