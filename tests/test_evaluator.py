@@ -150,6 +150,65 @@ def test_cli_folder_mode(folders, tmp_path, capsys):
     assert "missing: folder not found" in err and "Traceback" not in err
 
 
+def _clean_pair(folders):
+    """The fixture without its geometry mismatch: case_c has no prediction, case_d no reference."""
+    ref, pred = folders
+    (pred / "case_e.nii.gz").unlink()
+    (ref / "case_e.nii.gz").unlink()
+    return ref, pred
+
+
+def test_cli_only_predicted_scores_the_predicted_cases_and_passes(folders, capsys):
+    ref, pred = _clean_pair(folders)
+    assert main(["-ref", str(ref), "-pred", str(pred), "-np", "1"]) == 1  # case_c: reference without prediction
+    capsys.readouterr()
+    assert main(["-ref", str(ref), "-pred", str(pred), "-np", "1", "--only-predicted"]) == 0
+    summary = json.loads((pred / "summary.json").read_text())
+    scored = sorted(Path(c["reference_file"]).name for c in summary["metric_per_case"])
+    assert scored == ["case_a.nii.gz", "case_b.nii.gz"]
+    assert summary["unpaired"]["missing_predictions"] == []  # case_c left out, not missing
+    assert summary["unpaired"]["missing_references"] == [str(pred / "case_d.nii.gz")]
+    assert "2 case(s)" in capsys.readouterr().out
+
+
+def test_cli_split_scores_that_folds_val_cases(folders, tmp_path, capsys):
+    ref, pred = _clean_pair(folders)
+    splits = tmp_path / "splits_final.json"
+    splits.write_text(
+        json.dumps(
+            [{"train": ["case_b", "case_c"], "val": ["case_a"]}, {"train": ["case_a"], "val": ["case_b", "case_c"]}]
+        )
+    )
+    assert main(["-ref", str(ref), "-pred", str(pred), "-np", "1", "--split", str(splits), "--fold", "0"]) == 0
+    summary = json.loads((pred / "summary.json").read_text())
+    assert [Path(c["reference_file"]).name for c in summary["metric_per_case"]] == ["case_a.nii.gz"]
+    assert summary["unpaired"]["missing_references"] == []  # case_d is not in the split: not reported
+    # fold 1 expects case_c, which has no prediction: scored without it, and the command fails naming it
+    assert main(["-ref", str(ref), "-pred", str(pred), "-np", "1", "--split", str(splits), "--fold", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "case_c.nii.gz: no prediction" in err
+    summary = json.loads((pred / "summary.json").read_text())
+    assert [Path(c["reference_file"]).name for c in summary["metric_per_case"]] == ["case_b.nii.gz"]
+
+
+def test_cli_split_errors_name_the_file_and_the_fix(folders, tmp_path, capsys):
+    ref, pred = _clean_pair(folders)
+    splits = tmp_path / "splits_final.json"
+    splits.write_text(json.dumps([{"train": [], "val": ["case_a", "other_case"]}]))
+    base = ["-ref", str(ref), "-pred", str(pred), "-np", "1", "--split"]
+    assert main([*base, str(splits)]) == 1
+    assert "other_case" in capsys.readouterr().err
+    assert main([*base, str(splits), "--fold", "3"]) == 1
+    assert "has folds 0 to 0, not fold 3" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "nope.json")]) == 1
+    err = capsys.readouterr().err
+    assert "nope.json: split file not found" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main([*base, str(splits), "--only-predicted"])
+    with pytest.raises(SystemExit):
+        main(["-ref", str(ref), "-pred", str(pred), "--fold", "0"])
+
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -10,6 +10,13 @@ from collections.abc import Sequence
 
 from monetpipe.errors import MonetError
 
+EXAMPLES = """examples:
+  monet_evaluate -ref labelsTr -pred seg -l 1 2 -np 4        # every reference must have a prediction
+  monet_evaluate -ref labelsTr -pred seg --only-predicted    # score only the cases in seg/
+  monet_evaluate -ref labelsTr -pred seg --split splits_final.json --fold 0   # that fold's val cases
+  monet_evaluate -t 4 -m monet unet16                        # leaderboard of two trained models
+"""
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -18,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
         "and label. With -ref/-pred: one folder pair -> summary.json + summary.csv (nnU-Net v2 "
         "layout). With -t: every trained model/fold of a task -> leaderboard.csv, "
         "leaderboard.png, overlays/.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-ref", help="folder of reference label maps (<case>.nii.gz)")
     p.add_argument("-pred", help="folder of predicted label maps, same file names")
@@ -28,6 +37,19 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         help="labels to evaluate (default: every non-zero label in references and predictions)",
     )
+    p.add_argument(
+        "--only-predicted",
+        action="store_true",
+        help="-ref/-pred: evaluate only the cases that have a prediction (a reference without one is left out "
+        "instead of failing the run)",
+    )
+    p.add_argument(
+        "--split",
+        metavar="FILE",
+        help="-ref/-pred: evaluate the val cases of --fold in this nnU-Net splits_final.json (a val case "
+        "without a prediction fails the run)",
+    )
+    p.add_argument("--fold", type=int, help="with --split: the fold (default 0)")
     p.add_argument("-o", "--output", help="summary file (default PRED/summary.json; the CSV goes beside it)")
     p.add_argument("-t", "--task", help="task for the leaderboard: Task04, 4, Task04_Hippocampus or a path")
     p.add_argument("-m", "--models", nargs="+", help="leaderboard: only these models (default all)")
@@ -44,10 +66,16 @@ def _fmt(value: object) -> str:
 
 
 def _folders(args: argparse.Namespace) -> int:
-    from monetpipe.evaluation.evaluator import evaluate_folders, summary_ok
+    from monetpipe.evaluation.evaluator import evaluate_folders, select_cases, summary_ok
 
+    cases = select_cases(args.ref, args.pred, args.only_predicted, args.split, args.fold or 0)
     summary = evaluate_folders(
-        args.ref, args.pred, labels=args.labels, output_file=args.output, num_processes=args.num_processes
+        args.ref,
+        args.pred,
+        labels=args.labels,
+        output_file=args.output,
+        num_processes=args.num_processes,
+        case_ids=cases,
     )
     print(f"{summary['n_cases']} case(s); labels {summary['labels']}")
     print(f"{'label':>10} " + " ".join(f"{k:>9}" for k in ("Dice", "IoU", "HD95", "HD", "ASSD")))
@@ -138,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("-ref and -pred go together")
     if folder_mode and args.models:
         parser.error("-m applies to the leaderboard (-t TASK) only")
+    if not folder_mode and (args.only_predicted or args.split):
+        parser.error("--only-predicted and --split apply to -ref/-pred (the leaderboard reads each fold's split)")
+    if args.only_predicted and args.split:
+        parser.error("give either --only-predicted or --split FILE, not both")
+    if args.fold is not None and not args.split:
+        parser.error("--fold goes with --split FILE")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",

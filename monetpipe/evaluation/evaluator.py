@@ -37,7 +37,7 @@ from pathlib import Path
 from monetpipe.errors import MonetError
 from monetpipe.evaluation.aggregation import aggregate, image_diagonal_mm, penalize
 from monetpipe.evaluation.metrics import compute_label_metrics, empty_label_metrics, label_values
-from monetpipe.io.atomic import atomic_path, write_json
+from monetpipe.io.atomic import atomic_path, read_json, write_json
 from monetpipe.io.image import is_nifti, read_label, strip_nifti
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,74 @@ def list_cases(folder: str | os.PathLike) -> dict[str, Path]:
             )
         cases[case] = path
     return cases
+
+
+def split_val_cases(splits_file: str | os.PathLike, fold: int) -> list[str]:
+    """The ``val`` case ids of ``fold`` in an nnU-Net ``splits_final.json`` (a list of ``{"train", "val"}``).
+
+    Raises:
+        EvaluationError: the file is missing or unreadable, has no such fold, or the fold has no ``val`` list.
+    """
+    path = Path(splits_file)
+    try:
+        splits = read_json(path)
+    except FileNotFoundError:
+        raise EvaluationError(
+            f"{path}: split file not found. Pass the task's splits_final.json (written by "
+            f"monet_plan_and_preprocess into MONET_preprocessed/<Task>/)."
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"{path}: not a readable JSON split file ({exc}). Pass a splits_final.json.") from None
+    if not isinstance(splits, list) or not splits:
+        raise EvaluationError(
+            f"{path}: expected a list of folds ({{'train': [...], 'val': [...]}}), as nnU-Net writes."
+        )
+    if not 0 <= fold < len(splits):
+        raise EvaluationError(
+            f"{path}: has folds 0 to {len(splits) - 1}, not fold {fold}. Pass --fold 0..{len(splits) - 1}."
+        )
+    entry = splits[fold]
+    if not isinstance(entry, dict) or not isinstance(entry.get("val"), list) or not entry["val"]:
+        raise EvaluationError(f"{path}: fold {fold} has no 'val' list of case ids; is this an nnU-Net splits file?")
+    return [str(c) for c in entry["val"]]
+
+
+def select_cases(
+    ref_dir: str | os.PathLike,
+    pred_dir: str | os.PathLike,
+    only_predicted: bool = False,
+    splits_file: str | os.PathLike | None = None,
+    fold: int = 0,
+) -> list[str] | None:
+    """The case ids :func:`evaluate_folders` should expect (its ``case_ids``); ``None`` = every reference.
+
+    Args:
+        only_predicted: expect only the cases that have a prediction (a partial prediction run, or a
+            reference folder holding the whole dataset); references without one are left out, not missing.
+        splits_file: expect the ``val`` cases of ``fold`` in this nnU-Net ``splits_final.json``; a val case
+            without a prediction is then missing (an error), as in the leaderboard.
+
+    Raises:
+        EvaluationError: both options given, or a split's val case has no reference in ``ref_dir``.
+    """
+    if only_predicted and splits_file is not None:
+        raise EvaluationError("give either --only-predicted or --split, not both.")
+    if only_predicted:
+        refs, preds = list_cases(ref_dir), list_cases(pred_dir)
+        left_out = len(set(refs) - set(preds))
+        logger.info("%d reference(s) without a prediction left out (--only-predicted).", left_out)
+        return sorted(preds)
+    if splits_file is not None:
+        cases = split_val_cases(splits_file, fold)
+        refs = list_cases(ref_dir)
+        absent = [c for c in cases if c not in refs]
+        if absent:
+            raise EvaluationError(
+                f"{splits_file}: fold {fold} lists {len(absent)} val case(s) with no reference in {ref_dir} "
+                f"(first: {absent[0]}). Pass the reference folder of that task, or its own splits_final.json."
+            )
+        return cases
+    return None
 
 
 def _evaluate_case(ref_path: Path, pred_path: Path, labels: Sequence[int] | None) -> dict:
