@@ -142,7 +142,8 @@ def predict_folder(
         The summary; ``summary.failed`` maps each failed case to its error (the run itself does not raise).
 
     Raises:
-        MonetError: unusable folders or model (nothing is predicted), e.g. ``output_dir`` in ``input_dir``.
+        MonetError: unusable folders or model (nothing is predicted), e.g. ``output_dir`` in ``input_dir``
+            or not writable; checked before the model is loaded.
     """
     from monetpipe.inference.loading import load_models
 
@@ -259,6 +260,8 @@ def check_folders(input_dir: str | Path, output_dir: str | Path) -> None:
         )
     if out.exists() and not out.is_dir():
         raise MonetError(f"{output_dir}: exists and is not a folder. Choose another -o.")
+    if not inp.is_dir():  # before -o is created or a model loaded
+        raise MonetError(f"{input_dir}: input folder not found. Pass the folder holding the images to segment with -i.")
     for name, folder in (("-i", input_dir), ("-o", output_dir)):
         if not is_utf8(str(folder)):
             raise MonetError(
