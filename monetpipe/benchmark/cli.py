@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import textwrap
 from collections.abc import Sequence
 
 MODELS = ("monet", "unet16", "unet64", "attention_unet")
@@ -13,11 +14,19 @@ BACKENDS = ("eager", "torch", "torch_compile", "onnxruntime")  # monetpipe.infer
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="monet_benchmark",
-        description="Parameters, serialized size (fp32/fp16 MiB), GFLOP per slice, CPU seconds per 150 "
-        "slices (mean +- sd over repeats after a warm-up), achieved GFLOP/s against this "
-        "machine's torch.matmul rate (measured in the same run, same threads) and, on CUDA, "
-        "seconds per training batch of 32. Variants of a model are timed in alternation. "
-        "See docs/performance.md.",
+        description=textwrap.fill(
+            "Parameters, serialized size (fp32/fp16 MiB), GFLOP per slice, CPU seconds per 150 "
+            "slices (mean +- sd over repeats after a warm-up), achieved GFLOP/s against this "
+            "machine's torch.matmul rate (measured in the same run, same threads) and, on CUDA, "
+            "seconds per training batch of 32. Variants of a model are timed in alternation. "
+            "See docs/performance.md."
+        ),
+        epilog="""examples:
+  monet_benchmark -m monet unet16 --slices 32 --repeats 3 -o bench.csv   # a quick CPU comparison
+  monet_benchmark -m all --backend torch torch_compile onnxruntime --batch-size 2 --workers 2
+  monet_benchmark -m all --update-leaderboard 4     # cpu_s_150 column of monet_evaluate -t 4
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "-m",

@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from monetpipe.errors import MonetError
@@ -21,10 +22,12 @@ EXAMPLES = """examples:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="monet_evaluate",
-        description="Dice / IoU / precision / recall / HD / HD95 / ASSD (mm, reference spacing) per case "
-        "and label. With -ref/-pred: one folder pair -> summary.json + summary.csv (nnU-Net v2 "
-        "layout). With -t: every trained model/fold of a task -> leaderboard.csv, "
-        "leaderboard.png, overlays/.",
+        description=textwrap.fill(
+            "Dice / IoU / precision / recall / HD / HD95 / ASSD (mm, reference spacing) per case "
+            "and label. With -ref/-pred: one folder pair -> summary.json + summary.csv (nnU-Net v2 "
+            "layout). With -t: every trained model/fold of a task -> leaderboard.csv, "
+            "leaderboard.png, overlays/."
+        ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
