@@ -110,7 +110,7 @@ def _folders(args: argparse.Namespace) -> int:
 def _leaderboard(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from monetpipe.evaluation.leaderboard import build_leaderboard
+    from monetpipe.evaluation.leaderboard import build_leaderboard, rounded
     from monetpipe.paths import MonetPaths
 
     table = build_leaderboard(
@@ -135,14 +135,16 @@ def _leaderboard(args: argparse.Namespace) -> int:
         "params_keras",
         "size_mib_fp32",
         "cpu_s_150",
+        "epochs",
+        "train_steps",
         "n_missing",
     ]
     with pd.option_context("display.width", 200, "display.max_columns", 50):
-        display = table[shown].copy()
+        display = rounded(table[shown])
         for column in display.columns:  # nullable integers print <NA> whatever na_rep says
             if str(display[column].dtype) == "Int64":
                 display[column] = display[column].astype(object).where(display[column].notna(), "")
-        print(display.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.4f}"))
+        print(display.to_string(index=False, na_rep=""))
     skipped = table.attrs.get("skipped_folds", [])
     for line in skipped:
         print(f"error: {line} (this fold has no row)", file=sys.stderr)

@@ -60,11 +60,25 @@ BASE_COLUMNS = (
     "params_keras",
     "size_mib_fp32",
     "cpu_s_150",
+    "epochs",
+    "train_steps",
+    "batch_size",
+    "train_s",
     "n_missing",
 )
 #: Per label ``<prefix><label>``, in this order after :data:`BASE_COLUMNS`.
 LABEL_COLUMN_PREFIXES = ("dice_", "hd95_", "n_missed_", "n_false_alarm_", "n_both_empty_")
-_INTEGER_COLUMNS = ("federated_sites", "federated_rounds", "params_trainable", "params_keras")
+_INTEGER_COLUMNS = (
+    "federated_sites",
+    "federated_rounds",
+    "params_trainable",
+    "params_keras",
+    "epochs",
+    "train_steps",
+    "batch_size",
+)
+#: Decimals written to ``leaderboard.csv`` per column prefix: Dice to 1e-4, millimetres, MiB and seconds to 0.01.
+DECIMALS = {"dice_": 4, "hd95_": 2, "size_mib_": 2, "cpu_s_": 2, "train_s": 2}
 
 
 @dataclass(frozen=True)
@@ -210,6 +224,42 @@ def federated_settings(fold_dir: Path) -> dict:
     return out
 
 
+def training_budget(fold_dir: Path) -> dict:
+    """``epochs``, ``train_steps``, ``batch_size``, ``train_s`` of a trained fold, so rows trained for
+    different budgets are told apart (a short demo run from a full one).
+
+    Epochs and seconds come from ``training_log.csv`` (one row per completed epoch, ``seconds`` its wall
+    time), the iterations per epoch and global batch size from ``config.json``'s ``resolved`` values, so
+    ``train_steps`` = epochs x iterations per epoch (optimizer steps). Blank when a file is absent.
+    """
+    out: dict = {"epochs": None, "train_steps": None, "batch_size": None, "train_s": math.nan}
+    log_file, config_file = fold_dir / "training_log.csv", fold_dir / "config.json"
+    try:
+        if log_file.is_file():
+            log = pd.read_csv(log_file)
+            out["epochs"] = len(log)
+            out["train_s"] = float(log["seconds"].sum()) if "seconds" in log.columns else math.nan
+        if config_file.is_file():
+            resolved = read_json(config_file).get("resolved") or {}
+            iterations, batch = resolved.get("iterations_per_epoch"), resolved.get("batch_size")
+            out["batch_size"] = int(batch) if isinstance(batch, int) else None
+            if isinstance(iterations, int) and out["epochs"] is not None:
+                out["train_steps"] = out["epochs"] * iterations
+    except (OSError, ValueError, AttributeError, pd.errors.ParserError) as exc:
+        logger.warning("%s: training record unreadable (%s); budget columns left blank.", fold_dir, exc)
+    return out
+
+
+def rounded(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each float column rounded to the decimals that mean something (:data:`DECIMALS`)."""
+    out = table.copy()
+    for column in out.columns:
+        decimals = next((d for prefix, d in DECIMALS.items() if column.startswith(prefix)), None)
+        if decimals is not None and out[column].dtype.kind == "f":
+            out[column] = out[column].round(decimals)
+    return out
+
+
 def evaluate_run(run: FoldRun, paths: MonetPaths, num_processes: int = 2) -> FoldResult:
     """Evaluate (or reuse the summary of) one fold's validation predictions.
 
@@ -335,6 +385,7 @@ def leaderboard_row(result: FoldResult, params: dict, cpu_s: float | None) -> di
         "params_keras": keras,
         "size_mib_fp32": keras * 4 / 2**20 if keras is not None else math.nan,
         "cpu_s_150": math.nan if cpu_s is None else cpu_s,
+        **training_budget(result.run.model_dir / f"fold_{result.run.fold}"),
         "n_missing": len(result.summary["unpaired"]["missing_predictions"]) + len(result.summary["errors"]),
     }
     for label, group in table.groupby("label", sort=True):
@@ -449,7 +500,8 @@ def build_leaderboard(
         image_lookup: case id -> image file for overlays; default the raw task's ``imagesTr``.
 
     Returns:
-        The leaderboard, one row per (model, plans, fold), best ``dice_mean`` first (blank = unknown);
+        The leaderboard, one row per (model, plans, fold), best ``dice_mean`` first (blank = unknown), at
+        full precision (the CSV is :func:`rounded`);
         ``table.attrs["skipped_folds"]`` lists the folds that could not be evaluated at all, with the reason.
     """
     skipped: list[str] = []
@@ -458,7 +510,7 @@ def build_leaderboard(
     table.attrs["skipped_folds"] = skipped
     results_task = results[0].run.model_dir.parent
     with atomic_path(results_task / "leaderboard.csv") as tmp:
-        table.to_csv(tmp, index=False)
+        rounded(table).to_csv(tmp, index=False)
     logger.info("wrote %s", results_task / "leaderboard.csv")
     if make_plots:
         from monetpipe.evaluation.plots import plot_leaderboard, plot_overlays
