@@ -143,15 +143,29 @@ def test_missing_raw_folder_fails_validation_clearly_and_keeps_the_checkpoints(t
     paths = MonetPaths(tmp_path / "raw", tmp_path / "preprocessed", tmp_path / "results")
     task = _synthetic(paths.raw)
     plan_and_preprocess(task, paths, num_processes=1)
-    elsewhere = MonetPaths(tmp_path / "raw_elsewhere", paths.preprocessed, paths.results)
+    raw_task = paths.raw / "Task901_SyntheticCT"
+    raw_task.rename(tmp_path / "moved")  # training on a machine without the raw data
     with pytest.raises(MonetError) as err:
-        train_fold(task, "monet", 0, TINY.with_changes(epochs=1), paths=elsewhere)
+        train_fold(task, "monet", 0, TINY, paths=paths)
     message = str(err.value)
-    expected = tmp_path / "raw_elsewhere" / "Task901_SyntheticCT"
-    assert str(expected) in message and "MONET_raw" in message
+    assert str(raw_task) in message and "MONET_raw" in message
     assert "monet_train -t Task901_SyntheticCT -m monet -f 0 -p monetPlans --val-only" in message
     fold_dir = paths.results / "Task901_SyntheticCT" / "monet__monetPlans" / "fold_0"
     assert (fold_dir / "checkpoint_final.pth").is_file()
     # With the raw folder back, --val-only completes the validation from the kept checkpoint.
+    (tmp_path / "moved").rename(raw_task)
     result = train_fold(task, "monet", 0, TINY, paths=paths, val_only=True)
     assert result.validation is not None and (fold_dir / "validation" / "summary.json").is_file()
+
+
+def test_task_preprocessed_from_a_path_outside_monet_raw_is_validated_from_there(tmp_path):
+    """``monet_plan_and_preprocess -t ~/Downloads/TaskXX`` records the folder; the final validation reads it."""
+    from monetpipe.preprocessing import plan_and_preprocess
+    from monetpipe.training import train_fold
+
+    paths = MonetPaths(tmp_path / "raw", tmp_path / "preprocessed", tmp_path / "results")
+    _synthetic(tmp_path / "downloads")
+    plan_and_preprocess(str(tmp_path / "downloads" / "Task901_SyntheticCT"), paths, num_processes=1)
+    assert not (paths.raw / "Task901_SyntheticCT").exists()
+    result = train_fold("901", "monet", 0, TINY, paths=paths)
+    assert result.validation is not None and (result.fold_dir / "validation" / "summary.json").is_file()

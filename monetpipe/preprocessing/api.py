@@ -22,6 +22,9 @@ from monetpipe.preprocessing.splits import ensure_splits
 
 log = logging.getLogger(__name__)
 
+#: Written into ``MONET_preprocessed/<Task>/``: the raw task folder the cache was built from.
+RAW_SOURCE_FILE = "raw_task.json"
+
 
 @dataclass(frozen=True)
 class PreprocessResult:
@@ -75,6 +78,8 @@ def plan_and_preprocess(
         ensure_writable_dir(folder, fix)
     with atomic_path(out_dir / "dataset.json") as tmp:
         shutil.copyfile(raw_dir / "dataset.json", tmp)
+    # Where the raw images are: monet_train's final validation predicts them (training/validation.py).
+    write_json({"raw_task_folder": str(raw_dir)}, out_dir / RAW_SOURCE_FILE)
 
     fp_file = out_dir / "dataset_fingerprint.json"
     previous = read_json(fp_file) if fp_file.is_file() else None

@@ -1,10 +1,11 @@
 """The final validation: ``monet_predict`` on the fold's ``val`` cases, then the evaluator.
 
 The validation cases are predicted from their **raw images** (the files the task's dataset.json names
-in ``MONET_raw/<Task>/``) by :func:`monetpipe.inference.api.predict_network`, which is ``monet_predict``'s
-code with its defaults: the same threads and workers, network form, reading, preprocessing, restore and
-NIfTI writer. So ``fold_<k>/validation/<case>.nii.gz`` are the files ``monet_predict --model-folder ...
--f <k>`` writes for those images, and ``validation/summary.json`` (scored against
+in ``MONET_raw/<Task>/``, or in the folder ``monet_plan_and_preprocess -t PATH`` read) by
+:func:`monetpipe.inference.api.predict_network`, which is ``monet_predict``'s code with its defaults: the
+same threads and workers, network form, reading, preprocessing, restore and NIfTI writer. So
+``fold_<k>/validation/<case>.nii.gz`` are the files ``monet_predict --model-folder ... -f <k>`` writes for
+those images, and ``validation/summary.json`` (scored against
 ``MONET_preprocessed/<Task>/gt_segmentations/<plans>/``) is what ``monet_evaluate`` reports for them.
 """
 
@@ -41,7 +42,24 @@ def _val_only_command(output_dir: Path, task: str) -> str:
     return f"monet_train -t {task} -m {model} -f {fold}{plans} --val-only"
 
 
-def raw_validation_cases(raw_dir: Path, case_ids: list[str], output_dir: Path) -> list:
+def find_raw_task(raw_dir: Path, layout: CacheLayout) -> Path | None:
+    """The raw task folder to read: ``raw_dir`` (``MONET_raw/<Task>``) if it holds a dataset.json, else the
+    folder ``monet_plan_and_preprocess`` recorded in ``MONET_preprocessed/<Task>/raw_task.json`` (a task
+    preprocessed from a path outside ``MONET_raw``) if it still does; ``None`` otherwise."""
+    from monetpipe.io.atomic import read_json
+    from monetpipe.preprocessing.api import RAW_SOURCE_FILE
+
+    candidates = [raw_dir]
+    record = layout.task_dir / RAW_SOURCE_FILE
+    if record.is_file():
+        try:
+            candidates.append(Path(read_json(record)["raw_task_folder"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("%s: unreadable; ignored", record)
+    return next((c for c in candidates if (c / "dataset.json").is_file()), None)
+
+
+def raw_validation_cases(raw_dir: Path, case_ids: list[str], output_dir: Path, layout: CacheLayout) -> list:
     """The :class:`~monetpipe.inference.inputs.InputCase` of each validation case, from the raw task folder.
 
     Raises:
@@ -52,13 +70,15 @@ def raw_validation_cases(raw_dir: Path, case_ids: list[str], output_dir: Path) -
     from monetpipe.io.dataset import load_task
 
     task = raw_dir.name
-    if not (raw_dir / "dataset.json").is_file():
+    found = find_raw_task(raw_dir, layout)
+    if found is None:
         raise MonetError(
             f"{raw_dir}: raw task folder not found. The final validation predicts the raw images of the "
             f"validation cases, exactly as monet_predict does; the trained checkpoints in {output_dir.parent} "
             f"are kept. Set MONET_raw to the folder that holds {task}, then run: "
             f"{_val_only_command(output_dir, task)}"
         )
+    raw_dir = found
     dataset = load_task(raw_dir)
     cases = []
     for case_id in case_ids:
@@ -75,6 +95,7 @@ def raw_validation_cases(raw_dir: Path, case_ids: list[str], output_dir: Path) -
 
 def predict_cases(
     model: nn.Module,
+    layout: CacheLayout,
     plans: Plans,
     case_ids: list[str],
     output_dir: Path,
@@ -88,7 +109,9 @@ def predict_cases(
     Args:
         model: the trained network (any device, any mode; its weights are copied to a fresh CPU network
             as :func:`~monetpipe.inference.loading.network_from_checkpoint` builds it from the checkpoint).
-        raw_dir: the raw task folder (``MONET_raw/<Task>``) whose dataset.json names the images.
+        layout: the task's preprocessed folder.
+        raw_dir: the raw task folder (``MONET_raw/<Task>``) whose dataset.json names the images; if it
+            is absent, the folder recorded by ``monet_plan_and_preprocess`` (:func:`find_raw_task`).
         batch_size: slices per forward pass (default: monet_predict's).
 
     Returns:
@@ -102,7 +125,7 @@ def predict_cases(
     from monetpipe.inference.loading import network_from_checkpoint
     from monetpipe.training.checkpoint import network_spec, unwrap
 
-    cases = raw_validation_cases(raw_dir, case_ids, output_dir)
+    cases = raw_validation_cases(raw_dir, case_ids, output_dir, layout)
     source = unwrap(model)
     state = {k: v.detach().cpu() for k, v in source.state_dict().items()}
     spec = network_spec(source.model_name, source.in_channels, source.num_classes)
@@ -163,7 +186,7 @@ def validate_fold(
     from monetpipe.paths import MonetPaths
 
     raw_dir = Path(raw_dir) if raw_dir is not None else MonetPaths.from_env().raw / layout.task_dir.name
-    predict_cases(model, plans, case_ids, output_dir, device, raw_dir, batch_size, progress)
+    predict_cases(model, layout, plans, case_ids, output_dir, device, raw_dir, batch_size, progress)
     summary = evaluate_folders(
         layout.gt_segmentations,
         output_dir,
