@@ -32,9 +32,7 @@ def write_log_csv(history: list[dict], path: str | Path) -> None:
 def read_log_csv(path: str | Path) -> list[dict]:
     """The rows of a ``training_log.csv`` as dicts of floats (``epoch`` as int)."""
     with open(path, newline="") as f:
-        return [
-            {k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)
-        ]
+        return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _fmt(value: float) -> str:
@@ -61,12 +59,13 @@ def plot_progress(history: list[dict], path: str | Path, title: str = "") -> Non
     ax_dice.set_ylabel("Dice")
     ax_dice.set_ylim(0, 1)
     lines = ax.get_lines() + ax_dice.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], loc="center right")
+    # below the axes, never over the curves
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
     ax.set_title(title)
     ax_lr.semilogy(epochs, [r["lr"] for r in history], "k-")
     ax_lr.set_xlabel("epoch")
     ax_lr.set_ylabel("learning rate")
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80)
+        fig.savefig(tmp, dpi=80, bbox_inches="tight")
     plt.close(fig)
