@@ -223,6 +223,55 @@ def test_overlay_without_image_draws_on_the_reference(tmp_path):
     assert out.stat().st_size > 1000
 
 
+def _has_color(png: Path, hex_color: str, tol: float = 0.03) -> bool:
+    from matplotlib.image import imread
+
+    rgb = np.array([int(hex_color[i : i + 2], 16) / 255.0 for i in (1, 3, 5)])
+    pixels = imread(png)[..., :3]
+    return bool((np.abs(pixels - rgb).max(axis=-1) < tol).any())
+
+
+def test_overlay_colours_each_label_and_names_it(tmp_path):
+    from monetpipe.evaluation.plots import LABEL_COLORS
+
+    ref, both = tmp_path / "r.nii.gz", reference(0)
+    both[1, 4:7, 4:7] = 2  # both labels in every slice
+    write_label(both, GEOMETRY, ref)
+    image = tmp_path / "img.nii.gz"
+    write_image(np.full(SHAPE, 40.0, np.float32), GEOMETRY, image)
+    toy_plans = {**plans(False), "class_names": ["background", "organ", "lesion"]}
+    toy_plans["normalization"] = [{"scheme": "ct", "clip": [-50.0, 300.0]}]
+    out = plot_overlay(ref, ref, tmp_path / "both.png", image_file=image, title="t", plans=toy_plans)
+    assert _has_color(out, LABEL_COLORS[0]) and _has_color(out, LABEL_COLORS[1])  # one colour per label
+    binary = tmp_path / "b.nii.gz"
+    write_label((reference(0) > 0).astype(np.uint8), GEOMETRY, binary)
+    out = plot_overlay(binary, binary, tmp_path / "one.png", image_file=image, plans=toy_plans)
+    assert _has_color(out, LABEL_COLORS[0]) and not _has_color(out, LABEL_COLORS[1])
+
+
+def test_display_window_ct_and_mr():
+    from monetpipe.evaluation.plots import SOFT_TISSUE_HU, display_window, label_names
+
+    image = np.random.default_rng(0).normal(500.0, 100.0, size=(4, 20, 20))
+    ct = {"normalization": [{"scheme": "ct", "clip": [38.0, 151.0]}]}
+    assert display_window(image, ct) == SOFT_TISSUE_HU  # a narrow clip range: the soft-tissue window
+    wide = {"normalization": [{"scheme": "ct", "clip": [-1000.0, 1500.0]}]}
+    assert display_window(image, wide) == (-1000.0, 1500.0)  # never saturate what the plan kept
+    lo, hi = display_window(image, {"normalization": [{"scheme": "zscore"}]})  # MR: percentiles of the image
+    assert lo == pytest.approx(np.percentile(image, 1)) and hi == pytest.approx(np.percentile(image, 99))
+    binary = {"class_names": ["background", "foreground"], "output_labels": {"0": 0, "1": 1}}
+    assert label_names(binary) == {1: "foreground"}
+    assert label_names({"class_names": ["bg", "hippocampus"], "output_labels": {"0": 0, "1": 2}}) == {2: "hippocampus"}
+
+
+def test_scale_bar_is_a_round_length_of_at_most_a_quarter_width():
+    from monetpipe.evaluation.plots import _scale_bar_mm
+
+    assert _scale_bar_mm(96 * 0.8) == 10.0  # the demo CT: 76.8 mm wide
+    assert _scale_bar_mm(512 * 0.7) == 50.0
+    assert _scale_bar_mm(35 * 1.0) == 5.0  # a Task04 crop
+
+
 def test_truncated_validation_prediction_is_named_and_fails_the_command(tree, monkeypatch, capsys, caplog):
     for name in ("raw", "preprocessed", "results"):
         monkeypatch.setenv(f"MONET_{name}", str(getattr(tree, name)))

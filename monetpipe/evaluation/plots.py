@@ -109,6 +109,66 @@ def most_informative_slice(ref: np.ndarray, pred: np.ndarray, axis: int) -> int:
     return int(np.argmax(score))
 
 
+#: A soft-tissue CT window (level 40 HU, width 400 HU): organs, vessels and lesions apart, fat dark, bone white.
+SOFT_TISSUE_HU = (-160.0, 240.0)
+#: Label colours, chosen to stay visible on a grey image (no grey, no near-black); label k takes entry k-1.
+LABEL_COLORS = ("#ffd400", "#00b7ff", "#ff3da8", "#7cfc00", "#ff8c1a", "#b48cff", "#00e5c0", "#ff4040")
+
+
+def display_window(image: np.ndarray, plans: dict | None = None) -> tuple[float, float]:
+    """Grey-level range for showing the first channel of ``image``.
+
+    CT (the plan's first channel normalised with the ``ct`` scheme): the soft-tissue window
+    :data:`SOFT_TISSUE_HU`, widened to hold the plan's clip range (the foreground's 0.5-99.5 percentiles),
+    so the segmented structure is never saturated. Otherwise (MR and anything unknown) the 1st-99th
+    percentile of the image's non-zero voxels, as a radiologist's viewer would auto-window.
+    """
+    schemes = (plans or {}).get("normalization") or [{}]
+    first = schemes[0] if isinstance(schemes[0], dict) else {}
+    if first.get("scheme") == "ct":
+        clip = first.get("clip") or SOFT_TISSUE_HU
+        return min(SOFT_TISSUE_HU[0], float(clip[0])), max(SOFT_TISSUE_HU[1], float(clip[1]))
+    values = image[image != 0] if np.any(image != 0) else image.ravel()
+    lo, hi = (float(v) for v in np.percentile(values, [1.0, 99.0]))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def label_names(plans: dict | None) -> dict[int, str]:
+    """Output label value -> class name from ``plans.json`` (``class_names`` via ``output_labels``)."""
+    plans = plans or {}
+    names, output = plans.get("class_names"), plans.get("output_labels")
+    if not isinstance(names, list | tuple) or not isinstance(output, dict):
+        return {}
+    return {int(v): str(names[int(c)]) for c, v in output.items() if int(v) != 0 and int(c) < len(names)}
+
+
+def _scale_bar_mm(width_mm: float) -> float:
+    """The largest of 1, 2, 5 x 10^k mm that is at most a quarter of the image width."""
+    target = max(width_mm / 4.0, 1e-6)
+    power = 10.0 ** math.floor(math.log10(target))
+    return max(m * power for m in (1.0, 2.0, 5.0) if m * power <= target)
+
+
+def _add_scale_bar(ax, cols: int, col_spacing_mm: float) -> None:
+    from matplotlib.font_manager import FontProperties
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    length = _scale_bar_mm(cols * col_spacing_mm)
+    text = f"{length:g} mm"
+    bar = AnchoredSizeBar(
+        ax.transData,
+        length / col_spacing_mm,
+        text,
+        "lower right",
+        pad=0.3,
+        color="white",
+        frameon=False,
+        size_vertical=0,
+        fontproperties=FontProperties(size=7),
+    )
+    ax.add_artist(bar)
+
+
 def plot_overlay(
     reference_file: str | os.PathLike,
     prediction_file: str | os.PathLike,
@@ -116,53 +176,84 @@ def plot_overlay(
     image_file: str | os.PathLike | None = None,
     slice_axis: int | None = None,
     title: str = "",
+    plans: dict | None = None,
 ) -> Path:
-    """Reference (green) and prediction (red, dashed) contours on the most informative slice.
+    """Reference contours and the prediction as a translucent fill, one colour per label, on the most
+    informative slice, with a legend and a scale bar in mm.
+
+    A fill outside its contour is a false positive, a contour with no fill inside a false negative.
 
     Args:
         reference_file: reference label map.
         prediction_file: predicted label map on the same grid.
         path: output PNG.
-        image_file: the case's image (first channel shown); when missing or on another grid, the
-            reference itself is the background.
-        slice_axis: array axis (Z, Y, X order) to slice along; default the axis of largest spacing.
+        image_file: the case's image (first channel shown, windowed by :func:`display_window`); when
+            missing or on another grid, the reference itself is the background.
+        slice_axis: array axis (Z, Y, X order) to slice along; default ``plans["slice_axis"]``, else the
+            axis of largest spacing.
         title: figure title.
+        plans: the run's ``plans.json`` content: slice axis, CT or MR window, label names.
 
     Returns:
         ``path``.
     """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     ref, geometry = read_label(reference_file)
     pred, _ = read_label(prediction_file)
-    axis = _slice_axis({"slice_axis": slice_axis}, geometry.spacing_zyx)
+    axis = _slice_axis(
+        {"slice_axis": slice_axis if slice_axis is not None else (plans or {}).get("slice_axis")}, geometry.spacing_zyx
+    )
     index = most_informative_slice(ref, pred, axis)
-    background = (ref > 0).astype(np.float32)
+    background, window = (ref > 0).astype(np.float32), (0.0, 1.0)
     if image_file is not None:
         try:
             image, image_geometry = read_volume([image_file])
             if image_geometry.size == geometry.size:
                 background = image[0]
+                window = display_window(background, plans)
             else:
                 logger.warning("%s: grid differs from %s; overlay drawn on the reference.", image_file, reference_file)
         except MonetError as exc:
             logger.warning("overlay drawn on the reference: %s", exc)
     ref2, pred2, back2 = (np.take(a, index, axis=axis) for a in (ref, pred, background))
     rows_sp, cols_sp = [s for a, s in enumerate(geometry.spacing_zyx) if a != axis]
-    fig, (ax,) = _figure(5.0, 5.0)
+    fig, (ax,) = _figure(5.0, 5.6)
     origin = "upper" if axis == 0 else "lower"  # keep z pointing up in coronal / sagittal slices
-    ax.imshow(back2, cmap="gray", origin=origin, aspect=rows_sp / cols_sp, interpolation="nearest")
-    for label in sorted((set(np.unique(ref2).tolist()) | set(np.unique(pred2).tolist())) - {0}):
-        for mask, color, style in ((ref2 == label, "lime", "solid"), (pred2 == label, "red", "dashed")):
-            if mask.any() and not mask.all():
-                ax.contour(
-                    mask.astype(np.float32),
-                    levels=[0.5],
-                    colors=[color],
-                    linestyles=style,
-                    linewidths=1.2,
-                    origin=origin,
-                )
+    shown = {"origin": origin, "aspect": rows_sp / cols_sp, "interpolation": "nearest"}
+    ax.imshow(back2, cmap="gray", vmin=window[0], vmax=window[1], **shown)
+    names = label_names(plans)
+    labels = sorted((set(np.unique(ref2).tolist()) | set(np.unique(pred2).tolist())) - {0})
+    fill = np.zeros((*pred2.shape, 4), np.float32)
+    handles = []
+    for label in labels:
+        color = LABEL_COLORS[(int(label) - 1) % len(LABEL_COLORS)]
+        rgb = np.array([int(color[i : i + 2], 16) / 255.0 for i in (1, 3, 5)], np.float32)
+        fill[pred2 == label] = (*rgb, 0.4)
+        mask = ref2 == label
+        if mask.any() and not mask.all():
+            # no origin= here: contour puts row i at y = i, where imshow (either origin) showed that row
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=[color], linewidths=1.3, zorder=3)
+        name = f"{label} {names[label]}" if label in names else f"label {label}"
+        handles.append(Patch(facecolor=color, edgecolor=color, label=name))
+    ax.imshow(fill, **shown)
+    handles += [
+        Line2D([], [], color="black", lw=1.3, label="reference: contour"),
+        Patch(facecolor="0.5", alpha=0.5, label="prediction: fill"),
+    ]
+    _add_scale_bar(ax, back2.shape[1], cols_sp)
     ax.set_axis_off()
-    ax.set_title(f"{title}\nslice {index} of axis {'zyx'[axis]}; green: reference, red: prediction", fontsize=8)
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=min(4, len(handles)),
+        fontsize=7,
+        frameon=False,
+    )
+    where = f"slice {index} of axis {'zyx'[axis]}; grey window {window[0]:g} to {window[1]:g}"
+    ax.set_title(f"{title}\n{where}", fontsize=8)
     _save(fig, path)
     return Path(path)
 
@@ -205,6 +296,7 @@ def plot_overlays(
                         image,
                         axis,
                         title,
+                        plans_of[name],
                     )
                 )
             except MonetError as exc:
