@@ -25,7 +25,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "monai>=1.3", "medpy>=0.4", "onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
-        "federated": ["flwr>=1.5"],
+        "federated": ["flwr>=1.42,<2"],  # the Message API, strategies and deployment runtime used
     },
     entry_points={
         "console_scripts": [
@@ -35,6 +35,7 @@ setup(
             "monet_predict=" + CLI.format("inference"),
             "monet_evaluate=" + CLI.format("evaluation"),
             "monet_benchmark=" + CLI.format("benchmark"),
+            "monet_federated=" + CLI.format("federated"),
         ]
     },
 )

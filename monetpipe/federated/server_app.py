@@ -1,0 +1,415 @@
+"""The Flower ServerApp: rounds of FedAvg / FedProx over the sites, and the run folder ``monet_train`` writes.
+
+The ServerApp reads a run specification (a JSON file written by :func:`monetpipe.federated.api.run_federated`,
+named by the run config key ``spec``), holds the fold's inner-validation and validation cases, and per round:
+
+1. waits (up to ``connect_timeout``) for the sites' SuperNodes, needs at least ``min_sites``;
+2. sends the global weights with Flower's strategy (``configure_train`` of ``FedAvg`` / ``FedProx``);
+3. collects the sites' weight changes (``round_timeout``); a site that fails or does not answer is logged
+   and left out, and the round counts when ``min_sites`` updates arrived (else the run stops with a message
+   and ``--continue`` resumes from the last completed round);
+4. averages the changes in float32 with the strategy's ``aggregate_train`` (weighted by training slices)
+   and adds them to the global weights;
+5. runs ``monet_train``'s inner validation on the global model; the best round's weights become
+   ``checkpoint_best.pth``; ``checkpoint_latest.pth``, ``federated_log.csv`` and the plot are rewritten.
+
+After the last round: ``checkpoint_final.pth`` and the final validation, as ``monet_train`` does it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from monetpipe.errors import MonetError
+from monetpipe.io.atomic import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point Flower calls; reports the outcome in the spec's ``result_file``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Flower HTTP call otherwise
+    spec_file = Path(str(context.run_config["spec"]))
+    spec = read_json(spec_file)
+    result_file = Path(spec["result_file"])
+    try:
+        outcome = run_rounds(grid, spec)
+    except MonetError as exc:
+        log.error("%s", exc)
+        write_json({"ok": False, "error": str(exc)}, result_file)
+        return
+    except Exception as exc:  # a bug, not a user's mistake: keep the traceback for the report
+        write_json(
+            {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}, result_file
+        )
+        raise
+    write_json({"ok": True, **outcome}, result_file)
+
+
+def model_folder(results: Path, task: str, model: str, plans_name: str, tag: str):
+    """``MONET_results/<Task>/<model>__<plans>__<tag>/``: a results folder ``monet_predict`` reads as it is."""
+    from monetpipe.results import ModelFolder
+
+    return ModelFolder(Path(results) / task / f"{model}__{plans_name}__{tag}")
+
+
+def run_rounds(grid: Grid, spec: dict) -> dict:
+    """The whole federated run of one fold (see the module docstring)."""
+    from monetpipe.federated.settings import FederatedConfig
+    from monetpipe.paths import MonetPaths
+    from monetpipe.training.api import plan_fold
+    from monetpipe.training.lock import run_folder_lock
+
+    settings = FederatedConfig.from_dict(spec["settings"])
+    paths = MonetPaths(Path(spec["raw"]), Path(spec["preprocessed"]), Path(spec["results"]))
+    fp = plan_fold(
+        spec["task"], spec["model"], spec["fold"], spec["plans"], paths, settings.inner_val_fraction, settings.seed
+    )
+    fp = dataclasses.replace(fp, folder=model_folder(paths.results, fp.task, fp.model, spec["plans"], settings.tag()))
+    with run_folder_lock(fp.fold_dir, command="monet_federated"):
+        return _run_locked(grid, fp, settings, spec)
+
+
+def train_config_of(settings) -> object:
+    """The :class:`TrainConfig` the sites train with (augmentation and sampling: ``monet_train``'s defaults)."""
+    from monetpipe.training.config import TrainConfig
+
+    return TrainConfig(
+        epochs=settings.rounds,
+        iters_per_epoch=settings.iters_per_epoch,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        loss=settings.loss,
+        device=settings.device,
+        seed=settings.seed,
+        inner_val_fraction=settings.inner_val_fraction,
+        val_batch_size=settings.val_batch_size,
+        output_prior=False,  # the server sees no training data to take class frequencies from
+    )
+
+
+def _strategy(settings):
+    from flwr.serverapp.strategy import FedAvg, FedProx
+
+    common = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": settings.required_sites,
+        "min_available_nodes": settings.required_sites,
+    }
+    if settings.strategy == "fedprox":
+        return FedProx(proximal_mu=settings.proximal_mu, **common)
+    return FedAvg(**common)
+
+
+def _wait_for_sites(grid: Grid, settings, server_round: int, wanted: int) -> list[int]:
+    """Wait up to ``connect_timeout`` for ``wanted`` sites; go on with fewer when ``min_sites`` allows."""
+    deadline = time.monotonic() + settings.connect_timeout
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < wanted and time.monotonic() < deadline:
+        time.sleep(1.0)
+        nodes = list(grid.get_node_ids())
+    if len(nodes) < settings.required_sites:
+        raise MonetError(
+            f"round {server_round}: only {len(nodes)} of {settings.sites} site(s) connected within "
+            f"{settings.connect_timeout:g} s and --min-sites is {settings.required_sites}. Start the missing sites' "
+            f"SuperNodes, then re-run with --continue."
+        )
+    if len(nodes) < settings.sites:
+        log.warning("round %d: %d of %d sites connected; going on with them", server_round, len(nodes), settings.sites)
+    return nodes
+
+
+def _round_config(fp, settings, train_config, server_round: int, threads: int | None) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            "task": fp.task,
+            "plans-name": fp.plans.plans_name,
+            "plans": json.dumps(fp.plans.to_dict()),
+            "model": fp.model,
+            "train-config": json.dumps(train_config.to_dict()),
+            "local-iters": int(settings.local_iters or 0),
+            "local-epochs": int(settings.local_epochs),
+            "update-dtype": settings.update_dtype,
+            "held-out": ",".join(fp.inner_val_cases + fp.val_cases),
+            "device": settings.device,
+            "threads": int(threads or 0),
+            "server-round": server_round,
+        }
+    )
+
+
+def _reason(msg: Message) -> str:
+    text = str(msg.error.reason).strip().splitlines()
+    return (text[-1] if text else "failed")[:300]
+
+
+def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
+    import torch
+
+    from monetpipe.federated.local_training import apply_delta, floating_state, load_floating_state
+    from monetpipe.federated.records import plot_federated, write_federated_log
+    from monetpipe.federated.transport import as_float32, message_bytes, state_to_arrays
+    from monetpipe.networks import build_network
+    from monetpipe.results import load_checkpoint
+    from monetpipe.training.checkpoint import network_spec, rng_states, save_checkpoint
+    from monetpipe.training.config import resolve_device
+    from monetpipe.training.data import SliceIndex
+    from monetpipe.training.distributed import DistContext
+    from monetpipe.training.progress import write_log_csv
+    from monetpipe.training.trainer import inner_validation
+
+    final, latest = fp.folder.checkpoint(fp.fold, "final"), fp.folder.checkpoint(fp.fold, "latest")
+    if final.is_file():
+        raise MonetError(
+            f"{fp.fold_dir} holds a finished federated run (checkpoint_final.pth); refusing to overwrite it. Delete "
+            f"{fp.fold_dir} to run it again, or use another MONET_results."
+        )
+    resume = spec.get("continue") and latest.is_file()
+    if latest.is_file() and not resume:
+        raise MonetError(
+            f"{fp.fold_dir} holds an unfinished federated run (checkpoint_latest.pth). Pass --continue to resume "
+            f"it from its last completed round, or delete {fp.fold_dir} to start over."
+        )
+    SliceIndex.build(fp.layout, fp.inner_val_cases + fp.val_cases, fp.plans)  # the server's own cases: fail now
+    train_config = train_config_of(settings)
+    device = torch.device(resolve_device(settings.device))
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    net = build_network(fp.model, fp.plans.num_input_channels, fp.plans.num_classes)
+    history: list[dict] = []
+    rows: list[dict] = []
+    best, done, site_names = -math.inf, 0, {}
+    if resume:
+        ckpt = load_checkpoint(latest)
+        if ckpt.get("network") != network_spec(fp.model, fp.plans.num_input_channels, fp.plans.num_classes):
+            raise MonetError(f"{latest}: holds another network than {fp.model}; delete {fp.fold_dir} to start over.")
+        net.load_state_dict(ckpt["model_state"])
+        done, history, best = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["best_dice"])
+        rows = list(ckpt["federated"]["log"])
+        site_names = {int(k): v for k, v in ckpt["federated"].get("node_sites", {}).items()}
+        log.info("continuing %s after round %d of %d", fp.fold_dir, done, settings.rounds)
+    state = floating_state(net)
+    net.to(device)
+
+    record = _run_record(fp, settings, train_config, spec, device, done if resume else None)
+    from monetpipe.training.api import prepare_run_folder
+
+    prepare_run_folder(fp, record)
+    strategy = _strategy(settings)
+    ctx = DistContext()
+
+    def checkpoint(finished: bool) -> dict:
+        return {
+            "network": network_spec(fp.model, fp.plans.num_input_channels, fp.plans.num_classes),
+            "model_state": {k: v.cpu() for k, v in net.state_dict().items()},
+            "plans": fp.plans.to_dict(),
+            "epoch": done,
+            "history": history,
+            "best_dice": best,
+            "stopped_early": False,
+            "finished": finished,
+            "rng": rng_states(),
+            "config": train_config.to_dict(),
+            "cases": {"train": fp.train_cases, "inner_val": fp.inner_val_cases, "val": fp.val_cases},
+            "federated": {
+                **record["federated"],
+                "log": rows,
+                "node_sites": {str(k): v for k, v in site_names.items()},
+            },
+        }
+
+    done_at_start = done
+    for server_round in range(done + 1, settings.rounds + 1):
+        start = time.perf_counter()
+        # every site before this invocation's first round; later only as many as a round needs, so that a
+        # site that died costs one round's wait, not one per round
+        first = server_round == done_at_start + 1
+        _wait_for_sites(grid, settings, server_round, settings.sites if first else settings.required_sites)
+        config = _round_config(fp, settings, train_config, server_round, settings.threads)
+        messages = list(strategy.configure_train(server_round, state_to_arrays(state), config, grid))
+        down = {m.metadata.dst_node_id: message_bytes(m) for m in messages}
+        sent_to = {m.object_id: m.metadata.dst_node_id for m in messages}
+        log.info("round %d/%d: sent the global model to %d site(s)", server_round, settings.rounds, len(messages))
+        replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
+        valid, round_rows, answered = [], [], set()
+        for reply in replies:
+            # an error reply made by the SuperLink (a site that stopped answering) comes from the SuperLink's
+            # node id: name the site by the message it answers
+            node = sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            answered.add(node)
+            if reply.has_error():
+                name = site_names.get(node, f"node-{node}")
+                log.warning("round %d: site %s failed: %s", server_round, name, _reason(reply))
+                round_rows.append(
+                    {"round": server_round, "site": name, "bytes_down": down.get(node), "status": _reason(reply)}
+                )
+                continue
+            up = message_bytes(reply)
+            content = reply.content
+            name = str(content["site"]["name"])
+            site_names[node] = name
+            metrics = content["metrics"]
+            round_rows.append(
+                {
+                    "round": server_round,
+                    "site": name,
+                    "train_loss": float(metrics["train-loss"]),
+                    "bytes_up": up,
+                    "bytes_down": down.get(node),
+                    "seconds": round(float(metrics["seconds"]), 2),
+                    "num_slices": int(metrics["num-examples"]),
+                    "steps": int(metrics["steps"]),
+                    "status": "ok",
+                }
+            )
+            reply.content = RecordDict({"arrays": as_float32(content["arrays"]), "metrics": metrics})
+            valid.append(reply)
+        for node in sorted(set(down) - answered):
+            name = site_names.get(node, f"node-{node}")
+            log.warning("round %d: site %s sent no update within %g s", server_round, name, settings.round_timeout)
+            round_rows.append({"round": server_round, "site": name, "bytes_down": down[node], "status": "no reply"})
+        if len(valid) < settings.required_sites:
+            raise MonetError(
+                f"round {server_round}: {len(valid)} of {len(messages)} site(s) returned an update and --min-sites is "
+                f"{settings.required_sites}; the run stops after round {done} (saved in {latest}). Fix or restart the "
+                f"failed site(s) (see the log above) and re-run with --continue."
+            )
+        aggregated, _ = strategy.aggregate_train(server_round, valid)
+        state = apply_delta(state, {k: a.numpy() for k, a in aggregated.items()})
+        load_floating_state(net, state)
+        metrics = inner_validation(
+            net,
+            fp.layout,
+            fp.inner_val_cases,
+            settings.loss,
+            fp.plans.num_classes,
+            device,
+            ctx,
+            settings.val_batch_size,
+        )
+        done = server_round
+        is_best = metrics["val_dice"] > best
+        best = max(best, metrics["val_dice"]) if is_best else best
+        ok_rows = [r for r in round_rows if r["status"] == "ok"]
+        slices = sum(r["num_slices"] for r in ok_rows)
+        train_loss = sum(r["train_loss"] * r["num_slices"] for r in ok_rows) / slices
+        seconds = round(time.perf_counter() - start, 2)
+        history.append(
+            {
+                "epoch": done,
+                "train_loss": train_loss,
+                "val_loss": metrics["val_loss"],
+                "val_dice": metrics["val_dice"],
+                "lr": settings.lr,
+                "seconds": seconds,
+            }
+        )
+        rows.extend(sorted(round_rows, key=lambda r: r["site"]))
+        rows.append(
+            {
+                "round": done,
+                "site": "global",
+                "train_loss": train_loss,
+                "bytes_up": sum(r.get("bytes_up") or 0 for r in round_rows),
+                "bytes_down": sum(r.get("bytes_down") or 0 for r in round_rows),
+                "seconds": seconds,
+                "num_slices": slices,
+                "steps": sum(r["steps"] for r in ok_rows),
+                "val_loss": metrics["val_loss"],
+                "val_dice": metrics["val_dice"],
+                "status": f"{len(ok_rows)}/{len(messages)} sites",
+            }
+        )
+        log.info(
+            "round %d/%d: %d/%d updates, train loss %.4f, inner-val loss %.4f, Dice %.4f, %.1f s%s",
+            done,
+            settings.rounds,
+            len(ok_rows),
+            len(messages),
+            train_loss,
+            metrics["val_loss"],
+            metrics["val_dice"],
+            seconds,
+            " (best)" if is_best else "",
+        )
+        save_checkpoint(checkpoint(False), latest)
+        if is_best:
+            with atomic_path(fp.folder.checkpoint(fp.fold, "best")) as tmp:
+                shutil.copyfile(latest, tmp)
+        write_federated_log(rows, fp.fold_dir / "federated_log.csv")
+        write_log_csv(history, fp.fold_dir / "training_log.csv")
+        plot_federated(
+            rows, fp.fold_dir / "federated_progress.png", f"{fp.task} {fp.model} fold {fp.fold} ({settings.tag()})"
+        )
+
+    save_checkpoint(checkpoint(True), final)
+    log.info("finished %s after %d rounds (best inner-val Dice %.4f)", fp.fold_dir, done, best)
+    summary = _final_validation(fp, net, device, settings)
+    return {
+        "fold_dir": str(fp.fold_dir),
+        "rounds": done,
+        "best_dice": best if math.isfinite(best) else None,
+        "validation_dice": (summary or {}).get("foreground_mean", {}).get("Dice"),
+    }
+
+
+def _final_validation(fp, net, device, settings) -> dict | None:
+    """The fold's validation cases through ``monet_train``'s final validation (``monet_predict``'s code path)."""
+    if not fp.val_cases:
+        log.info("fold %s has no validation cases: skipping the final validation", fp.fold)
+        return None
+    from monetpipe.training.validation import validate_fold
+
+    return validate_fold(
+        net, fp.layout, fp.plans, fp.val_cases, fp.folder.validation_dir(fp.fold), device, settings.val_batch_size
+    )
+
+
+def _run_record(fp, settings, train_config, spec: dict, device, resumed_from: int | None) -> dict:
+    """``config.json``: ``monet_train``'s record plus the ``"federated"`` object."""
+    import flwr
+
+    from monetpipe.training.api import run_record
+
+    resolved = {
+        "device": str(device),
+        "batch_size": train_config.batch_size or fp.plans.batch_size,
+        "patch_size": list(fp.plans.patch_size),
+        "num_classes": fp.plans.num_classes,
+        "best_checkpoint_metric": "inner-val Dice of the global model after each round (max)",
+    }
+    record = run_record(fp, train_config, resolved, resumed_from)
+    site_map = spec.get("site_map")
+    record["federated"] = {
+        "sites": settings.sites,
+        "rounds": settings.rounds,
+        "strategy": settings.strategy,
+        "proximal_mu": settings.proximal_mu if settings.strategy == "fedprox" else None,
+        "local_epochs": None if settings.local_iters else settings.local_epochs,
+        "local_iters": settings.local_iters,
+        "min_sites": settings.required_sites,
+        "update_dtype": settings.update_dtype,
+        "tag": settings.tag(),
+        "runtime": spec.get("runtime", "deployment"),
+        "site_cases": site_map,
+        "settings": settings.to_dict(),
+        "flwr": flwr.__version__,
+    }
+    if spec.get("command"):
+        record["command"] = spec["command"]
+    return record
