@@ -35,6 +35,7 @@ setup(
             "monet_predict=" + CLI.format("inference"),
             "monet_evaluate=" + CLI.format("evaluation"),
             "monet_benchmark=" + CLI.format("benchmark"),
+            "monet_inspect=monetpipe.evaluation.inspect_cli:main",
             "monet_federated=" + CLI.format("federated"),
         ]
     },
