@@ -1,4 +1,5 @@
 """monetpipe: a self-configuring 2D segmentation pipeline around MoNet (Knolle et al., PLOS ONE 2021)."""
+
 from setuptools import find_packages, setup
 
 CLI = "monetpipe.{}.cli:main"
