@@ -1,151 +1,50 @@
 """``train_fold`` / ``train_models``: stage 2 as plain functions (``monet_train`` only parses arguments).
 
-One fold of one model: resolve the task, plans and split; carve the inner validation set; decide
-whether this is a fresh run, a resume (``continue_training``) or a finished run to refuse; build the
-network, optimizer, schedule and data stream from the :class:`TrainConfig`; hand them to the loop
-(:func:`monetpipe.training.trainer.fit`); save ``checkpoint_final``; predict the fold's ``val`` cases.
-Only rank 0 of a ``torchrun`` job writes files.
+One fold of one model: resolve the task, plans and split (:func:`~monetpipe.training.fold.plan_fold`);
+decide whether this is a fresh run, a resume (``continue_training``) or a finished run to refuse; hand
+the fold to :func:`monetpipe.training.session.run_training`, which builds the network, optimizer,
+schedule and data stream from the :class:`TrainConfig`, runs the loop, saves ``checkpoint_final`` and
+predicts the fold's ``val`` cases. Only rank 0 of a ``torchrun`` job writes files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import math
 import os
-import platform
-import shlex
-import shutil
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from monetpipe.errors import MonetError
-from monetpipe.io.atomic import atomic_path, read_json, write_json
-from monetpipe.paths import MonetPaths, find_task
-from monetpipe.preprocessing.plans import DEFAULT_PLANS, Plans
-from monetpipe.preprocessing.slice_cache import CacheLayout
-from monetpipe.preprocessing.splits import load_splits
-from monetpipe.results import ModelFolder, load_checkpoint, parse_fold
+from monetpipe.io.atomic import read_json
+from monetpipe.paths import MonetPaths
+from monetpipe.preprocessing.plans import DEFAULT_PLANS
+from monetpipe.results import load_checkpoint
 from monetpipe.training.config import TrainConfig, resolve_device, resolve_num_threads
-from monetpipe.training.data import carve_inner_validation
+from monetpipe.training.fold import (
+    FoldPlan,
+    FoldResult,
+    continue_command,
+    plan_fold,
+    prepare_run_folder,
+    read_run_record,
+    run_record,
+)
+
+# the fold pieces live in training/fold.py; they stay importable from here, the stage's public module
+__all__ = [
+    "FoldPlan",
+    "FoldResult",
+    "continue_command",
+    "plan_fold",
+    "prepare_run_folder",
+    "read_run_record",
+    "run_record",
+    "train_fold",
+    "train_models",
+]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FoldPlan:
-    """Everything about one (task, model, plans, fold) that is fixed before training starts."""
-
-    task: str
-    model: str
-    fold: int | str
-    plans: Plans
-    layout: CacheLayout
-    folder: ModelFolder
-    train_cases: list[str]
-    inner_val_cases: list[str]
-    val_cases: list[str]
-    raw_dir: Path | None = None  # MONET_raw/<Task>: the final validation predicts its raw images
-
-    @property
-    def fold_dir(self) -> Path:
-        return self.folder.fold_dir(self.fold)
-
-
-@dataclass(frozen=True)
-class FoldResult:
-    """What a call of :func:`train_fold` produced."""
-
-    fold_dir: Path
-    epochs: int
-    best_dice: float
-    validation: dict | None
-
-
-def plan_fold(
-    task: str,
-    model: str,
-    fold: int | str = 0,
-    plans_name: str = DEFAULT_PLANS,
-    paths: MonetPaths | None = None,
-    inner_val_fraction: float = 0.1,
-    seed: int = 12345,
-) -> FoldPlan:
-    """Resolve names and cases for one fold (reads files, writes nothing).
-
-    Raises:
-        MonetError: unknown task / model / fold, or plans and splits missing.
-    """
-    from monetpipe.networks import list_networks
-
-    paths = paths or MonetPaths.from_env()
-    model = model.strip().lower()
-    if model not in list_networks():
-        raise MonetError(f"unknown model {model!r}; choose one of {', '.join(list_networks())} or 'all'.")
-    task_name, task_dir = find_task(task, [paths.preprocessed])
-    layout = CacheLayout(task_dir, plans_name)
-    plans = Plans.load(layout.plans_file)
-    splits_file = task_dir / "splits_final.json"
-    # the ids the cache holds: splits_final.json may name no other case (nor any path)
-    cached = {f.name[: -len("_data.npy")] for f in layout.slices.glob("*_data.npy")} if layout.slices.is_dir() else None
-    splits = load_splits(splits_file, cached)
-    fold = parse_fold(fold)
-    if fold == "all":
-        cases = sorted({c for s in splits for c in s["train"] + s["val"]})
-        fold_train, val = cases, []
-    elif 0 <= fold < len(splits):
-        fold_train, val = sorted(splits[fold]["train"]), sorted(splits[fold]["val"])
-    else:
-        raise MonetError(
-            f"{splits_file} has {len(splits)} fold(s) (0..{len(splits) - 1}); fold {fold} does not "
-            f"exist. Use -f 0..{len(splits) - 1} or -f all, or re-plan with --folds."
-        )
-    train, inner = carve_inner_validation(fold_train, inner_val_fraction, seed)
-    return FoldPlan(
-        task_name,
-        model,
-        fold,
-        plans,
-        layout,
-        ModelFolder.for_run(paths.results, task_name, model, plans_name),
-        train,
-        inner,
-        val,
-        paths.raw / task_name,
-    )
-
-
-def _prepare_model_folder(fp: FoldPlan) -> None:
-    """Copy plans, dataset.json and the fingerprint into the model folder (refusing to mix plans)."""
-    folder = fp.folder
-    if folder.plans_file.is_file():
-        existing = read_json(folder.plans_file)
-        if existing != read_json(fp.layout.plans_file) and any(folder.fold_dir(f).is_dir() for f in _fold_dirs(folder)):
-            raise MonetError(
-                f"{folder.plans_file} differs from {fp.layout.plans_file}: the task was re-planned after "
-                f"models in {folder.root} were trained. Delete {folder.root} to retrain with the new plans, "
-                f"or restore "
-                f"the old plans."
-            )
-    folder.root.mkdir(parents=True, exist_ok=True)
-    for src, dst in (
-        (fp.layout.plans_file, folder.plans_file),
-        (fp.layout.task_dir / "dataset.json", folder.dataset_file),
-        (fp.layout.task_dir / "dataset_fingerprint.json", folder.fingerprint_file),
-    ):
-        if src.is_file():
-            with atomic_path(dst) as tmp:
-                shutil.copyfile(src, tmp)
-
-
-def _fold_dirs(folder: ModelFolder) -> list[str]:
-    return (
-        [d.name[len("fold_") :] for d in folder.root.iterdir() if d.is_dir() and d.name.startswith("fold_")]
-        if folder.root.is_dir()
-        else []
-    )
 
 
 def train_fold(
@@ -288,33 +187,6 @@ def _refuse_to_restart(fp: FoldPlan, previous: Path, continue_training: bool) ->
     )
 
 
-def continue_command(which: str) -> str:
-    """The command line that continues this run from ``checkpoint_<which>.pth`` (``--continue-from which``).
-
-    Built from the running command (``monet_train``, ``python -m monetpipe.training`` or ``torchrun``);
-    called from Python, the :func:`train_fold` argument to use.
-    """
-    argv0 = Path(sys.argv[0]).as_posix() if sys.argv else ""
-    if Path(argv0).name == "monet_train":
-        prog = ["monet_train"]
-    elif argv0.endswith("monetpipe/training/__main__.py"):
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        local = os.environ.get("LOCAL_WORLD_SIZE", str(world))
-        prog = ["torchrun", "--nproc_per_node", local] if world > 1 else ["python"]
-        prog += ["-m", "monetpipe.training"]
-    else:
-        return f"train_fold(..., continue_from={which!r})"
-    args, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif arg == "--continue-from":
-            skip = True
-        elif arg != "--continue" and not arg.startswith("--continue-from="):
-            args.append(arg)
-    return shlex.join([*prog, *args, "--continue-from", which])
-
-
 def _validate_finished(fp: FoldPlan, config: TrainConfig, final: Path) -> FoldResult:
     """Load ``checkpoint_final`` and run the final validation (rank 0 only)."""
     import torch
@@ -372,36 +244,3 @@ def train_models(
                 train_fold(task, name, fold, config, plans_name, paths, continue_training, val_only, continue_from)
             )
     return results
-
-
-def run_record(fp: FoldPlan, config: TrainConfig, resolved: dict, resumed_from: int | None) -> dict:
-    """The content of ``fold_<k>/config.json``: every setting, what was resolved, and the cases."""
-    import torch
-
-    from monetpipe import __version__ as monetpipe_version
-
-    return {
-        "task": fp.task,
-        "model": fp.model,
-        "fold": fp.fold,
-        "plans": fp.plans.plans_name,
-        "config": config.to_dict(),
-        "resolved": resolved,
-        "cases": {"train": fp.train_cases, "inner_val": fp.inner_val_cases, "val": fp.val_cases},
-        "inner_val_rule": f"seeded ({config.seed}) {config.inner_val_fraction:g} of the fold's training cases, >= 1",
-        "resumed_from_epoch": resumed_from,
-        "command": sys.argv,
-        "written": datetime.datetime.now().isoformat(timespec="seconds"),
-        "versions": {
-            "monetpipe": monetpipe_version,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-    }
-
-
-def prepare_run_folder(fp: FoldPlan, record: dict) -> None:
-    """Write the model folder's copies and ``fold_<k>/config.json`` (call on rank 0 only)."""
-    _prepare_model_folder(fp)
-    fp.fold_dir.mkdir(parents=True, exist_ok=True)
-    write_json(record, fp.fold_dir / "config.json")

@@ -17,7 +17,7 @@ import torch
 from monetpipe.errors import MonetError
 from monetpipe.preprocessing.plans import Plans
 from monetpipe.results import CorruptCheckpointError, load_checkpoint
-from monetpipe.training.api import FoldPlan, FoldResult, continue_command, prepare_run_folder, run_record
+from monetpipe.training.fold import FoldPlan, FoldResult, continue_command, prepare_run_folder, run_record
 from monetpipe.training.augmentation import batch_stream, training_transforms
 from monetpipe.training.checkpoint import (
     load_pretrained,
