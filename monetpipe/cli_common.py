@@ -17,17 +17,21 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
-def run_cli(body: Callable[[], int | None]) -> int:
-    """Run a command body; a :class:`MonetError` prints its message (no traceback) and exits 1."""
+INTERRUPTED = "interrupted; finished work is kept: re-run the same command to resume"
+
+
+def run_cli(body: Callable[[], int | None], interrupted: str = INTERRUPTED) -> int:
+    """Run a command body; a :class:`MonetError` prints its message (no traceback) and exits 1.
+
+    Ctrl-C prints ``interrupted`` (what was kept and how to resume; a command with its own way to
+    resume, such as ``monet_train --continue``, passes its own) and exits 130.
+    """
     try:
         code = body()
     except MonetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(
-            "interrupted; finished work is kept: re-run the same command to resume (monet_train: add --continue)",
-            file=sys.stderr,
-        )
+        print(interrupted, file=sys.stderr)
         return 130
     return int(code or 0)

@@ -155,6 +155,38 @@ def test_a_finished_run_is_never_overwritten(finished_run, capsys, monkeypatch):
     assert final.stat().st_mtime_ns == before
 
 
+def test_config_replays_a_recorded_run(finished_run, roots, monkeypatch):
+    """``monet_train --config fold_0/config.json`` into a new results root records the same run.
+
+    Only ``written`` (the clock) and ``command`` (the replay's own command line) may differ.
+    """
+    from monetpipe.training.cli import main
+
+    paths, _ = finished_run
+    recorded = paths.results / TASK / "monet__monetPlans" / "fold_0" / "config.json"
+    assert roots.results != paths.results
+    argv = ["--config", str(recorded)]
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/monet_train", *argv])
+    assert main(argv) == 0
+    original = json.loads(recorded.read_text())
+    replayed = json.loads((roots.results / TASK / "monet__monetPlans" / "fold_0" / "config.json").read_text())
+    assert replayed["command"] == ["/usr/local/bin/monet_train", *argv]
+    for record in (original, replayed):
+        del record["written"], record["command"]
+    assert replayed == original
+
+
+def test_flags_override_the_replayed_config(finished_run):
+    from monetpipe.training.cli import config_from_args, parse_args
+
+    paths, _ = finished_run
+    recorded = paths.results / TASK / "monet__monetPlans" / "fold_0" / "config.json"
+    args = parse_args(["--config", str(recorded), "-m", "unet16", "--epochs", "5", "--no-output-prior"])
+    assert (args.task, args.model, args.fold, args.plans) == (TASK, ["unet16"], ["0"], "monetPlans")
+    expected = TINY.with_changes(num_workers=1, epochs=5, output_prior=False)
+    assert config_from_args(args) == expected
+
+
 def test_val_only_and_continue_redo_only_the_validation(finished_run):
     from monetpipe.training import train_fold
 

@@ -74,9 +74,7 @@ def test_dice_ce_adds_cross_entropy():
     torch.manual_seed(0)
     logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
     ce = torch.nn.functional.cross_entropy(logits, target)
-    assert DiceCELoss()(logits, target).item() == pytest.approx(
-        SoftDiceLoss()(logits, target).item() + ce.item(), 1e-5
-    )
+    assert DiceCELoss()(logits, target).item() == pytest.approx(SoftDiceLoss()(logits, target).item() + ce.item(), 1e-5)
     binary = target.clamp(max=1)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], binary.float())
     assert DiceCELoss()(logits[:, :1], binary).item() == pytest.approx(
@@ -92,9 +90,7 @@ def test_loss_from_accumulated_statistics_equals_the_loss_of_the_whole_set():
         torch.nn.functional.cross_entropy(logits[s], target[s], reduction="sum").item()
         for s in (slice(0, 2), slice(2, 6))
     )
-    assert loss_from_statistics("dice", stats, 0.0, 0) == pytest.approx(
-        SoftDiceLoss()(logits, target).item(), 1e-5
-    )
+    assert loss_from_statistics("dice", stats, 0.0, 0) == pytest.approx(SoftDiceLoss()(logits, target).item(), 1e-5)
     assert loss_from_statistics("dice_ce", stats, ce_sum, target.numel()) == pytest.approx(
         DiceCELoss()(logits, target).item(), 1e-5
     )
@@ -211,9 +207,7 @@ def test_pretrained_weights_copy_what_fits_and_name_the_rest():
     target = build_network("monet", 1, 1)
     copied, untouched = load_pretrained(target, {"model_state": source.state_dict()}, "src.pth")
     assert (
-        copied > 50
-        and untouched
-        and all("head" in name or "out" in name or "final" in name for name in untouched)
+        copied > 50 and untouched and all("head" in name or "out" in name or "final" in name for name in untouched)
     ), untouched
     with pytest.raises(ValueError, match="none of its weights"):
         load_pretrained(target, {"model_state": {"x": torch.zeros(1)}}, "src.pth")
@@ -269,6 +263,49 @@ def test_every_config_field_is_a_flag_with_the_same_default():
         6,
     )
     assert {f.name for f in fields(TrainConfig)} <= set(vars(args)) | {"rotation_deg"}
+
+
+def test_the_parser_is_generated_from_the_config_fields():
+    from monetpipe.training.cli import build_parser
+
+    flags = {a.dest: a for a in build_parser()._actions}
+    for f in fields(TrainConfig):
+        action = flags[f.name]
+        assert action.default == f.default and action.help == f.metadata["help"]
+    assert flags["rotation_deg"].option_strings == ["--rotation"]
+    assert flags["output_prior"].option_strings == ["--output-prior", "--no-output-prior"]
+    assert flags["channels_last"].option_strings == ["--channels-last", "--no-channels-last"]
+    assert flags["mirror"].option_strings == ["--mirror"] and flags["mirror"].nargs == 0
+    assert flags["loss"].choices == ("dice", "dice_ce") and flags["epochs"].type is int
+    assert flags["lr"].type is float and flags["batch_size"].type is int
+
+
+def test_task_and_model_are_required_without_config(capsys):
+    from monetpipe.training.cli import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["-m", "monet"])
+    assert "the following arguments are required: -t/--task" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        ("{not json", "cannot read it as JSON"),
+        ('{"epochs": 3}', "not a training run's config.json"),
+        ('{"task": "T", "model": "monet", "fold": 0, "plans": "p", "config": {"epoks": 3}}', "unknown setting"),
+    ],
+)
+def test_a_bad_config_file_is_refused_by_name(tmp_path, capsys, content, message):
+    from monetpipe.training.cli import main
+
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"--config {path}: {message}" in err and "Traceback" not in err
 
 
 def test_training_log_round_trip(tmp_path):

@@ -1,16 +1,27 @@
 """``monet_train``: train MoNet or a baseline on a preprocessed task (also ``python -m monetpipe.training``,
-which is what ``torchrun --nproc_per_node N -m monetpipe.training ...`` starts)."""
+which is what ``torchrun --nproc_per_node N -m monetpipe.training ...`` starts).
+
+The settings' flags are generated from :class:`~monetpipe.training.config.TrainConfig`'s fields (their
+help, flag and section live there); this module adds only what names the run (task, model, folds, plans),
+how to start it (``--continue``, ``--val-only``) and ``--config``, which replays a run's ``config.json``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import sys
+import types
+import typing
+from dataclasses import MISSING, Field, fields
 
 from monetpipe.cli_common import run_cli, setup_logging
 
 NETWORKS = ("monet", "unet16", "unet64", "attention_unet")  # for --help only; the registry decides
+_REQUIRED = ("task", "model")  # required unless --config names them
+INTERRUPTED = (
+    "interrupted: completed epochs are kept in checkpoint_latest.pth; add --continue to the same command to resume"
+)
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -22,28 +33,43 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from monetpipe.training.config import DEVICES, LOSSES, TrainConfig
+def _value_type(annotation: object) -> type:
+    """``int`` for ``int`` and ``int | None`` (likewise float, str, bool)."""
+    if isinstance(annotation, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation  # type: ignore[return-value]
 
-    d = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog="monet_train",
-        description="Train a network on MONET_preprocessed/<Task>/ into "
-        "MONET_results/<Task>/<model>__<plans>/fold_<k>/. Defaults are the MoNet paper's recipe; "
-        "every setting is recorded in fold_<k>/config.json. Multi-GPU / multi-node: "
-        "torchrun --nproc_per_node N -m monetpipe.training ...",
-        formatter_class=_DefaultsFormatter,
+
+def _add_setting(group: argparse._ArgumentGroup, f: Field, value_type: type) -> None:
+    """One :class:`TrainConfig` field as a flag: a switch for booleans, a typed value otherwise."""
+    meta = f.metadata
+    flag = meta["flag"] or "--" + f.name.replace("_", "-")
+    default = f.default if f.default is not MISSING else None
+    if value_type is bool:
+        # off by default: a plain switch; on (or decided at run time): --x / --no-x
+        action = "store_true" if default is False else argparse.BooleanOptionalAction
+        group.add_argument(flag, dest=f.name, action=action, default=default, help=meta["help"])
+        return
+    group.add_argument(
+        flag,
+        dest=f.name,
+        type=value_type,
+        default=default,
+        choices=meta["choices"],
+        metavar=meta["metavar"],
+        help=meta["help"],
     )
-    p.add_argument(
-        "-t", "--task", required=True, help="Task04, 4, Task04_Hippocampus, Dataset004_Hippocampus or a path"
-    )
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """What names the run: task, model(s), fold(s), plans (task and model may come from --config)."""
+    p.add_argument("-t", "--task", help="Task04, 4, Task04_Hippocampus, Dataset004_Hippocampus or a path (required)")
     p.add_argument(
         "-m",
         "--model",
         nargs="+",
-        required=True,
         metavar="MODEL",
-        help=f"network(s): {', '.join(NETWORKS)}, or 'all' for every one (same split, one after another)",
+        help=f"network(s): {', '.join(NETWORKS)}, or 'all' for every one (same split, one after another) (required)",
     )
     p.add_argument(
         "-f",
@@ -54,99 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="fold(s) of splits_final.json, or 'all' to train on every case (no final validation) (default: 0)",
     )
     p.add_argument("-p", "--plans", default="monetPlans", help="plans name (monetPlans, monetPlans_binary, ...)")
-    g = p.add_argument_group("schedule")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs")
-    g.add_argument(
-        "--iters-per-epoch",
-        type=int,
-        default=d.iters_per_epoch,
-        help="cap on iterations per epoch (an epoch is one pass over the training slices)",
+    p.add_argument(
+        "--config",
+        metavar="CONFIG_JSON",
+        help="replay a run: task, model, fold, plans and every setting from a fold_<k>/config.json; flags given "
+        "on the command line override it (e.g. -m to train another network with the same recipe)",
     )
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="global batch size, split across torchrun processes (default: the plans' batch size)",
-    )
-    g.add_argument("--lr", type=float, default=d.lr, help="NAdam learning rate")
-    g.add_argument(
-        "--loss",
-        choices=LOSSES,
-        default=d.loss,
-        help="soft Dice over foreground channels, optionally plus (binary) cross-entropy",
-    )
-    g.add_argument("--lr-factor", type=float, default=d.lr_factor, help="LR multiplier on a plateau")
-    g.add_argument(
-        "--lr-patience",
-        type=int,
-        default=d.lr_patience,
-        help="epochs without inner-val loss improvement before the LR drops",
-    )
-    g.add_argument(
-        "--early-stop-patience",
-        type=int,
-        default=d.early_stop_patience,
-        help="epochs without inner-val loss improvement before training stops",
-    )
-    g.add_argument(
-        "--inner-val-fraction",
-        type=float,
-        default=d.inner_val_fraction,
-        help="fraction of the fold's training cases held out for LR schedule / early stop / best checkpoint",
-    )
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--foreground-fraction",
-        type=float,
-        default=d.foreground_fraction,
-        help="fraction of each batch forced to slices containing foreground (default: 1/3)",
-    )
-    g.add_argument(
-        "--rotation",
-        type=float,
-        default=d.rotation_deg,
-        dest="rotation_deg",
-        help="random rotation range, +- degrees",
-    )
-    g.add_argument("--scale", type=float, default=d.scale, help="random zoom range, +- fraction")
-    g.add_argument("--shift", type=float, default=d.shift, help="random shift, up to this fraction of height/width")
-    g.add_argument("--mirror", action="store_true", help="also flip slices randomly (not in the paper)")
-    g.add_argument(
-        "--output-prior",
-        action=argparse.BooleanOptionalAction,
-        default=d.output_prior,
-        help="start the output layer's bias at the class frequencies of sampled batches (not in the "
-        "paper; makes MoNet learn much sooner)",
-    )
-    g.add_argument(
-        "--num-workers",
-        type=int,
-        default=None,
-        help="background augmentation processes per rank (0: in the training process; "
-        "default: 1 on CPU, up to 8 on a GPU)",
-    )
-    g = p.add_argument_group("machine")
-    g.add_argument("--device", choices=DEVICES, default=d.device, help="auto picks cuda > mps > cpu")
-    g.add_argument(
-        "--num-threads",
-        type=int,
-        default=None,
-        help="torch threads per process (default: available cores / processes on this node)",
-    )
-    g.add_argument("--amp", action="store_true", help="float16 mixed precision (CUDA only; ignored elsewhere)")
-    g.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="channels_last memory format (default: on for CPU, where it is faster, off elsewhere)",
-    )
-    g.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="deterministic kernels where PyTorch has them (slower on GPU)",
-    )
-    g.add_argument("--seed", type=int, default=d.seed, help="seeds weights, inner-val carving, batches, augmentation")
-    g = p.add_argument_group("run")
+
+
+def _add_start_arguments(g: argparse._ArgumentGroup) -> None:
+    """How to start: fresh, resumed or validation only."""
     g.add_argument(
         "--continue",
         dest="continue_training",
@@ -160,92 +103,88 @@ def build_parser() -> argparse.ArgumentParser:
         help="with 'previous': resume from checkpoint_previous.pth, the state one epoch before "
         "checkpoint_latest.pth (when that one is lost or corrupt); implies --continue",
     )
-    g.add_argument(
-        "--pretrained-weights",
-        metavar="CKPT",
-        default=None,
-        help="start from the matching weights of this checkpoint",
-    )
     g.add_argument("--val-only", action="store_true", help="only re-run the final validation of a finished run")
-    g.add_argument(
-        "--val-batch-size", type=int, default=d.val_batch_size, help="slices per forward pass when validating"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``monet_train``'s parser: the run's names and start mode, plus one flag per :class:`TrainConfig` field."""
+    from monetpipe.training.config import GROUPS, TrainConfig
+
+    p = argparse.ArgumentParser(
+        prog="monet_train",
+        description="Train a network on MONET_preprocessed/<Task>/ into "
+        "MONET_results/<Task>/<model>__<plans>/fold_<k>/. Defaults are the MoNet paper's recipe; "
+        "every setting is recorded in fold_<k>/config.json (--config replays it). Multi-GPU / multi-node: "
+        "torchrun --nproc_per_node N -m monetpipe.training ...",
+        formatter_class=_DefaultsFormatter,
     )
+    _add_run_arguments(p)
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    _add_start_arguments(groups["run"])
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        _add_setting(groups[f.metadata["group"]], f, _value_type(hints[f.name]))
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``monet_train``'s command line; with ``--config``, the recorded run supplies the defaults."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        from monetpipe.training.fold import read_run_record
+
+        record = read_run_record(args.config)
+        names = {"task": record["task"], "model": [record["model"]], "fold": [str(record["fold"])]}
+        parser.set_defaults(**names, plans=record["plans"], **record["config"])
+        args = parser.parse_args(argv)  # flags on the command line win over the record
+    missing = [f"-{n[0]}/--{n}" for n in _REQUIRED if getattr(args, n) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (or --config CONFIG_JSON)")
+    return args
 
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`TrainConfig` an argparse namespace describes."""
     from monetpipe.training.config import TrainConfig
 
-    return TrainConfig(
-        epochs=args.epochs,
-        iters_per_epoch=args.iters_per_epoch,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        loss=args.loss,
-        device=args.device,
-        num_workers=args.num_workers,
-        num_threads=args.num_threads,
-        seed=args.seed,
-        amp=args.amp,
-        channels_last=args.channels_last,
-        deterministic=args.deterministic,
-        lr_factor=args.lr_factor,
-        lr_patience=args.lr_patience,
-        early_stop_patience=args.early_stop_patience,
-        inner_val_fraction=args.inner_val_fraction,
-        foreground_fraction=args.foreground_fraction,
-        rotation_deg=args.rotation_deg,
-        scale=args.scale,
-        shift=args.shift,
-        mirror=args.mirror,
-        output_prior=args.output_prior,
-        val_batch_size=args.val_batch_size,
-        pretrained_weights=args.pretrained_weights,
-    )
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_cli(lambda: _train(argv), interrupted=INTERRUPTED)
+
+
+def _train(argv: list[str] | None) -> int:
+    args = parse_args(argv)
     setup_logging(args.verbose)
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:  # under torchrun, one process speaks
         logging.getLogger().setLevel(logging.WARNING)
+    from monetpipe.training.api import train_models
+    from monetpipe.training.distributed import shutdown
 
-    def body() -> int:
-        from monetpipe.training.api import train_models
-        from monetpipe.training.distributed import shutdown
-
-        try:
-            results = train_models(
-                args.task,
-                args.model,
-                args.fold,
-                config_from_args(args),
-                args.plans,
-                continue_training=args.continue_training,
-                val_only=args.val_only,
-                continue_from=args.continue_from,
-            )
-        except KeyboardInterrupt:
-            print(
-                "interrupted: completed epochs are kept in checkpoint_latest.pth; add --continue to the same "
-                "command to resume",
-                file=sys.stderr,
-            )
-            return 130
-        finally:
-            shutdown()
-        if rank == 0:
-            for r in results:
-                line = f"{r.fold_dir}: {r.epochs} epochs"
-                if r.validation:
-                    line += f", validation foreground Dice {r.validation['foreground_mean']['Dice']:.4f}"
-                print(line)
-        return 0
-
-    return run_cli(body)
+    try:
+        results = train_models(
+            args.task,
+            args.model,
+            args.fold,
+            config_from_args(args),
+            args.plans,
+            continue_training=args.continue_training,
+            val_only=args.val_only,
+            continue_from=args.continue_from,
+        )
+    finally:
+        shutdown()
+    if rank == 0:
+        for r in results:
+            line = f"{r.fold_dir}: {r.epochs} epochs"
+            if r.validation:
+                line += f", validation foreground Dice {r.validation['foreground_mean']['Dice']:.4f}"
+            print(line)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,56 +1,115 @@
-"""Training hyperparameters as data: one frozen dataclass, every field a ``monet_train`` flag.
+"""Training hyperparameters as data: one frozen dataclass whose fields are the ``monet_train`` flags.
 
-The defaults are the paper's recipe (DESIGN.md §6). A run writes the config it used, plus the values
-resolved at run time (device, batch size per rank, iterations per epoch, the inner validation cases),
-to ``fold_<k>/config.json``, so a run folder says exactly how its checkpoints were made.
+Each field is declared once, with its default, its help text and its flag (:func:`setting`);
+``monet_train``'s parser is generated from these fields, so a new setting is one new field. The
+defaults are the paper's recipe. A run writes the config it used, plus the values resolved at run time
+(device, batch size per rank, iterations per epoch, the inner validation cases), to
+``fold_<k>/config.json``, so a run folder says exactly how its checkpoints were made, and
+``monet_train --config fold_<k>/config.json`` runs it again.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 from monetpipe.errors import MonetError
 
 LOSSES = ("dice", "dice_ce")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+GROUPS = ("schedule", "data", "machine", "run")  # the sections of ``monet_train --help``, in this order
+
+
+def setting(
+    default: Any,
+    help: str,
+    group: str,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """A :class:`TrainConfig` field together with its command-line flag.
+
+    Args:
+        default: the value when the flag is not given (``None``: resolved at run time).
+        help: the flag's ``--help`` text (argparse appends ``(default: X)`` where there is one to show).
+        group: the ``--help`` section, one of :data:`GROUPS`.
+        flag: the option string; default ``--`` plus the field name with ``-`` for ``_``.
+        choices: the allowed values of a string setting.
+        metavar: the value's name in ``--help``.
+    """
+    if group not in GROUPS:
+        raise ValueError(f"group {group!r} is not one of {GROUPS}")
+    meta = {"help": help, "group": group, "flag": flag, "choices": choices, "metavar": metavar}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides how a model is trained (see docs/training.md for each field).
 
-    ``None`` means "resolve at run time": ``batch_size`` from the plans, ``num_workers`` and
-    ``num_threads`` from the machine.
+    ``None`` means "resolve at run time": ``batch_size`` from the plans, ``num_workers``,
+    ``num_threads`` and ``channels_last`` from the machine.
     """
 
-    epochs: int = 100
-    iters_per_epoch: int = 250  # cap; an epoch is one pass over the training slices
-    batch_size: int | None = None  # global (split across DDP ranks); None: the plans' batch size
-    lr: float = 5e-4
-    loss: str = "dice"
-    device: str = "auto"
-    num_workers: int | None = None
-    num_threads: int | None = None
-    seed: int = 12345
-    amp: bool = False
-    channels_last: bool | None = None  # None: on for CPU training (measured faster there)
-    deterministic: bool = False
-    # schedule (paper: Keras ReduceLROnPlateau / EarlyStopping on the inner validation loss)
-    lr_factor: float = 0.1
-    lr_patience: int = 2
-    early_stop_patience: int = 10
-    inner_val_fraction: float = 0.1
+    # schedule (paper: NAdam; Keras ReduceLROnPlateau / EarlyStopping on the inner validation loss)
+    epochs: int = setting(100, "maximum epochs", "schedule")
+    iters_per_epoch: int = setting(
+        250, "cap on iterations per epoch (an epoch is one pass over the training slices)", "schedule"
+    )
+    batch_size: int | None = setting(
+        None, "global batch size, split across torchrun processes (default: the plans' batch size)", "schedule"
+    )
+    lr: float = setting(5e-4, "NAdam learning rate", "schedule")
+    loss: str = setting(
+        "dice", "soft Dice over foreground channels, optionally plus (binary) cross-entropy", "schedule", choices=LOSSES
+    )
+    lr_factor: float = setting(0.1, "LR multiplier on a plateau", "schedule")
+    lr_patience: int = setting(2, "epochs without inner-val loss improvement before the LR drops", "schedule")
+    early_stop_patience: int = setting(
+        10, "epochs without inner-val loss improvement before training stops", "schedule"
+    )
+    inner_val_fraction: float = setting(
+        0.1,
+        "fraction of the fold's training cases held out for LR schedule / early stop / best checkpoint",
+        "schedule",
+    )
     # sampling and augmentation
-    foreground_fraction: float = 1 / 3
-    rotation_deg: float = 10.0
-    scale: float = 0.25
-    shift: float = 0.2
-    mirror: bool = False
-    output_prior: bool = True  # start the output bias at the sampled class frequencies (not in the paper)
-    # validation
-    val_batch_size: int = 32
-    pretrained_weights: str | None = None
+    foreground_fraction: float = setting(
+        1 / 3, "fraction of each batch forced to slices containing foreground (default: 1/3)", "data"
+    )
+    rotation_deg: float = setting(10.0, "random rotation range, +- degrees", "data", flag="--rotation")
+    scale: float = setting(0.25, "random zoom range, +- fraction", "data")
+    shift: float = setting(0.2, "random shift, up to this fraction of height/width", "data")
+    mirror: bool = setting(False, "also flip slices randomly (not in the paper)", "data")
+    output_prior: bool = setting(
+        True,
+        "start the output layer's bias at the class frequencies of sampled batches (not in the paper; makes "
+        "MoNet learn much sooner)",
+        "data",
+    )
+    num_workers: int | None = setting(
+        None,
+        "background augmentation processes per rank (0: in the training process; default: 1 on CPU, up to 8 on a GPU)",
+        "data",
+    )
+    # machine
+    device: str = setting("auto", "auto picks cuda > mps > cpu", "machine", choices=DEVICES)
+    num_threads: int | None = setting(
+        None, "torch threads per process (default: available cores / processes on this node)", "machine"
+    )
+    amp: bool = setting(False, "float16 mixed precision (CUDA only; ignored elsewhere)", "machine")
+    channels_last: bool | None = setting(
+        None, "channels_last memory format (default: on for CPU, where it is faster, off elsewhere)", "machine"
+    )
+    deterministic: bool = setting(False, "deterministic kernels where PyTorch has them (slower on GPU)", "machine")
+    seed: int = setting(12345, "seeds weights, inner-val carving, batches, augmentation", "machine")
+    # run
+    pretrained_weights: str | None = setting(
+        None, "start from the matching weights of this checkpoint", "run", metavar="CKPT"
+    )
+    val_batch_size: int = setting(32, "slices per forward pass when validating", "run")
 
     def __post_init__(self) -> None:
         problems = []
