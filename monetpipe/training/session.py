@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,6 @@ import torch
 from monetpipe.errors import MonetError
 from monetpipe.preprocessing.plans import Plans
 from monetpipe.results import CorruptCheckpointError, load_checkpoint
-from monetpipe.training.fold import FoldPlan, FoldResult, continue_command, prepare_run_folder, run_record
 from monetpipe.training.augmentation import batch_stream, training_transforms
 from monetpipe.training.checkpoint import (
     load_pretrained,
@@ -36,6 +36,7 @@ from monetpipe.training.config import (
 )
 from monetpipe.training.data import SliceBatchLoader, SliceIndex, iterations_per_epoch, rank_columns
 from monetpipe.training.distributed import DistContext, init_distributed
+from monetpipe.training.fold import FoldPlan, FoldResult, continue_command, prepare_run_folder, run_record
 from monetpipe.training.losses import build_loss
 from monetpipe.training.output_prior import init_output_prior, sampled_class_frequencies
 from monetpipe.training.progress import plot_progress, write_log_csv
@@ -249,6 +250,109 @@ def _finish(fp: FoldPlan, parts: TrainingParts, state: TrainingState, config: Tr
     )
 
 
+@dataclass(frozen=True)
+class _DataPlan:
+    """The training slices and how they are batched: the same on every rank."""
+
+    fp: FoldPlan
+    config: TrainConfig
+    index: SliceIndex
+    global_batch: int
+    iterations: int
+    workers: int
+
+    def loader(self, start_batch: int = 0, rank: int = 0, world_size: int = 1) -> SliceBatchLoader:
+        return SliceBatchLoader(
+            self.index,
+            self.fp.plans.patch_size,
+            self.fp.plans.num_input_channels,
+            self.global_batch,
+            self.iterations,
+            self.config.foreground_fraction,
+            self.config.seed,
+            start_batch,
+            rank,
+            world_size,
+            max(self.workers, 1),
+        )
+
+
+def _plan_data(fp: FoldPlan, config: TrainConfig, device: torch.device, ctx: DistContext) -> _DataPlan:
+    """Index the training slices (and check the other cases' now, not after training); size the batches."""
+    index = SliceIndex.build(fp.layout, fp.train_cases, fp.plans)
+    SliceIndex.build(fp.layout, fp.inner_val_cases + fp.val_cases, fp.plans)  # fail now, not after training
+    global_batch = config.batch_size or fp.plans.batch_size
+    if global_batch < ctx.world_size:
+        raise MonetError(
+            f"--batch-size {global_batch} is smaller than the {ctx.world_size} processes; each "
+            f"needs at least one slice per step."
+        )
+    iterations = iterations_per_epoch(index.num_slices, global_batch, config.iters_per_epoch)
+    workers = resolve_num_workers(config.num_workers, device.type, ctx.local_world_size)
+    return _DataPlan(fp, config, index, global_batch, iterations, workers)
+
+
+def _resolved(data: _DataPlan, device: torch.device, ctx: DistContext, threads: int, parts: TrainingParts) -> dict:
+    """The values decided at run time, for ``config.json``'s ``resolved``."""
+    columns = rank_columns(data.global_batch, ctx.rank, ctx.world_size)
+    return {
+        "device": str(device),
+        "world_size": ctx.world_size,
+        "batch_size": data.global_batch,
+        "batch_size_per_rank": columns.stop - columns.start,
+        "iterations_per_epoch": data.iterations,
+        "training_slices": data.index.num_slices,
+        "num_workers": data.workers,
+        "num_threads": threads,
+        "amp": parts.amp,
+        "channels_last": parts.channels_last,
+        "patch_size": list(data.fp.plans.patch_size),
+        "num_classes": data.fp.plans.num_classes,
+        "best_checkpoint_metric": "inner-val Dice (max)",
+        "lr_schedule_and_early_stopping_metric": "inner-val loss (min)",
+    }
+
+
+def _log_start(data: _DataPlan, device: torch.device, state: TrainingState, threads: int, resumed: bool) -> None:
+    fp = data.fp
+    log.info(
+        "%s %s on %s from epoch %d: %d training slices (%d cases), %d inner-val cases, %d val cases; "
+        "batch %d, %d iterations/epoch, up to %d epochs, %d loader worker(s), %d thread(s)",
+        "continuing" if resumed else "training",
+        fp.model,
+        device,
+        state.epoch,
+        data.index.num_slices,
+        len(fp.train_cases),
+        len(fp.inner_val_cases),
+        len(fp.val_cases),
+        data.global_batch,
+        data.iterations,
+        data.config.epochs,
+        data.workers,
+        threads,
+    )
+
+
+def _inner_validator(fp: FoldPlan, config: TrainConfig, parts: TrainingParts, ctx: DistContext):
+    """The per-epoch check on the inner validation cases (same numbers on every rank)."""
+
+    def validate() -> dict:
+        return inner_validation(
+            parts.model,
+            fp.layout,
+            fp.inner_val_cases,
+            config.loss,
+            fp.plans.num_classes,
+            parts.device,
+            ctx,
+            config.val_batch_size,
+            parts.amp,
+        )
+
+    return validate
+
+
 def run_training(
     fp: FoldPlan, config: TrainConfig, device: torch.device, resume_from: Path | None = None
 ) -> FoldResult:
@@ -262,99 +366,29 @@ def run_training(
     """
     ctx = init_distributed(device.type)
     device, threads = _prepare_torch(config, device, ctx)
-    index = SliceIndex.build(fp.layout, fp.train_cases, fp.plans)
-    SliceIndex.build(fp.layout, fp.inner_val_cases + fp.val_cases, fp.plans)  # fail now, not after training
-    global_batch = config.batch_size or fp.plans.batch_size
-    if global_batch < ctx.world_size:
-        raise MonetError(
-            f"--batch-size {global_batch} is smaller than the {ctx.world_size} processes; each "
-            f"needs at least one slice per step."
-        )
-    iterations = iterations_per_epoch(index.num_slices, global_batch, config.iters_per_epoch)
-    workers = resolve_num_workers(config.num_workers, device.type, ctx.local_world_size)
-
-    def loader(start_batch: int = 0, rank: int = 0, world_size: int = 1) -> SliceBatchLoader:
-        return SliceBatchLoader(
-            index,
-            fp.plans.patch_size,
-            fp.plans.num_input_channels,
-            global_batch,
-            iterations,
-            config.foreground_fraction,
-            config.seed,
-            start_batch,
-            rank,
-            world_size,
-            max(workers, 1),
-        )
-
+    data = _plan_data(fp, config, device, ctx)
     resume = _load_resume(resume_from, fp, config) if resume_from else None
     fresh = resume is None and not config.pretrained_weights
-    frequencies = sampled_class_frequencies(loader(), fp.plans.num_classes) if fresh and config.output_prior else None
+    prior = fresh and config.output_prior
+    frequencies = sampled_class_frequencies(data.loader(), fp.plans.num_classes) if prior else None
     parts = build_parts(fp, config, device, ctx, resume, frequencies)
     state = _state_from(resume)
-
-    columns = rank_columns(global_batch, ctx.rank, ctx.world_size)
-    resolved = {
-        "device": str(device),
-        "world_size": ctx.world_size,
-        "batch_size": global_batch,
-        "batch_size_per_rank": columns.stop - columns.start,
-        "iterations_per_epoch": iterations,
-        "training_slices": index.num_slices,
-        "num_workers": workers,
-        "num_threads": threads,
-        "amp": parts.amp,
-        "channels_last": parts.channels_last,
-        "patch_size": list(fp.plans.patch_size),
-        "num_classes": fp.plans.num_classes,
-        "best_checkpoint_metric": "inner-val Dice (max)",
-        "lr_schedule_and_early_stopping_metric": "inner-val loss (min)",
-    }
     if ctx.is_main:
+        resolved = _resolved(data, device, ctx, threads, parts)
         prepare_run_folder(fp, run_record(fp, config, resolved, state.epoch if resume is not None else None))
         write_log_csv(state.history, fp.fold_dir / "training_log.csv")  # drop rows of a lost epoch
-        log.info(
-            "%s %s on %s from epoch %d: %d training slices (%d cases), %d inner-val cases, %d val cases; "
-            "batch %d, %d iterations/epoch, up to %d epochs, %d loader worker(s), %d thread(s)",
-            "continuing" if resume is not None else "training",
-            fp.model,
-            device,
-            state.epoch,
-            index.num_slices,
-            len(fp.train_cases),
-            len(fp.inner_val_cases),
-            len(fp.val_cases),
-            global_batch,
-            iterations,
-            config.epochs,
-            workers,
-            threads,
-        )
+        _log_start(data, device, state, threads, resume is not None)
 
-    def validate() -> dict:
-        return inner_validation(
-            parts.model,
-            fp.layout,
-            fp.inner_val_cases,
-            config.loss,
-            fp.plans.num_classes,
-            device,
-            ctx,
-            config.val_batch_size,
-            parts.amp,
-        )
-
-    stream = loader(state.epoch * iterations, ctx.rank, ctx.world_size)
+    stream = data.loader(state.epoch * data.iterations, ctx.rank, ctx.world_size)
     transform = training_transforms(config, fp.plans.patch_size)
-    with batch_stream(stream, transform, workers, pin_memory=device.type == "cuda") as batches:
+    with batch_stream(stream, transform, data.workers, pin_memory=device.type == "cuda") as batches:
         state = fit(
             parts,
             batches,
             state,
             epochs=config.epochs,
-            iterations=iterations,
-            validate=validate,
+            iterations=data.iterations,
+            validate=_inner_validator(fp, config, parts, ctx),
             on_epoch_end=_epoch_writer(fp, parts, config, ctx),
             seed=config.seed,
             ctx=ctx,

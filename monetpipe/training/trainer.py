@@ -241,23 +241,7 @@ def fit(
         start = time.perf_counter()
         torch.manual_seed(derive_seed(seed, epoch, ctx.rank, 0xD7))
         lr = current_lr(parts.optimizer)
-        train_loss = train_epoch(
-            parts,
-            batches,
-            iterations,
-            epoch * iterations,
-            progress=ctx.is_main,
-            desc=f"epoch {epoch + 1}/{epochs}",
-        )
-        train_loss = (
-            float(all_reduce_sum(torch.tensor([train_loss], device=parts.device), ctx)) / ctx.world_size
-        )
-        if not math.isfinite(train_loss):
-            raise MonetError(
-                f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr"
-                + (" or drop --amp" if parts.amp else "")
-                + " and start again."
-            )
+        train_loss = _epoch_train_loss(parts, batches, iterations, epoch, epochs, ctx)
         metrics = validate()
         parts.scheduler.step(metrics["val_loss"])
         stop = parts.stopper.step(metrics["val_loss"])
@@ -276,25 +260,49 @@ def fit(
             }
         )
         if ctx.is_main:
-            per_class = " ".join(f"{d:.3f}" for d in metrics.get("val_dice_per_class", []))
-            log.info(
-                "epoch %d/%d: train loss %.4f, inner-val loss %.4f, Dice %.4f [%s], lr %.2g, %.1f s%s",
-                epoch + 1,
-                epochs,
-                train_loss,
-                metrics["val_loss"],
-                metrics["val_dice"],
-                per_class,
-                lr,
-                state.history[-1]["seconds"],
-                " (best)" if is_best else "",
-            )
+            _log_epoch(state.history[-1], epochs, metrics, is_best)
         state.stopped_early = stop and state.epoch < epochs
         on_epoch_end(state, is_best)
         if state.stopped_early:
             if ctx.is_main:
-                log.info(
-                    "early stop: the inner-val loss has not improved for %d epochs", parts.stopper.patience
-                )
+                log.info("early stop: the inner-val loss has not improved for %d epochs", parts.stopper.patience)
             break
     return state
+
+
+def _epoch_train_loss(
+    parts: TrainingParts, batches: Iterator[dict], iterations: int, epoch: int, epochs: int, ctx: DistContext
+) -> float:
+    """One epoch of optimizer steps; its mean training loss over all ranks, refused if not finite."""
+    train_loss = train_epoch(
+        parts,
+        batches,
+        iterations,
+        epoch * iterations,
+        progress=ctx.is_main,
+        desc=f"epoch {epoch + 1}/{epochs}",
+    )
+    train_loss = float(all_reduce_sum(torch.tensor([train_loss], device=parts.device), ctx)) / ctx.world_size
+    if not math.isfinite(train_loss):
+        raise MonetError(
+            f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr"
+            + (" or drop --amp" if parts.amp else "")
+            + " and start again."
+        )
+    return train_loss
+
+
+def _log_epoch(row: dict, epochs: int, metrics: dict, is_best: bool) -> None:
+    per_class = " ".join(f"{d:.3f}" for d in metrics.get("val_dice_per_class", []))
+    log.info(
+        "epoch %d/%d: train loss %.4f, inner-val loss %.4f, Dice %.4f [%s], lr %.2g, %.1f s%s",
+        row["epoch"],
+        epochs,
+        row["train_loss"],
+        row["val_loss"],
+        row["val_dice"],
+        per_class,
+        row["lr"],
+        row["seconds"],
+        " (best)" if is_best else "",
+    )
