@@ -400,3 +400,11 @@ def test_a_fold_that_cannot_be_evaluated_is_named_and_fails_the_command(tree, mo
     assert "error: unet16__monetPlans/fold_0: None of the 3 case(s)" in err and "toy_00" in err
     written = pd.read_csv(tree.results / TASK / "leaderboard.csv")
     assert sorted(written["model"]) == ["monet", "monet"]  # the other folds are still ranked
+
+
+def test_box_plot_labels_carry_the_training_steps():
+    from monetpipe.evaluation.plots import _labels
+
+    names = ["monet__monetPlans", "unet64__monetPlans"]
+    assert _labels(names, {"monet__monetPlans": {63}, "unet64__monetPlans": {None}}) == ["monet\n63 steps", "unet64"]
+    assert _labels(["monet__p", "monet__q"], {"monet__p": {5, 7}}) == ["monet\np\n5/7 steps", "monet\nq"]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from monetpipe.errors import MonetError
-from monetpipe.evaluation.leaderboard import FoldResult
+from monetpipe.evaluation.leaderboard import FoldResult, training_budget
 from monetpipe.io.atomic import atomic_path
 from monetpipe.io.image import read_label, read_volume
 
@@ -46,11 +46,16 @@ def pooled_cases(results: list[FoldResult]) -> dict[str, pd.DataFrame]:
     return {name: pd.concat(frames, ignore_index=True) for name, frames in groups.items()}
 
 
-def _labels(names: list[str]) -> list[str]:
+def _labels(names: list[str], steps: dict[str, set]) -> list[str]:
+    """Tick labels: the model (or the whole run name when models repeat) and its training steps, so a
+    short run is not read as a network's result."""
     models = [n.split("__", 1)[0] for n in names]
-    if len(set(models)) == len(models):
-        return models
-    return [n.replace("__", "\n") for n in names]
+    labels = models if len(set(models)) == len(models) else [n.replace("__", "\n") for n in names]
+    out = []
+    for name, label in zip(names, labels, strict=True):
+        known = sorted(s for s in steps.get(name, set()) if s is not None)
+        out.append(f"{label}\n{'/'.join(str(s) for s in known)} steps" if known else label)
+    return out
 
 
 def plot_leaderboard(results: list[FoldResult], path: str | os.PathLike) -> Path:
@@ -60,13 +65,16 @@ def plot_leaderboard(results: list[FoldResult], path: str | os.PathLike) -> Path
         ``path``.
     """
     groups = pooled_cases(results)
+    steps: dict[str, set] = {}
+    for r in results:
+        steps.setdefault(r.run.name, set()).add(training_budget(r.run.model_dir / f"fold_{r.run.fold}")["train_steps"])
     names = sorted(groups, key=lambda n: -np.nan_to_num(groups[n]["dice"].mean(), nan=-1.0))
     fig, (ax_dice, ax_hd) = _figure(max(7.0, 2.4 * len(names) + 2.0), 4.5, ncols=2)
     hd_unit = " (mm)\na miss or false alarm counts as the image diagonal"
     for ax, column, title, unit in ((ax_dice, "dice", "Dice", ""), (ax_hd, "hd95", "HD95", hd_unit)):
         data = [groups[n][column].dropna().to_numpy(dtype=float) for n in names]
         ax.boxplot(data, showmeans=True)
-        ax.set_xticks(range(1, len(names) + 1), _labels(names), fontsize=8)
+        ax.set_xticks(range(1, len(names) + 1), _labels(names, steps), fontsize=8)
         ax.set_title(f"{title} per case{unit}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         for i, d in enumerate(data, start=1):
