@@ -5,30 +5,33 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.monetpipe-installed
+# Holds the TORCH_SPEC that .venv was installed with; rewritten (so the install runs again and pip puts in
+# that torch) only when TORCH_SPEC differs from it.
+TORCH_STAMP := $(VENV)/.torch-spec
 DEMO_DIR ?= monet_data
-export MONET_raw ?= $(CURDIR)/$(DEMO_DIR)/raw
-export MONET_preprocessed ?= $(CURDIR)/$(DEMO_DIR)/preprocessed
-export MONET_results ?= $(CURDIR)/$(DEMO_DIR)/results
+export MONET_raw ?= $(abspath $(DEMO_DIR))/raw
+export MONET_preprocessed ?= $(abspath $(DEMO_DIR))/preprocessed
+export MONET_results ?= $(abspath $(DEMO_DIR))/results
 
-.PHONY: install demo test test-all clean-demo
+.PHONY: install demo test test-all clean-demo FORCE
 
 install: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml
+$(TORCH_STAMP): FORCE
+	@mkdir -p $(VENV)
+	@test "$$(cat $@ 2>/dev/null)" = '$(TORCH_SPEC)' || { echo '$(TORCH_SPEC)' > $@; echo "torch: installing $(TORCH_SPEC)"; }
+
+$(STAMP): setup.py pyproject.toml $(TORCH_STAMP)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test,federated]"
 	touch $@
 
+# scripts/demo.sh holds the commands and the budget (DEMO_EPOCHS, DEMO_BATCH, DEMO_MODELS, ...: pass them
+# to make, e.g. `make demo DEMO_EPOCHS=10`); tests/test_demo.py runs the same script on a smaller budget.
 demo: $(STAMP)
-	$(VENV)/bin/monet_synthetic_task -o $(MONET_raw) --kind ct
-	$(VENV)/bin/monet_plan_and_preprocess -t 901 -np 2
-	$(VENV)/bin/monet_train -t 901 -m monet --epochs 8 --iters-per-epoch 40 --batch-size 8 --continue
-	for m in unet16 unet64 attention_unet; do \
-	  $(VENV)/bin/monet_train -t 901 -m $$m --epochs 1 --iters-per-epoch 3 --batch-size 4 --continue || exit 1; done
-	$(VENV)/bin/monet_predict -i $(MONET_raw)/Task901_SyntheticCT/imagesTs -o $(DEMO_DIR)/predictions/Task901_SyntheticCT/monet -t 901 -m monet
-	$(VENV)/bin/monet_evaluate -t 901
+	BIN=$(VENV)/bin DEMO_DIR=$(abspath $(DEMO_DIR)) bash scripts/demo.sh
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

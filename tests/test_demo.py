@@ -1,0 +1,110 @@
+"""`make demo`'s commands (scripts/demo.sh) on a reduced budget, and the Makefile's torch stamp.
+
+The demo test runs the very script `make demo` runs, on a smaller synthetic task, and checks that every
+network it trains beats the same network untrained (initialised exactly as monet_train initialises it,
+output prior included, and evaluated by the same commands), so a demo leaderboard that only shows
+noise fails here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the environment whose monet_* commands the demo calls
+MODELS = ("monet", "unet16", "unet64", "attention_unet")
+TASK = "Task901_SyntheticCT"
+#: The reduced budget: 8 cases of 48 x 40 x 12 voxels (5 training cases, 60 slices), 4 passes at batch 4 for
+#: every network (the demo's smoke-run networks too: here each must show it learns).
+REDUCED = {
+    "DEMO_CASES": "8",
+    "DEMO_SHAPE": "48 40 12",
+    "DEMO_EPOCHS": "4",
+    "DEMO_SMOKE_EPOCHS": "4",
+    "DEMO_BATCH": "4",
+    "DEMO_NP": "1",
+}
+#: How far above its untrained self every trained network must land (foreground Dice, mean over val cases).
+MARGIN = 0.1
+
+
+def _env(root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONET_", "DEMO_"))}
+    env.update({f"MONET_{n}": str(root / n) for n in ("raw", "preprocessed", "results")})
+    env.update(BIN=str(BIN), DEMO_DIR=str(root), **extra)
+    return env
+
+
+@pytest.mark.slow
+def test_demo_trains_every_network_beyond_its_untrained_self(tmp_path):
+    if not (BIN / "monet_train").is_file():
+        pytest.skip(f"the monet_* commands are not installed in {BIN} (pip install -e .)")
+    run = subprocess.run(
+        ["bash", str(REPO / "scripts" / "demo.sh")],
+        cwd=REPO,
+        env=_env(tmp_path, **REDUCED),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    board = pd.read_csv(tmp_path / "results" / TASK / "leaderboard.csv").set_index("model")
+    assert sorted(board.index) == sorted(MODELS)
+    assert board["train_steps"].nunique() == 1 and board["epochs"].eq(4).all()  # one budget, as announced
+    results = tmp_path / "results" / TASK
+    for path in ("leaderboard.csv", "leaderboard.png", "overlays/monet__monetPlans_median.png"):
+        assert (results / path).is_file() and str(results / path.split("/")[0]) in run.stdout  # the closing message
+    assert (results / "monet__monetPlans" / "fold_0" / "progress.png").is_file()
+    predictions = tmp_path / "predictions" / TASK / "monet"
+    assert len(list(predictions.glob("*.nii.gz"))) == 2 and str(predictions) in run.stdout
+    assert f"source {BIN}/activate" in run.stdout
+
+    # The same networks untrained: one step at a learning rate of 1e-12 leaves the initial weights, on
+    # the same preprocessed task and split, in a results root of their own.
+    untrained = tmp_path / "untrained"
+    env = _env(tmp_path)
+    env["MONET_results"] = str(untrained)
+    for model in MODELS:
+        cmd = [BIN / "monet_train", "-t", "901", "-m", model, "--epochs", "1", "--iters-per-epoch", "1"]
+        cmd += ["--batch-size", "4", "--lr", "1e-12"]
+        subprocess.run([str(c) for c in cmd], env=env, check=True, capture_output=True, timeout=900)
+    subprocess.run(
+        [str(BIN / "monet_evaluate"), "-t", "901", "--no-plots", "-np", "1"], env=env, check=True, capture_output=True
+    )
+    baseline = pd.read_csv(untrained / TASK / "leaderboard.csv").set_index("model")
+    for model in MODELS:
+        trained, initial = board.loc[model, "dice_mean"], baseline.loc[model, "dice_mean"]
+        assert trained > initial + MARGIN, f"{model}: Dice {trained} after the demo, {initial} untrained"
+
+
+def test_changing_torch_spec_reinstalls_torch(tmp_path):
+    """`make install` with another TORCH_SPEC installs that torch; the same spec twice installs nothing."""
+    if shutil.which("make") is None:
+        pytest.skip("make not available")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    calls = tmp_path / "calls.log"
+    fake = venv / "bin" / "python"  # records what the Makefile asks pip to do instead of doing it
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+
+    def install(spec: str) -> list[str]:
+        before = calls.read_text().splitlines() if calls.exists() else []
+        subprocess.run(
+            ["make", "-s", "-C", str(REPO), "install", f"VENV={venv}", f"TORCH_SPEC={spec}"],
+            check=True,
+            capture_output=True,
+        )
+        return (calls.read_text().splitlines() if calls.exists() else [])[len(before) :]
+
+    assert "-m pip install -q torch==2.13.0" in install("torch==2.13.0")
+    assert install("torch==2.13.0") == []  # nothing changed: .venv reused
+    assert "-m pip install -q torch==2.5.1" in install("torch==2.5.1")
+    assert (venv / ".torch-spec").read_text().strip() == "torch==2.5.1"
