@@ -60,7 +60,8 @@ def test_demo_trains_every_network_beyond_its_untrained_self(tmp_path):
     assert board["train_steps"].nunique() == 1 and board["epochs"].eq(4).all()  # one budget, as announced
     results = tmp_path / "results" / TASK
     for path in ("leaderboard.csv", "leaderboard.png", "overlays/monet__monetPlans_median.png"):
-        assert (results / path).is_file() and str(results / path.split("/")[0]) in run.stdout  # the closing message
+        assert (results / path).is_file() and path.split("/")[0] in run.stdout  # named in the closing message
+    assert f"{results}/leaderboard.csv" in run.stdout and f"{results}/overlays/" in run.stdout
     assert (results / "monet__monetPlans" / "fold_0" / "progress.png").is_file()
     predictions = tmp_path / "predictions" / TASK / "monet"
     assert len(list(predictions.glob("*.nii.gz"))) == 2 and str(predictions) in run.stdout
