@@ -38,7 +38,7 @@ DIVISOR = {"monet": 4, "unet16": 16, "unet64": 16, "attention_unet": 16}
 
 @cache
 def base_model(name: str) -> nn.Module:
-    """One C=1, K=1 model per name for the whole module (building a 31M U-Net takes ~0.5 s)."""
+    """One C=1, K=1 model per name for the whole module (the 31M-parameter U-Nets are slow to build)."""
     torch.manual_seed(0)
     return build_network(name, 1, 1)
 
@@ -188,15 +188,49 @@ def test_monet_he_uniform_init():
             assert w.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.05)
 
 
+def _keras_fans(layer: nn.Conv2d | nn.ConvTranspose2d) -> tuple[int, int]:
+    """Fan-in and fan-out as Keras computes them from its kernel shape (kh, kw, a, b): kh * kw * a, kh * kw * b.
+
+    Keras' Conv2D kernel is (kh, kw, in / groups, out); its Conv2DTranspose kernel is (kh, kw, out, in).
+    """
+    kh, kw = layer.kernel_size
+    if isinstance(layer, nn.ConvTranspose2d):
+        a, b = layer.out_channels, layer.in_channels
+    else:
+        a, b = layer.in_channels // layer.groups, layer.out_channels
+    return kh * kw * a, kh * kw * b
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_init_draws_from_keras_he_and_glorot_ranges(name):
+    """he_uniform_ / glorot_uniform_ (torch's kaiming / xavier) draw exactly U(+-limit) with Keras' limits."""
+    import copy
+
+    from monetpipe.networks.blocks import glorot_uniform_, he_uniform_
+
+    layers = [m for m in base_model(name).modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    kinds = {(type(m), m.in_channels, m.out_channels, m.kernel_size, m.groups): m for m in layers}
+    assert any(isinstance(m, nn.ConvTranspose2d) for m in kinds.values())
+    for layer in kinds.values():
+        fan_in, fan_out = _keras_fans(layer)
+        for init, limit in ((he_uniform_, math.sqrt(6 / fan_in)), (glorot_uniform_, math.sqrt(6 / (fan_in + fan_out)))):
+            ours = copy.deepcopy(layer)
+            torch.manual_seed(7)
+            init(ours)
+            torch.manual_seed(7)
+            keras = torch.empty_like(layer.weight).uniform_(-limit, limit)
+            torch.testing.assert_close(ours.weight.detach(), keras, rtol=1e-6, atol=0)
+            assert ours.weight.abs().max() <= limit
+            assert ours.bias is None or not ours.bias.any()
+
+
 class _Recorder:
     """Forward hooks recording (name, inputs, output) in call order."""
 
     def __init__(self, model: nn.Module, names: list[str]) -> None:
         self.calls: list[tuple[str, tuple, object]] = []
         self.handles = [
-            model.get_submodule(n).register_forward_hook(
-                lambda mod, args, out, n=n: self.calls.append((n, args, out))
-            )
+            model.get_submodule(n).register_forward_hook(lambda mod, args, out, n=n: self.calls.append((n, args, out)))
             for n in names
         ]
 
@@ -331,7 +365,7 @@ def test_attention_gate_formula_and_size():
 
 
 def _monet_macs(h: int, w: int, c: int = 1, k: int = 1) -> int:
-    """MoNet's multiply-accumulates from DESIGN.md section 5, by hand."""
+    """MoNet's multiply-accumulates by hand, from the layer list in docs/networks.md."""
 
     def conv(cin, cout, ksize, hw):
         return cin * cout * ksize * ksize * hw
@@ -372,6 +406,34 @@ def test_flops_match_hand_counts():
     model = build_network("monet", 2, 1)
     assert flops_per_slice(model, 128, 128) == 2 * _monet_macs(128, 128, 2)
     assert model.training  # counting leaves the model's mode alone
+
+
+# flops_per_slice before it counted with torch.utils.flop_counter (forward hooks, 2 x MACs of every conv):
+# the same numbers, for every network, at other sizes and channel counts too
+FLOPS_BEFORE_FLOP_COUNTER_MODE = {
+    ("monet", 256, 256, 1, 1): 9_516_875_776,
+    ("monet", 48, 80, 4, 3): 561_192_960,
+    ("monet", 512, 512, 1, 2): 38_075_891_712,
+    ("monet", 64, 48, 2, 1): 446_988_288,
+    ("unet16", 256, 256, 1, 1): 6_027_214_848,
+    ("unet16", 48, 80, 4, 3): 356_720_640,
+    ("unet16", 512, 512, 1, 2): 24_117_248_000,
+    ("unet16", 64, 48, 2, 1): 283_410_432,
+    ("unet64", 256, 256, 1, 1): 96_183_779_328,
+    ("unet64", 48, 80, 4, 3): 5_650_022_400,
+    ("unet64", 512, 512, 1, 2): 384_768_671_744,
+    ("unet64", 64, 48, 2, 1): 4_512_153_600,
+    ("attention_unet", 256, 256, 1, 1): 100_494_475_264,
+    ("attention_unet", 48, 80, 4, 3): 5_902_602_240,
+    ("attention_unet", 512, 512, 1, 2): 402_011_455_488,
+    ("attention_unet", 64, 48, 2, 1): 4_714_217_472,
+}
+
+
+@pytest.mark.parametrize("key", FLOPS_BEFORE_FLOP_COUNTER_MODE)
+def test_flop_counter_mode_counts_what_the_hooks_counted(key):
+    name, h, w, c, k = key
+    assert flops_per_slice(name, h, w, in_channels=c, num_classes=k) == FLOPS_BEFORE_FLOP_COUNTER_MODE[key]
 
 
 # ---------------------------------------------------------------- ONNX

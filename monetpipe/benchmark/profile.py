@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from monetpipe.networks.flops import _layer_macs
+from monetpipe.networks.flops import layer_flops
 
 OTHER = "forward code (add, cat, gates)"
 GENERATED = "generated C++ (ELU, add, cat, fused)"
@@ -88,7 +88,7 @@ def profile_layer_kinds(
             return
         kind = layer_kind(module)
         seconds[kind] += time.perf_counter() - starts.pop(id(module))
-        flops[kind] += 2 * _layer_macs(module, args[0], out)
+        flops[kind] += layer_flops(module, args[0], out)
         calls[kind] += 1
 
     handles = []

@@ -8,8 +8,6 @@ otherwise (the official code asks for ``he_uniform``); biases start at zero.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -24,36 +22,28 @@ def keras_batch_norm(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM)
 
 
-def _keras_fans(layer: _ConvLayer) -> tuple[int, int]:
-    """Fan-in and fan-out as Keras computes them for a kernel of shape (kh, kw, in, out).
-
-    For ``Conv2DTranspose`` Keras stores the kernel as (kh, kw, filters, in_channels), so its "fan-in" is
-    kh * kw * out_channels; PyTorch's ConvTranspose2d weight is (in, out, kh, kw) and
-    ``torch.nn.init`` takes dim 1 as fan-in, which gives the same number.
-    """
-    w = layer.weight
-    receptive = w[0, 0].numel()
-    return w.shape[1] * receptive, w.shape[0] * receptive
-
-
 def he_uniform_(layer: _ConvLayer) -> None:
-    """Keras ``he_uniform``: U(-limit, limit), limit = sqrt(6 / fan_in); zero bias."""
-    fan_in, _ = _keras_fans(layer)
-    limit = math.sqrt(6.0 / fan_in)
-    with torch.no_grad():
-        layer.weight.uniform_(-limit, limit)
-        if layer.bias is not None:
-            layer.bias.zero_()
+    """Keras ``he_uniform``: U(-limit, limit), limit = sqrt(6 / fan_in); zero bias.
+
+    ``kaiming_uniform_`` with ReLU's gain sqrt(2) draws from U(+-sqrt(2) * sqrt(3 / fan_in)), the same
+    limit. Its fan-in (weight dim 1 times the kernel size) is Keras' for both layer types: Conv2d's weight
+    is (out, in, kh, kw), Keras' kernel (kh, kw, in, out); ConvTranspose2d's weight is (in, out, kh, kw),
+    and Keras stores a ``Conv2DTranspose`` kernel as (kh, kw, filters, in_channels), so both take
+    kh * kw * out_channels.
+    """
+    nn.init.kaiming_uniform_(layer.weight, a=0.0, mode="fan_in", nonlinearity="relu")
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
 
 
 def glorot_uniform_(layer: _ConvLayer) -> None:
-    """Keras ``glorot_uniform`` (its default): limit = sqrt(6 / (fan_in + fan_out)); zero bias."""
-    fan_in, fan_out = _keras_fans(layer)
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    with torch.no_grad():
-        layer.weight.uniform_(-limit, limit)
-        if layer.bias is not None:
-            layer.bias.zero_()
+    """Keras ``glorot_uniform`` (its default): limit = sqrt(6 / (fan_in + fan_out)); zero bias.
+
+    ``xavier_uniform_`` with gain 1 draws from that range, with the fans as in :func:`he_uniform_`.
+    """
+    nn.init.xavier_uniform_(layer.weight, gain=1.0)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
 
 
 class ConvNormAct(nn.Module):

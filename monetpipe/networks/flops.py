@@ -1,9 +1,11 @@
-"""FLOPs of a network per slice, counted from its layers (FLOPs = 2 x multiply-accumulates).
+"""FLOPs of a network per slice, as PyTorch's ``torch.utils.flop_counter.FlopCounterMode`` counts them.
 
-Counted: every Conv2d, ConvTranspose2d and Linear, from the shapes a forward pass actually produces
-(forward hooks), so the count follows the architecture rather than a hand-kept table. Not counted:
-biases, BatchNorm, activations, pooling, additions, concatenations and gates' products, which together
-are well under 1 % of the convolutions here. The pass runs on PyTorch's ``meta`` device: no memory for
+FlopCounterMode counts 2 x the multiply-accumulates of every convolution (transposed ones per *input*
+pixel: each is scattered into kh x kw outputs of every output channel, fvcore's rule, including the
+contributions ``padding`` later crops) and every matrix product, from the shapes a forward pass actually
+produces, so the count follows the architecture rather than a hand-kept table. Not counted: biases,
+BatchNorm, activations, pooling, additions, concatenations and the gates' products, which together are
+well under 1 % of the convolutions here. The pass runs on PyTorch's ``meta`` device: no memory for
 activations and no arithmetic, so a 31M-parameter U-Net at 512x512 is counted instantly.
 """
 
@@ -12,54 +14,40 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 
-def _layer_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return out.numel() * (module.in_channels // module.groups) * kh * kw
-    if isinstance(module, nn.ConvTranspose2d):
-        # each input pixel is scattered into kh*kw positions of every output channel (fvcore's rule;
-        # the contributions later cropped by ``padding`` are counted too, as the layer computes them)
-        kh, kw = module.kernel_size
-        return inp.numel() * (module.out_channels // module.groups) * kh * kw
-    if isinstance(module, nn.Linear):
-        return out.numel() * module.in_features
-    return 0
+def layer_flops(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
+    """FLOPs of one call of a Conv2d / ConvTranspose2d (0 for other layers), by FlopCounterMode's rule.
+
+    For per-layer accounting from forward hooks (the benchmark's profile); :func:`count_flops` counts a
+    whole model.
+    """
+    if not isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
+        return 0
+    transposed = isinstance(module, nn.ConvTranspose2d)
+    return conv_flop_count(list(inp.shape), list(module.weight.shape), list(out.shape), transposed)
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass of ``model`` on an input of ``input_shape``.
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs (2 x multiply-accumulates) of one forward pass of ``model`` on an input of ``input_shape``.
 
     Args:
         model: any module (not modified; its weights are not read, only their shapes).
         input_shape: full input shape including the batch, e.g. (1, 1, 256, 256).
 
     Returns:
-        The MAC count of the Conv2d / ConvTranspose2d / Linear layers.
+        The total of :class:`~torch.utils.flop_counter.FlopCounterMode` (convolutions and matrix products).
     """
-    total = 0
-
-    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        total += _layer_macs(module, args[0], out)
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear)
-    ]
     was_training = model.training
     try:
         model.eval()
         state = {n: t.to("meta") for n, t in [*model.named_parameters(), *model.named_buffers()]}
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             functional_call(model, state, (torch.empty(input_shape, device="meta"),))
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
-    return total
+    return counter.get_total_flops()
 
 
 def flops_per_slice(
@@ -93,4 +81,4 @@ def flops_per_slice(
         if in_channels is not None and own is not None and in_channels != own:
             raise ValueError(f"the model was built for {own} input channels, not {in_channels}")
         in_channels = in_channels or own or 1
-    return 2 * count_macs(model, (1, in_channels, height, width))
+    return count_flops(model, (1, in_channels, height, width))

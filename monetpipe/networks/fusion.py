@@ -21,6 +21,7 @@ import logging
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from monetpipe.networks.blocks import ConvNormAct
 
@@ -51,6 +52,10 @@ def _with_params(conv: nn.Conv2d | nn.ConvTranspose2d, weight: torch.Tensor, bia
 def fold_bn_into_conv(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> nn.Module:
     """Fold ``bn`` into the conv before it: ``bn(conv(x)) == folded(x)`` exactly (up to rounding).
 
+    PyTorch's :func:`~torch.nn.utils.fusion.fuse_conv_bn_eval` (``transpose=True`` for a ConvTranspose2d,
+    whose weight is (in, out, kh, kw)), run on float64 copies so the folded weights are rounded once,
+    to the conv's dtype.
+
     Args:
         conv: Conv2d or ConvTranspose2d (groups=1 for the latter) whose output ``bn`` normalises.
         bn: a BatchNorm2d with running statistics.
@@ -58,16 +63,16 @@ def fold_bn_into_conv(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) 
     Returns:
         A new conv with a bias; the inputs are not changed.
     """
-    scale, shift = _bn_affine(bn)
-    w = conv.weight.double()
-    b = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    if isinstance(conv, nn.ConvTranspose2d):
-        if conv.groups != 1:
-            raise ValueError("folding into a grouped ConvTranspose2d is not supported")
-        w = w * scale.view(1, -1, 1, 1)  # weight is (in, out, kh, kw)
-    else:
-        w = w * scale.view(-1, 1, 1, 1)
-    return _with_params(conv, w, b * scale + shift)
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    if transposed and conv.groups != 1:
+        raise ValueError("folding into a grouped ConvTranspose2d is not supported")
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("cannot fold a BatchNorm without running statistics (track_running_stats=False)")
+    fused = fuse_conv_bn_eval(copy.deepcopy(conv).double().eval(), copy.deepcopy(bn).double().eval(), transposed)
+    fused = fused.to(conv.weight.dtype).train(conv.training)
+    fused.weight.requires_grad_(conv.weight.requires_grad)
+    fused.bias.requires_grad_(conv.weight.requires_grad)
+    return fused
 
 
 def fold_bn_into_next_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:

@@ -86,9 +86,7 @@ class EncoderStage(nn.Module):
 class DecoderStage(nn.Module):
     """``Up(cin)`` -> ``cat[skip, up]`` -> ``CBE(skip + cin, C)`` -> ``RDDC(C)``."""
 
-    def __init__(
-        self, cin: int, skip_channels: int, channels: int, dropout: float, outer_residual: bool
-    ) -> None:
+    def __init__(self, cin: int, skip_channels: int, channels: int, dropout: float, outer_residual: bool) -> None:
         super().__init__()
         self.up = up_bn_elu(cin)
         self.stem = conv_bn_elu(skip_channels + cin, channels)
@@ -133,8 +131,7 @@ class MoNet(nn.Module):
         widths = [base_filters * 2**i for i in range(depth + 1)]
         cins = [in_channels] + widths[:-2]
         self.encoders = nn.ModuleList(
-            EncoderStage(cin, w, dropout_enc, outer_residual)
-            for cin, w in zip(cins, widths[:-1], strict=True)
+            EncoderStage(cin, w, dropout_enc, outer_residual) for cin, w in zip(cins, widths[:-1], strict=True)
         )
         self.bottleneck = nn.Sequential(
             conv_bn_elu(widths[-2], widths[-1]), RDDC(widths[-1], dropout_mid, outer_residual)

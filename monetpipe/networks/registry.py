@@ -53,9 +53,7 @@ def build_network(name: str, in_channels: int, num_classes: int, **overrides) ->
     if key not in _NETWORKS:
         raise ValueError(f"unknown network {name!r}; valid names: {', '.join(_NETWORKS)}")
     if in_channels < 1 or num_classes < 1:
-        raise ValueError(
-            f"{key} needs in_channels >= 1 and num_classes >= 1, got {in_channels} and {num_classes}"
-        )
+        raise ValueError(f"{key} needs in_channels >= 1 and num_classes >= 1, got {in_channels} and {num_classes}")
     builder = _NETWORKS[key]
     valid = _options(builder)
     unknown = sorted(set(overrides) - set(valid))

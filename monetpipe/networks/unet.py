@@ -82,9 +82,7 @@ class UNet(nn.Module):
         self.model_name = f"unet{filters}"
         widths = [filters * 2**i for i in range(num_layers + 1)]
         cins = [in_channels] + widths[:-2]
-        self.encoders = nn.ModuleList(
-            UNetBlock(cin, w, dropout) for cin, w in zip(cins, widths[:-1], strict=True)
-        )
+        self.encoders = nn.ModuleList(UNetBlock(cin, w, dropout) for cin, w in zip(cins, widths[:-1], strict=True))
         self.pool = nn.MaxPool2d(2)
         self.bottleneck = UNetBlock(widths[-2], widths[-1], dropout)
         dec_dropout = dropout if dropout_on_upsampling else 0.0
