@@ -172,8 +172,8 @@ def resolve_device(name: str) -> str:
 
 
 def resolve_channels_last(requested: bool | None, device: str) -> bool:
-    """channels_last memory format: on by default on CPU, where it makes MoNet and U-Net-16 training about
-    20 % cheaper (oneDNN's NHWC kernels; neutral for U-Net-64); off elsewhere unless asked for."""
+    """channels_last memory format: on by default on CPU, where oneDNN's NHWC kernels make training cheaper
+    (measured in docs/training.md); off elsewhere unless asked for."""
     return (device == "cpu") if requested is None else requested
 
 
