@@ -480,3 +480,27 @@ def test_header_promising_more_than_gzip_can_hold_is_refused_without_allocating_
     (tmp_path / "huge.nii.gz").write_bytes(gzip.compress(bytes(data)))
     with pytest.raises(DatasetError, match=r"huge.nii.gz: truncated NIfTI file \(expected 54000000000352 bytes"):
         read_volume([tmp_path / "huge.nii.gz"])
+
+
+def test_a_non_utf8_file_name_is_refused_by_name_not_a_process_abort(tmp_path):
+    import subprocess
+    import sys
+
+    # SimpleITK aborts the interpreter on such a path, so the check runs in a child process.
+    code = (
+        "import os, sys, numpy as np\n"
+        "from monetpipe.errors import DatasetError\n"
+        "from monetpipe.io.image import Geometry, read_label, write_label\n"
+        "good = os.path.join(sys.argv[1], 'good.nii.gz')\n"
+        "geometry = Geometry((4, 3, 2), (1, 1, 1), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))\n"
+        "write_label(np.zeros((2, 3, 4), np.uint8), geometry, good)\n"
+        "odd = os.fsencode(sys.argv[1]) + b'/odd\\xffname.nii.gz'\n"
+        "os.rename(good, odd)\n"
+        "try:\n"
+        "    read_label(os.fsdecode(odd))\n"
+        "except DatasetError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "refused:" in out.stdout and "odd\\xffname.nii.gz" in out.stdout and "not valid UTF-8" in out.stdout

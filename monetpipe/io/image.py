@@ -116,6 +116,14 @@ def read_sitk(path: str | os.PathLike) -> sitk.Image:
 
 
 def _require_file(path: Path) -> None:
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:  # SimpleITK aborts the whole process on such a path: refuse it first
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise DatasetError(
+            f"{shown}: the path is not valid UTF-8, and SimpleITK cannot open such a file. Rename it (e.g. to "
+            f"ASCII letters, digits and '_')."
+        ) from None
     if path.is_file():
         return
     if path.is_symlink():
