@@ -11,7 +11,8 @@ import pandas as pd
 
 from monetpipe.io.atomic import atomic_path
 
-# The columns issue 7 / DESIGN.md §9 promise, in this order; the extra columns describe the run.
+# The table's columns (paper Tables 2 and 3 and the FLOP floor, docs/performance.md), in this order; the extra
+# columns describe the run.
 COLUMNS = (
     "model",
     "params_trainable",
