@@ -56,9 +56,7 @@ def soft_dice_from_statistics(stats: torch.Tensor, smooth: float = SMOOTH) -> to
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Binary cross-entropy on the sigmoid channel, or multi-class cross-entropy on the softmax."""
     if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(
-            logits[:, 0].float(), (target == 1).float(), reduction=reduction
-        )
+        return F.binary_cross_entropy_with_logits(logits[:, 0].float(), (target == 1).float(), reduction=reduction)
     return F.cross_entropy(logits.float(), target.long(), reduction=reduction)
 
 

@@ -36,9 +36,7 @@ def find_output_bias(net: nn.Module, in_channels: int) -> nn.Parameter | None:
         outputs[id(module)] = output
 
     hooks = [
-        m.register_forward_hook(remember)
-        for m in net.modules()
-        if isinstance(getattr(m, "bias", None), nn.Parameter)
+        m.register_forward_hook(remember) for m in net.modules() if isinstance(getattr(m, "bias", None), nn.Parameter)
     ]
     size = 2 * int(getattr(net, "size_divisor", 16))
     was_training = net.training
