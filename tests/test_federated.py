@@ -180,6 +180,7 @@ def _log(fold_dir: Path) -> list[dict]:
     return read_federated_log(fold_dir / "federated_log.csv")
 
 
+@pytest.mark.slow  # the fixture preprocesses 10 real cases: 16-75 s on the shared machine
 def test_site_map_naming_a_validation_case_is_refused_before_anything_starts(task04, tmp_path, monkeypatch, capsys):
     pytest.importorskip("flwr")
     from monetpipe.federated.cli import main
