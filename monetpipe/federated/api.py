@@ -88,7 +88,8 @@ def run_federated(
     settings = settings or FederatedConfig()
     paths = paths or MonetPaths.from_env()
     fp = plan_fold(task, model, fold, plans_name, paths, settings.inner_val_fraction, settings.seed)
-    sites = plan_sites(fp, settings, site_map)
+    # submitted to a running federation without a site map, each site brings its own case list
+    sites = {} if superlink is not None and site_map is None else plan_sites(fp, settings, site_map)
     if site_map is not None:
         settings = settings.with_changes(sites=len(sites), min_sites=_min_sites(settings, len(sites), site_map))
     folder = model_folder(paths.results, fp.task, fp.model, plans_name, settings.tag())
@@ -114,7 +115,7 @@ def run_federated(
                 "preprocessed": str(paths.preprocessed),
                 "results": str(paths.results),
                 "settings": settings.to_dict(),
-                "site_map": sites if superlink is None or site_map is not None else None,
+                "site_map": sites or None,
                 "continue": continue_run,
                 "result_file": str(result_file),
                 "runtime": "local deployment (SuperLink + SuperNodes on 127.0.0.1)"
@@ -130,8 +131,8 @@ def run_federated(
             "%s fold %s: %d site(s) (%s), %d round(s) of %s -> %s",
             fp.model,
             fp.fold,
-            len(sites),
-            ", ".join(f"{k}: {len(v)} cases" for k, v in sites.items()),
+            settings.sites,
+            ", ".join(f"{k}: {len(v)} cases" for k, v in sites.items()) or "each with its own case list",
             settings.rounds,
             settings.strategy,
             fold_dir,
