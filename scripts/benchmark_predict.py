@@ -112,8 +112,9 @@ def compare_formats(folder: Path, slices: int, batch_sizes: list[int], repeats: 
             predict_slices(models[cl], data, b, channels_last=cl)
             times[(cl, b)].append(time.perf_counter() - t)
     gflop = flops_per_slice(models[False][0], 256, 256) / 1e9
-    print(f"\nnetwork only (BN folded), {slices} slices of 256x256, {torch.get_num_threads()} threads, "
-          f"best of {repeats}")
+    print(
+        f"\nnetwork only (BN folded), {slices} slices of 256x256, {torch.get_num_threads()} threads, best of {repeats}"
+    )
     print(f"{'format':<16}{'batch':>6}{'s':>9}{'s/slice':>10}{'GFLOP/s':>9}")
     for (cl, b), ts in times.items():
         best = min(ts)
@@ -134,23 +135,21 @@ def main() -> None:
     p.add_argument(
         "--overlap",
         action="store_true",
-        help="overlap reading/writing with the network (default: off, "
-        "so the stages are timed without competing)",
+        help="overlap reading/writing with the network (default: off, so the stages are timed without competing)",
     )
-    p.add_argument("--formats", action="store_true",
-                   help="network only: contiguous vs channels_last, and the --batch-sizes")
+    p.add_argument(
+        "--formats", action="store_true", help="network only: contiguous vs channels_last, and the --batch-sizes"
+    )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16, 32], help="for --formats")
     p.add_argument("--repeats", type=int, default=3, help="repeats for --formats")
-    p.add_argument(
-        "--workdir", type=Path, default=None, help="keep inputs and outputs here (default: a temp dir)"
-    )
+    p.add_argument("--workdir", type=Path, default=None, help="keep inputs and outputs here (default: a temp dir)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     import torch
 
+    from monetpipe.devices import configure_threads
     from monetpipe.inference.api import STAGES, predict_folder
-    from monetpipe.inference.loading import configure_threads
 
     threads = configure_threads(args.threads)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="monet_bench_"))

@@ -11,10 +11,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from monetpipe.devices import configure_threads, resolve_device
 from monetpipe.errors import MonetError
 from monetpipe.inference.fast import labels_on_original_grid
 from monetpipe.inference.inputs import group_input_files
-from monetpipe.inference.loading import choose_folds, configure_threads, resolve_device
+from monetpipe.inference.loading import choose_folds
 from monetpipe.inference.postprocessing import keep_largest_component
 from monetpipe.io.image import Geometry
 from monetpipe.io.nifti import find_nonfinite, write_labels_like
@@ -113,8 +114,7 @@ def test_keep_largest_component_per_label():
     assert (out[1:4, 15:17, 15:17] == 0).all() and out[2, 18, 1] == 0
     assert (out[2, 4:6, 4:6] == 2).all()
     assert (
-        (out == 1)
-        == ((labels == 1) & (np.arange(20)[None, None, :] < 12) & (np.arange(20)[None, :, None] < 12))
+        (out == 1) == ((labels == 1) & (np.arange(20)[None, None, :] < 12) & (np.arange(20)[None, :, None] < 12))
     ).all()
     # Diagonal neighbours are separate with face connectivity, joined with full connectivity.
     diag = np.zeros((1, 4, 6), np.uint8)
@@ -212,20 +212,13 @@ def test_nan_in_float_nifti_is_found_although_simpleitk_reads_it_as_zero(tmp_pat
     array[2, 3, 4] = np.nan
     sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "nan.nii.gz"))
     sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "nan.nii"))
-    assert np.isfinite(
-        sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nan.nii.gz")))
-    ).all()  # why it is needed
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "nan.nii.gz")))).all()  # why it is needed
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 6, 8), np.int16)), str(tmp_path / "int.nii.gz"))
     assert find_nonfinite(tmp_path / "nan.nii.gz") and find_nonfinite(tmp_path / "nan.nii")
     assert not find_nonfinite(tmp_path / "ok.nii.gz") and not find_nonfinite(tmp_path / "int.nii.gz")
     # Big-endian float64 with inf, written by hand.
     raw = bytearray(gzip.decompress((tmp_path / "ok.nii.gz").read_bytes())[:352])
-    hdr = (
-        bytearray(struct.pack(">i", 348))
-        + raw[4:40]
-        + struct.pack(">8h", 3, 8, 6, 4, 1, 1, 1, 1)
-        + raw[56:70]
-    )
+    hdr = bytearray(struct.pack(">i", 348)) + raw[4:40] + struct.pack(">8h", 3, 8, 6, 4, 1, 1, 1, 1) + raw[56:70]
     hdr += struct.pack(">hh", 64, 64) + raw[74:108] + struct.pack(">f", 352.0) + raw[112:352]
     data = np.zeros((4, 6, 8), ">f8")
     data[0, 0, 1] = np.inf
@@ -261,6 +254,28 @@ def test_device_and_threads():
         assert configure_threads(1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_one_device_module_for_training_and_inference(monkeypatch):
+    """training.config re-exports monetpipe.devices; a container's CPU quota (cgroup v2) caps the CPUs."""
+    import os
+
+    import monetpipe.devices as devices
+    from monetpipe.training import config
+
+    assert config.resolve_device is devices.resolve_device and config.available_cpus is devices.available_cpus
+    with pytest.raises(MonetError, match="unknown"):
+        resolve_device("tpu")
+
+    class QuotaOfTwo:
+        def __init__(self, path: str) -> None:
+            assert path == "/sys/fs/cgroup/cpu.max"
+
+        def read_text(self) -> str:
+            return "200000 100000\n"
+
+    monkeypatch.setattr(devices, "Path", QuotaOfTwo)
+    assert devices.available_cpus() == min(2, len(os.sched_getaffinity(0)))
 
 
 def test_plans_replace_helper_is_valid():
@@ -316,10 +331,7 @@ def test_tta_averages_the_four_mirrored_predictions():
     with torch.no_grad():
         flips = [(), (3,), (2,), (2, 3)]
         expected = (
-            sum(
-                torch.softmax(net(x.flip(d) if d else x), 1).flip(d) if d else torch.softmax(net(x), 1)
-                for d in flips
-            )
+            sum(torch.softmax(net(x.flip(d) if d else x), 1).flip(d) if d else torch.softmax(net(x), 1) for d in flips)
             / 4
         )
     torch.testing.assert_close(got, expected.transpose(0, 1), atol=1e-6, rtol=1e-5)

@@ -132,7 +132,7 @@ def predict_folder(
         device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
         batch_size: slices per forward pass (default: :func:`default_batch_size`).
         overwrite: re-predict cases whose output already exists.
-        num_threads: PyTorch CPU threads (default: :func:`~monetpipe.inference.loading.configure_threads`).
+        num_threads: PyTorch CPU threads (default: :func:`~monetpipe.devices.configure_threads`).
         overlap: read the next and write the previous case in helper threads while the network runs.
         backend: ``torch`` (default), ``torch_compile``, ``onnxruntime`` or ``eager`` (see docs/performance.md).
         workers: slice-parallel workers on CPU, each with ``num_threads // workers`` threads (default:
@@ -197,7 +197,8 @@ def predict_network(
         plans: the plans it was trained with.
         Others: as in :func:`predict_folder`.
     """
-    from monetpipe.inference.loading import default_channels_last, inference_form, resolve_device
+    from monetpipe.devices import resolve_device
+    from monetpipe.inference.loading import default_channels_last, inference_form
 
     check_writable(output_dir)
     with cpu_workers(device, num_threads, workers) as workers:
@@ -224,13 +225,14 @@ def predict_network(
 def cpu_workers(device, num_threads: int | None, workers: int | None) -> Iterator[int]:
     """Set PyTorch's CPU threads the way ``monet_predict`` does and yield the slice-parallel workers.
 
-    On CPU: :func:`~monetpipe.inference.loading.configure_threads` and (unless given)
+    On CPU: :func:`~monetpipe.devices.configure_threads` and (unless given)
     :func:`~monetpipe.inference.loading.default_workers`; the thread count is set back afterwards, since
     the workers lower it process-wide while they run. Elsewhere: one worker.
     """
     import torch
 
-    from monetpipe.inference.loading import configure_threads, default_workers, resolve_device
+    from monetpipe.devices import configure_threads, resolve_device
+    from monetpipe.inference.loading import default_workers
 
     threads = None
     if resolve_device(str(device)).type == "cpu":

@@ -15,12 +15,13 @@ import math
 import os
 from pathlib import Path
 
+from monetpipe.devices import resolve_device
 from monetpipe.errors import MonetError
 from monetpipe.io.atomic import read_json
 from monetpipe.paths import MonetPaths
 from monetpipe.preprocessing.plans import DEFAULT_PLANS
 from monetpipe.results import load_checkpoint
-from monetpipe.training.config import TrainConfig, resolve_device, resolve_num_threads
+from monetpipe.training.config import TrainConfig, resolve_num_threads
 from monetpipe.training.fold import (
     FoldPlan,
     FoldResult,

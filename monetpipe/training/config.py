@@ -10,10 +10,11 @@ defaults are the paper's recipe. A run writes the config it used, plus the value
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from monetpipe.devices import available_cpus
+from monetpipe.devices import resolve_device as resolve_device  # monet_federated imports it from here
 from monetpipe.errors import MonetError
 
 LOSSES = ("dice", "dice_ce")
@@ -146,29 +147,6 @@ class TrainConfig:
 
     def with_changes(self, **changes) -> TrainConfig:
         return replace(self, **changes)
-
-
-def available_cpus() -> int:
-    """CPU cores this process may use (respects affinity masks and cgroup-pinned CPU sets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS / Windows
-        return max(1, os.cpu_count() or 1)
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` > ``mps`` > ``cpu``; an explicit device that is absent is an error."""
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps and mps.is_available())
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MonetError("--device cuda: no CUDA GPU is visible to PyTorch. Use --device cpu (or auto).")
-    if name == "mps" and not has_mps:
-        raise MonetError("--device mps: Apple's MPS backend is not available. Use --device cpu (or auto).")
-    return name
 
 
 def resolve_channels_last(requested: bool | None, device: str) -> bool:
