@@ -16,12 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monetpipe.inference.predictor import logits_to_probabilities
+
 SMOOTH = 1e-5
-
-
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Sigmoid for one output channel, softmax over channels otherwise."""
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
 def foreground_probabilities_and_targets(
@@ -33,7 +30,7 @@ def foreground_probabilities_and_targets(
         logits: ``(B, K, H, W)``.
         target: ``(B, H, W)`` integer classes in ``0..max(K-1, 1)``.
     """
-    probs = probabilities(logits.float())
+    probs = logits_to_probabilities(logits.float())
     if logits.shape[1] == 1:
         return probs, (target == 1).unsqueeze(1).to(probs.dtype)
     onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
