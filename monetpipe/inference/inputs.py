@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from monetpipe.errors import MonetError
-from monetpipe.io.dataset import list_nifti
+from monetpipe.io.dataset import CHANNEL_SUFFIX, list_nifti
 from monetpipe.io.image import strip_nifti
 
 log = logging.getLogger(__name__)
 
-_CHANNEL_SUFFIX = re.compile(r"^(.+)_(\d{4})$")
 NNUNET, MSD = "nnunet", "msd"
 
 
@@ -56,7 +54,7 @@ def detect_naming(files: list[Path], num_channels: int) -> str:
     """``"nnunet"`` when ``files`` read as per-channel files of ``num_channels`` channels, else ``"msd"``."""
     groups: dict[str, set[int]] = {}
     for f in files:
-        m = _CHANNEL_SUFFIX.match(strip_nifti(f.name))
+        m = CHANNEL_SUFFIX.match(strip_nifti(f.name))
         if m is None or int(m.group(2)) >= num_channels:
             return MSD
         groups.setdefault(m.group(1), set()).add(int(m.group(2)))
@@ -90,7 +88,7 @@ def group_input_files(folder: str | Path, num_channels: int) -> tuple[list[Input
     by_case: dict[str, list[Path]] = {}
     for f in files:
         stem = strip_nifti(f.name)
-        case_id = _CHANNEL_SUFFIX.match(stem).group(1) if naming == NNUNET else stem  # type: ignore[union-attr]
+        case_id = CHANNEL_SUFFIX.match(stem).group(1) if naming == NNUNET else stem  # type: ignore[union-attr]
         by_case.setdefault(case_id, []).append(f)
 
     cases = []
@@ -120,7 +118,7 @@ def group_input_files(folder: str | Path, num_channels: int) -> tuple[list[Input
 def _nnunet_case(case_id: str, paths: list[Path], num_channels: int) -> InputCase:
     by_channel: dict[int, list[Path]] = {}
     for p in paths:
-        by_channel.setdefault(int(_CHANNEL_SUFFIX.match(strip_nifti(p.name)).group(2)), []).append(p)  # type: ignore[union-attr]
+        by_channel.setdefault(int(CHANNEL_SUFFIX.match(strip_nifti(p.name)).group(2)), []).append(p)  # type: ignore[union-attr]
     doubles = [ps for ps in by_channel.values() if len(ps) > 1]
     if doubles:
         names = " and ".join(p.name for p in doubles[0])

@@ -20,7 +20,8 @@ from pathlib import Path
 from monetpipe.errors import DatasetError
 from monetpipe.io.image import NIFTI_ENDINGS, strip_nifti
 
-_CHANNEL_FILE = re.compile(r"^(.+)_(\d{4})$")
+#: ``case_0003`` (a file name without its NIfTI ending) -> case ``case``, channel 3: nnU-Net's per-channel naming.
+CHANNEL_SUFFIX = re.compile(r"^(.+)_(\d{4})$")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class TaskDataset:
 
 
 def is_hidden(name: str) -> bool:
-    return name.startswith(".") or name.startswith("._")
+    """Hidden files, macOS ``._*`` resource forks included, and our own ``.tmp-*`` partial writes."""
+    return name.startswith(".")
 
 
 def list_nifti(folder: Path) -> list[Path]:
@@ -240,7 +242,7 @@ def _load_v2(folder: Path, json_path: Path, data: dict) -> TaskDataset:
         for f in list_nifti(images_dir):
             if not f.name.endswith(ending):
                 continue
-            m = _CHANNEL_FILE.match(f.name[: -len(ending)])
+            m = CHANNEL_SUFFIX.match(f.name[: -len(ending)])
             if not m:
                 raise DatasetError(f"{f}: nnU-Net v2 images must be named CASE_XXXX{ending} (XXXX = channel index).")
             groups.setdefault(m.group(1), {})[int(m.group(2))] = f
