@@ -57,6 +57,22 @@ def test_label_variants():
         plan_labels(labels, binary=False, keep=[5])
 
 
+def test_nonzero_bbox_is_the_box_of_every_nonzero_voxel():
+    """find_objects gives the same box as the voxels' own min/max, per axis, for any channel's nonzero."""
+    from monetpipe.preprocessing.fingerprint import nonzero_bbox
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        image = np.zeros((2, *rng.integers(1, 9, size=3)), dtype=np.float32)
+        for _ in range(rng.integers(1, 4)):
+            c, *idx = (int(rng.integers(0, n)) for n in image.shape)
+            image[(c, *idx)] = rng.choice([-2.5, 1.0, 7.0])
+        nonzero = np.nonzero(np.any(image != 0, axis=0))
+        expected = tuple((int(a.min()), int(a.max()) + 1) for a in nonzero)
+        assert nonzero_bbox(image) == expected, trial
+    assert nonzero_bbox(np.zeros((1, 3, 4, 5))) == ((0, 3), (0, 4), (0, 5))  # empty: the whole image
+
+
 def test_splits_holdout_and_kfold():
     ids = [f"c{i:02d}" for i in range(20)]
     (split,) = holdout_split(ids)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from monetpipe.errors import DatasetError
 from monetpipe.io.dataset import Case, TaskDataset
@@ -51,14 +52,10 @@ def case_source_hash(case: Case, hash_cache: dict | None = None) -> dict[str, di
 def nonzero_bbox(image: np.ndarray) -> tuple[tuple[int, int], ...]:
     """Bounding box ``((z0, z1), (y0, y1), (x0, x1))`` of voxels nonzero in any channel (whole image if none)."""
     mask = np.any(image != 0, axis=0)
-    if not mask.any():
+    boxes = ndimage.find_objects(mask.astype(np.uint8))
+    if not boxes:
         return tuple((0, s) for s in mask.shape)
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        box.append((int(idx[0]), int(idx[-1]) + 1))
-    return tuple(box)
+    return tuple((int(b.start), int(b.stop)) for b in boxes[0])
 
 
 def load_training_case(case: Case, task: TaskDataset) -> tuple[np.ndarray, np.ndarray, Geometry]:
