@@ -305,9 +305,9 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
     """Treat denormal floats (below 1.2e-38) as zero in this thread while the block runs.
 
     A confident softmax leaves many class probabilities in the denormal range (5 % of them for a CT), and
-    x86 CPUs handle those in slow microcode: restoring a CT's probabilities to 512 x 512 took 3x longer
-    with them. Only values below 1.2e-38 change, so no label and no float16 probability does. The flag is
-    per thread; it is switched off again afterwards.
+    x86 CPUs handle those in slow microcode, which made restoring a CT's probabilities to 512 x 512 much
+    slower (docs/inference.md). Only values below 1.2e-38 change, so no label and no float16 probability
+    does. The flag is per thread; it is switched off again afterwards.
     """
     import torch
 

@@ -155,9 +155,9 @@ def _inplace_activations(model: nn.Module) -> int:
 class ExpELU(nn.Module):
     """ELU written with ``exp(x) - 1`` instead of ``expm1``, for code generators (torch.compile).
 
-    ATen's ELU calls a vectorised ``expm1`` that runs ~6x slower than its ``exp`` on AVX-512; compiled,
-    this form is one fused loop at ~4x ATen ELU's speed. For x <= 0 the two differ by at most 6e-8
-    (an absolute error of float32 rounding at 1), far below what changes a mask.
+    ATen's ELU calls a vectorised ``expm1`` that is much slower than its ``exp`` (docs/performance.md,
+    run A4); compiled, this form is one fused loop. For x <= 0 the two differ by at most 6e-8 (an
+    absolute error of float32 rounding at 1), far below what changes a mask.
     """
 
     def __init__(self, alpha: float = 1.0) -> None:
@@ -278,11 +278,10 @@ def _compiled(
     except Exception as exc:  # torch.compile raises many types when no backend is usable
         raise MonetError(f"torch.compile is unavailable here ({exc}); use --backend torch") from exc
 
-    # Freezing (weights as constants) lets Inductor pre-pack them for oneDNN: 1.5x on MoNet. It is read
-    # from the global config when a graph compiles (torch.compile's options= does not reach it). For
-    # slice-parallel workers the C++ wrapper runs the whole graph with the GIL released (the default
-    # Python wrapper holds it in every generated kernel): 2 workers took 9.0 s per 150 slices with it,
-    # 10.1 s without (scripts/benchmark_workers.py, docs/performance.md).
+    # Freezing (weights as constants) lets Inductor pre-pack them for oneDNN. It is read from the global
+    # config when a graph compiles (torch.compile's options= does not reach it). For slice-parallel
+    # workers the C++ wrapper runs the whole graph with the GIL released (the default Python wrapper
+    # holds it in every generated kernel); what each bought is in docs/performance.md.
     options = {"freezing": True, "cpp_wrapper": workers > 1}
 
     compiled_shapes: set[tuple[int, ...]] = set()

@@ -38,9 +38,9 @@ class LoadedModels:
 def default_workers(device, threads: int) -> int:
     """Slice-parallel workers: 2 on a CPU with at least 2 threads, else 1.
 
-    Two one-thread workers beat one two-thread call on the 2-core development machine (MoNet: 1.16x
-    with torch_compile, 1.18x with the torch backend; docs/performance.md): small convolutions split
-    poorly across threads. More workers were not measured; ``--workers`` sets them.
+    Two one-thread workers beat one two-thread call on the 2-core development machine for every backend
+    (docs/performance.md, run A4): MoNet's small convolutions split poorly across threads. More workers
+    were not measured; ``--workers`` sets them.
     """
     return 2 if getattr(device, "type", str(device)) == "cpu" and threads >= 2 else 1
 
@@ -152,7 +152,7 @@ def inference_form(network, device, channels_last: bool, backend: str = "torch",
 
 
 def default_channels_last(device) -> bool:
-    """channels_last on CPU (oneDNN convolutions run natively in NHWC; measured ~1.2-1.3x on MoNet)."""
+    """channels_last on CPU, where oneDNN runs convolutions natively in NHWC (faster; docs/inference.md)."""
     return getattr(device, "type", str(device)) == "cpu"
 
 
