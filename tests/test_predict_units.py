@@ -1,4 +1,4 @@
-"""monet_predict without networks: input grouping, largest component, fast label path, raw NIfTI."""
+"""monet_predict without networks: input grouping, largest component, the restore to the original grid, raw NIfTI."""
 
 from __future__ import annotations
 
@@ -13,18 +13,14 @@ import torch
 
 from monetpipe.devices import configure_threads, resolve_device
 from monetpipe.errors import MonetError
-from monetpipe.inference.fast import labels_on_original_grid
 from monetpipe.inference.inputs import group_input_files
 from monetpipe.inference.loading import choose_folds
 from monetpipe.inference.postprocessing import keep_largest_component
 from monetpipe.io.image import Geometry
 from monetpipe.io.nifti import find_nonfinite, write_labels_like
 from monetpipe.preprocessing.plans import ChannelNormalization, Plans
-from monetpipe.preprocessing.preprocessor import (
-    preprocess_image,
-    probabilities_to_labels,
-    restore_probabilities,
-)
+from monetpipe.preprocessing.preprocessor import output_lookup, preprocess_image, restore_to_original_grid
+from monetpipe.preprocessing.resampling import resample_images
 from monetpipe.results import ModelFolder
 
 
@@ -124,7 +120,7 @@ def test_keep_largest_component_per_label():
     assert keep_largest_component(diag, connectivity=3)[0, :3, :3].trace() == 9
 
 
-# --- fast label path = reference path -------------------------------------------------------------
+# --- restore to the original grid: labels = argmax of the restored probabilities ---------------------
 
 
 def plans_for(num_classes: int, slice_axis: int) -> Plans:
@@ -152,7 +148,9 @@ def plans_for(num_classes: int, slice_axis: int) -> Plans:
 
 
 @pytest.mark.parametrize("num_classes,slice_axis", [(3, 0), (1, 0), (3, 2), (1, 1)])
-def test_fast_labels_equal_restore_then_argmax(num_classes, slice_axis):
+def test_restored_labels_are_the_argmax_of_the_restored_probabilities(num_classes, slice_axis):
+    """Labels, with or without the probability volume, in any chunking: the argmax (or p >= 0.5) of the
+    probabilities resampled to the crop box, background outside it, slice axis put back."""
     rng = np.random.default_rng(num_classes + slice_axis)
     image = np.zeros((1, 9, 23, 17), np.float32)
     image[0, 2:8, 3:21, 1:15] = rng.normal(size=(6, 18, 14)) + 2  # a crop box that is not the whole volume
@@ -161,10 +159,20 @@ def test_fast_labels_equal_restore_then_argmax(num_classes, slice_axis):
     data, props = preprocess_image(image, geometry, plans)
     logits = torch.from_numpy(rng.normal(size=(num_classes, *data.shape[1:])).astype(np.float32))
     probs = torch.sigmoid(logits) if num_classes == 1 else torch.softmax(logits, 0)
-    reference = probabilities_to_labels(restore_probabilities(probs, props, plans), plans)
-    fast = labels_on_original_grid(probs, props, plans, chunk=2)
-    assert fast.shape == image.shape[1:] and fast.dtype == np.uint8
-    np.testing.assert_array_equal(fast, reference)
+    labels, restored = restore_to_original_grid(probs, props, plans, with_probabilities=True, chunk=2)
+    fast, nothing = restore_to_original_grid(probs, props, plans, chunk=3)
+    assert nothing is None and fast.shape == image.shape[1:] and fast.dtype == labels.dtype == np.uint8
+    # the reference, built whole: resample every slice at once, place into the box, transpose back
+    inside = resample_images(probs.numpy(), tuple(props["shape_after_crop"][1:]))
+    full = np.zeros((num_classes, *[image.shape[1:][a] for a in plans.transpose_forward]), np.float32)
+    full[0] = 1.0 if num_classes > 1 else 0.0
+    box = [props["crop_box_zyx"][a] for a in plans.transpose_forward]
+    full[(slice(None), *(slice(a, b) for a, b in box))] = inside
+    full = full.transpose([0] + [a + 1 for a in plans.transpose_backward])
+    np.testing.assert_array_equal(restored, full)
+    classes = (full[0] >= 0.5) if num_classes == 1 else np.argmax(full, axis=0)
+    np.testing.assert_array_equal(labels, output_lookup(plans)[classes.astype(np.uint8)])
+    np.testing.assert_array_equal(fast, labels)
     assert set(np.unique(fast)) <= set(plans.output_labels.values())
 
 
@@ -279,7 +287,7 @@ def test_one_device_module_for_training_and_inference(monkeypatch):
 
 
 def test_plans_replace_helper_is_valid():
-    """The helper plans above are a valid Plans (guards the fast-path test against a silently wrong setup)."""
+    """The helper plans above are a valid Plans (guards the restore tests against a silently wrong setup)."""
     plans = plans_for(3, 2)
     assert Plans.from_dict(plans.to_dict()) == plans
     assert dataclasses.replace(plans, num_classes=1).is_binary
@@ -291,8 +299,8 @@ def test_fast_labels_ties_go_to_the_first_class():
     probs = torch.full((3, 2, 6, 6), 1 / 3)
     probs[1:, 1] = 0.5  # a tie between classes 1 and 2 on the second slice
     probs[0, 1] = 0.0
-    fast = labels_on_original_grid(probs, props, plans)
-    reference = probabilities_to_labels(restore_probabilities(probs, props, plans), plans)
+    fast, _ = restore_to_original_grid(probs, props, plans)
+    reference, _ = restore_to_original_grid(probs, props, plans, with_probabilities=True, chunk=1)
     np.testing.assert_array_equal(fast, reference)
     assert (fast[0] == 0).all() and (fast[1] == 3).all()
 

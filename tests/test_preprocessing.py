@@ -15,11 +15,7 @@ from monetpipe.preprocessing import plan_and_preprocess
 from monetpipe.preprocessing.cli import main as cli_main
 from monetpipe.preprocessing.planner import choose_slice_axis, in_plane_target_spacing, plan_labels
 from monetpipe.preprocessing.plans import Plans
-from monetpipe.preprocessing.preprocessor import (
-    preprocess_image,
-    probabilities_to_labels,
-    restore_probabilities,
-)
+from monetpipe.preprocessing.preprocessor import preprocess_image, restore_to_original_grid
 from monetpipe.preprocessing.splits import ensure_splits, holdout_split, kfold_split
 from monetpipe.synthetic import make_synthetic_task
 
@@ -218,9 +214,8 @@ def test_restore_round_trip_is_exact_on_the_original_grid(ct_task):
     # one-hot of the *cached* labels as "perfect probabilities", restored to the original grid
     seg = np.load(result.layout.seg_file(case))
     onehot = np.stack([(seg == k) for k in range(3)]).astype(np.float32)
-    restored = restore_probabilities(onehot, props, plans)
+    labels_back, restored = restore_to_original_grid(onehot, props, plans, with_probabilities=True)
     assert restored.shape == (3, *geometry.shape_zyx)
-    labels_back = probabilities_to_labels(restored, plans)
     assert np.mean(labels_back == label) > 0.99  # identical grid here; only crop/resample borders may differ
 
 
@@ -328,8 +323,8 @@ def test_real_ct_geometry_survives_preprocessing(shared_data, tmp_path):
     data, props = preprocess_image(image, geometry, plans)
     assert data.shape[2] <= 256 and data.shape[3] <= 256  # 512 at 0.57 mm -> <= 256 at the plan's spacing
     probs = np.zeros((1, *data.shape[1:]), np.float32)
-    restored = restore_probabilities(probs, props, plans)
-    assert restored.shape[1:] == geometry.shape_zyx
+    labels, restored = restore_to_original_grid(probs, props, plans, with_probabilities=True)
+    assert restored.shape[1:] == labels.shape == geometry.shape_zyx
     assert Geometry.from_dict(props["geometry"]) == geometry
 
 

@@ -581,18 +581,16 @@ def _finish(
     save_probabilities: bool,
     largest_component: bool,
 ) -> None:
-    from monetpipe.inference.fast import labels_on_original_grid
     from monetpipe.inference.postprocessing import keep_largest_component
     from monetpipe.inference.predictor import with_background
     from monetpipe.io.nifti import write_labels_like
-    from monetpipe.preprocessing.preprocessor import probabilities_to_labels, restore_probabilities
+    from monetpipe.preprocessing.preprocessor import restore_to_original_grid
 
     case_id, timings = prepared.case.case_id, prepared.timings
     t = time.perf_counter()
-    if save_probabilities:
-        restored = restore_probabilities(probs, prepared.properties, plans)
-        labels = probabilities_to_labels(restored, plans)
-        timings["restore"] = time.perf_counter() - t
+    labels, restored = restore_to_original_grid(probs, prepared.properties, plans, save_probabilities)
+    timings["restore"] = time.perf_counter() - t
+    if restored is not None:
         t = time.perf_counter()
         try:
             with atomic_path(output_dir / f"{case_id}.npz") as tmp, open(tmp, "wb") as f:
@@ -604,9 +602,6 @@ def _finish(
             ) from None
         del restored
         timings["write"] = time.perf_counter() - t
-    else:
-        labels = labels_on_original_grid(probs, prepared.properties, plans)
-        timings["restore"] = time.perf_counter() - t
     t = time.perf_counter()
     if largest_component:
         labels = keep_largest_component(labels, [v for v in plans.output_labels.values() if v != 0])

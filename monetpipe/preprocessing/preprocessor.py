@@ -2,13 +2,14 @@
 
 Forward (``preprocess_image`` / ``preprocess_label``): crop to the nonzero box -> put the slice axis
 first -> normalize -> resample in-plane to the plan's spacing. The returned ``properties`` record what
-is needed to undo it; ``restore_probabilities`` does exactly that, so a prediction lands on the input's
+is needed to undo it; ``restore_to_original_grid`` does exactly that, so a prediction lands on the input's
 original grid voxel for voxel.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from monetpipe.io.image import Geometry
 from monetpipe.preprocessing.fingerprint import nonzero_bbox
@@ -25,7 +26,7 @@ def preprocess_image(image: np.ndarray, geometry: Geometry, plans: Plans) -> tup
     """Turn a ``(C, Z, Y, X)`` volume into network-ready slices ``(C, S, H, W)`` float32.
 
     Returns:
-        The slices and a JSON-ready ``properties`` dict for :func:`restore_probabilities`.
+        The slices and a JSON-ready ``properties`` dict for :func:`restore_to_original_grid`.
     """
     if image.ndim != 4 or image.shape[0] != plans.num_input_channels:
         raise ValueError(f"expected ({plans.num_input_channels}, Z, Y, X), got {image.shape}")
@@ -76,35 +77,69 @@ def reference_in_output_labels(label: np.ndarray, plans: Plans) -> np.ndarray:
     return output_lookup(plans)[label_lookup(plans)[label]]
 
 
-def restore_probabilities(probabilities, properties: dict, plans: Plans) -> np.ndarray:
-    """Undo :func:`preprocess_image` for network probabilities.
+def first_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """Index of the largest of ``scores[0], scores[1], ...`` per element (the first one on ties), uint8.
+
+    The same answer as ``np.argmax(scores, axis=0)``, from elementwise comparisons, because on CPU
+    ``torch.argmax`` and ``torch.max(dim).indices`` over a short leading (class) dimension are much
+    slower than a few whole-volume comparisons.
+    """
+    best = scores[0]
+    index = torch.zeros(scores.shape[1:], dtype=torch.uint8)
+    for k in range(1, scores.shape[0]):
+        index.masked_fill_(scores[k] > best, k)
+        best = torch.maximum(best, scores[k])
+    return index
+
+
+@torch.inference_mode()
+def restore_to_original_grid(
+    probabilities: torch.Tensor | np.ndarray,
+    properties: dict,
+    plans: Plans,
+    with_probabilities: bool = False,
+    chunk: int = 16,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Undo :func:`preprocess_image` for network probabilities: the label map, and optionally the
+    probabilities, on the input's original grid.
+
+    ``chunk`` slices at a time are resampled back to the cropped in-plane size with the forward
+    direction's interpolation, the class picked there (argmax, first class on ties, for softmax;
+    ``p >= 0.5`` for one sigmoid channel), and the result placed into the crop box (outside it:
+    background); then the slice axis is put back. A full ``(K, Z, Y, X)`` float32 array is only built
+    when ``with_probabilities`` asks for it, so label maps of a large CT need little memory.
 
     Args:
-        probabilities: ``(K, S, H, W)`` numpy array or torch tensor on the preprocessed grid (softmax
-            over K >= 2 classes, or K = 1 sigmoid foreground probability).
+        probabilities: ``(K, S, H, W)`` on the preprocessed grid (softmax over K >= 2 classes, or K = 1
+            sigmoid foreground probability), numpy or torch.
         properties: from :func:`preprocess_image`.
+        plans: the plans the case was preprocessed with.
+        with_probabilities: also return the probabilities on the original grid.
+        chunk: slices resampled at once (bounds the temporary memory).
 
     Returns:
-        ``(K, Z, Y, X)`` float32 on the original grid; outside the crop box background has probability 1.
+        ``(Z, Y, X)`` uint8 labels in the dataset's original label values, and ``(K, Z, Y, X)`` float32
+        probabilities (outside the crop box background has probability 1) or ``None``.
     """
-    cropped_shape = properties["shape_after_crop"]
-    restored = resample_images(probabilities, tuple(cropped_shape[1:]))
-    if not isinstance(restored, np.ndarray):
-        restored = restored.detach().cpu().float().numpy()
-    num = restored.shape[0]
-    shape_zyx = properties["shape_zyx"]
-    full_t = np.zeros((num, *[shape_zyx[a] for a in plans.transpose_forward]), dtype=np.float32)
-    if num > 1:
-        full_t[0] = 1.0
-    box_t = [properties["crop_box_zyx"][a] for a in plans.transpose_forward]
-    full_t[(slice(None),) + tuple(slice(a, b) for a, b in box_t)] = restored
-    return full_t.transpose([0] + [a + 1 for a in plans.transpose_backward])
-
-
-def probabilities_to_labels(probabilities: np.ndarray, plans: Plans) -> np.ndarray:
-    """Argmax (softmax) or threshold 0.5 (sigmoid) and map to the dataset's original label values."""
-    if probabilities.shape[0] == 1:
-        classes = (probabilities[0] >= 0.5).astype(np.uint8)
-    else:
-        classes = np.argmax(probabilities, axis=0).astype(np.uint8)
-    return output_lookup(plans)[classes]
+    probs = torch.as_tensor(probabilities)
+    num, slices = probs.shape[:2]
+    crop_hw = tuple(properties["shape_after_crop"][1:])
+    shape_t = [properties["shape_zyx"][a] for a in plans.transpose_forward]
+    box_t = tuple(slice(a, b) for a, b in (properties["crop_box_zyx"][a] for a in plans.transpose_forward))
+    classes = np.zeros(shape_t, dtype=np.uint8)
+    restored = None
+    if with_probabilities:
+        restored = np.zeros((num, *shape_t), dtype=np.float32)
+        if num > 1:
+            restored[0] = 1.0
+    classes_box, restored_box = classes[box_t], None if restored is None else restored[(slice(None), *box_t)]
+    for start in range(0, slices, chunk):
+        part = resample_images(probs[:, start : start + chunk].float(), crop_hw)
+        picked = part[0] >= 0.5 if num == 1 else first_argmax(part)
+        classes_box[start : start + chunk] = picked.to(torch.uint8).numpy()
+        if restored_box is not None:
+            restored_box[:, start : start + chunk] = part.numpy()
+    labels = output_lookup(plans)[classes.transpose(plans.transpose_backward)]
+    if restored is not None:
+        restored = restored.transpose([0] + [a + 1 for a in plans.transpose_backward])
+    return labels, restored
