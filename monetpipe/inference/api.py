@@ -90,6 +90,29 @@ class PredictionSummary:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """What to do with every case of a run: ``monet_predict``'s per-run choices as one value.
+
+    Attributes:
+        tta: average over horizontal, vertical and both flips (4x the network time).
+        save_probabilities: also write ``<case>.npz`` (float16 probabilities on the original grid).
+        largest_component: keep only the largest connected component of each label.
+        batch_size: slices per forward pass (``None``: :func:`default_batch_size`).
+        overwrite: re-predict cases whose output already exists.
+        overlap: read the next and write the previous case in helper threads while the network runs.
+        progress: show a progress bar.
+    """
+
+    tta: bool = False
+    save_probabilities: bool = False
+    largest_component: bool = False
+    batch_size: int | None = None
+    overwrite: bool = False
+    overlap: bool = True
+    progress: bool = True
+
+
 @dataclass
 class _Prepared:
     case: InputCase
@@ -147,24 +170,27 @@ def predict_folder(
     """
     from monetpipe.inference.loading import load_models
 
+    options = PredictOptions(
+        tta=tta,
+        save_probabilities=save_probabilities,
+        largest_component=largest_component,
+        batch_size=batch_size,
+        overwrite=overwrite,
+        overlap=overlap,
+    )
     check_folders(input_dir, output_dir)
     check_writable(output_dir)
     with cpu_workers(device, num_threads, workers) as workers:
         loaded = load_models(model_folder, folds, checkpoint, device, backend=backend, workers=workers)
-        summary = predict_files(
+        summary = _predict_input_folder(
             input_dir,
             output_dir,
             loaded.models,
             loaded.plans,
-            tta=tta,
-            save_probabilities=save_probabilities,
-            largest_component=largest_component,
-            device=loaded.device,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            channels_last=loaded.channels_last,
-            overlap=overlap,
-            workers=loaded.workers,
+            options,
+            loaded.device,
+            loaded.channels_last,
+            loaded.workers,
         )
     summary.folds = list(loaded.folds)
     return summary
@@ -206,18 +232,9 @@ def predict_network(
         channels_last = default_channels_last(torch_device)
         model = inference_form(network, torch_device, channels_last, backend, workers)
         input_dir = cases[0].files[0].parent if cases and cases[0].files else Path(".")
+        options = PredictOptions(batch_size=batch_size, overwrite=True, progress=progress)
         return predict_cases(
-            cases,
-            input_dir,
-            output_dir,
-            [model],
-            plans,
-            device=torch_device,
-            batch_size=batch_size,
-            overwrite=True,
-            channels_last=channels_last,
-            workers=workers,
-            progress=progress,
+            cases, input_dir, output_dir, [model], plans, options, torch_device, channels_last, workers
         )
 
 
@@ -361,26 +378,26 @@ def predict_files(
         workers: the models' slice-parallel workers (sizes the default batch).
         Others: as in :func:`predict_folder`.
     """
-    check_folders(input_dir, output_dir)
-    check_writable(output_dir)
-    start = time.perf_counter()
-    cases, _ = group_input_files(input_dir, plans.num_input_channels)
-    summary = predict_cases(
-        cases,
-        input_dir,
-        output_dir,
-        models,
-        plans,
+    options = PredictOptions(
         tta=tta,
         save_probabilities=save_probabilities,
         largest_component=largest_component,
-        device=device,
         batch_size=batch_size,
         overwrite=overwrite,
-        channels_last=channels_last,
         overlap=overlap,
-        workers=workers,
     )
+    check_folders(input_dir, output_dir)
+    check_writable(output_dir)
+    return _predict_input_folder(input_dir, output_dir, models, plans, options, device, channels_last, workers)
+
+
+def _predict_input_folder(
+    input_dir, output_dir, models: Sequence, plans: Plans, options: PredictOptions, device, channels_last, workers
+) -> PredictionSummary:
+    """Group ``input_dir``'s files into cases and predict them; the summary's time includes the grouping."""
+    start = time.perf_counter()
+    cases, _ = group_input_files(input_dir, plans.num_input_channels)
+    summary = predict_cases(cases, input_dir, output_dir, models, plans, options, device, channels_last, workers)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -391,20 +408,15 @@ def predict_cases(
     output_dir: str | Path,
     models: Sequence,
     plans: Plans,
-    tta: bool = False,
-    save_probabilities: bool = False,
-    largest_component: bool = False,
+    options: PredictOptions = PredictOptions(),
     device="cpu",
-    batch_size: int | None = None,
-    overwrite: bool = False,
     channels_last: bool = False,
-    overlap: bool = True,
     workers: int = 1,
-    progress: bool = True,
 ) -> PredictionSummary:
     """The per-case loop of :func:`predict_files` for cases already grouped (``input_dir`` is only reported).
 
-    ``output_dir`` must exist and be writable (:func:`check_writable`).
+    ``output_dir`` must exist and be writable (:func:`check_writable`). ``device``, ``channels_last``
+    and ``workers`` describe ``models`` (as in :func:`predict_files`); ``options`` what to do with each case.
     """
     from tqdm import tqdm
 
@@ -415,7 +427,7 @@ def predict_cases(
     for case in cases:
         if case.error is not None:
             outcomes[case.case_id] = _failed(case, case.error)
-        elif not overwrite and _outputs_exist(output_dir, case.case_id, save_probabilities):
+        elif not options.overwrite and _outputs_exist(output_dir, case.case_id, options.save_probabilities):
             outcomes[case.case_id] = CaseOutcome(case.case_id, "skipped")
         else:
             todo.append(case)
@@ -425,8 +437,7 @@ def predict_cases(
             sum(o.status == "skipped" for o in outcomes.values()),
         )
 
-    if batch_size is None:
-        batch_size = default_batch_size(plans, device, workers)
+    batch_size = default_batch_size(plans, device, workers) if options.batch_size is None else options.batch_size
 
     on_cpu = getattr(device, "type", str(device)) == "cpu"
 
@@ -442,7 +453,7 @@ def predict_cases(
                 models,
                 prepared.data,
                 batch_size=batch_size,
-                tta=tta,
+                tta=options.tta,
                 device=device,
                 channels_last=channels_last,
             )
@@ -452,11 +463,11 @@ def predict_cases(
 
     def finish(prepared: _Prepared, probs) -> None:
         with flush_denormals(on_cpu):
-            _finish(prepared, probs, plans, output_dir, save_probabilities, largest_component)
+            _finish(prepared, probs, plans, output_dir, options)
 
-    bar = tqdm(total=len(todo), desc="Predict", unit="case", disable=not (todo and progress))
+    bar = tqdm(total=len(todo), desc="Predict", unit="case", disable=not (todo and options.progress))
     try:
-        run = _run_overlapped if overlap and len(todo) > 1 else _run_sequential
+        run = _run_overlapped if options.overlap and len(todo) > 1 else _run_sequential
         for outcome in run(todo, prepare, network, finish):
             outcomes[outcome.case_id] = outcome
             bar.update(1)
@@ -578,8 +589,7 @@ def _finish(
     probs,
     plans: Plans,
     output_dir: Path,
-    save_probabilities: bool,
-    largest_component: bool,
+    options: PredictOptions,
 ) -> None:
     from monetpipe.inference.postprocessing import keep_largest_component
     from monetpipe.inference.predictor import with_background
@@ -588,7 +598,7 @@ def _finish(
 
     case_id, timings = prepared.case.case_id, prepared.timings
     t = time.perf_counter()
-    labels, restored = restore_to_original_grid(probs, prepared.properties, plans, save_probabilities)
+    labels, restored = restore_to_original_grid(probs, prepared.properties, plans, options.save_probabilities)
     timings["restore"] = time.perf_counter() - t
     if restored is not None:
         t = time.perf_counter()
@@ -603,7 +613,7 @@ def _finish(
         del restored
         timings["write"] = time.perf_counter() - t
     t = time.perf_counter()
-    if largest_component:
+    if options.largest_component:
         labels = keep_largest_component(labels, [v for v in plans.output_labels.values() if v != 0])
     timings["postprocess"] = time.perf_counter() - t
     t = time.perf_counter()
