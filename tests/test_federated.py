@@ -366,3 +366,7 @@ def test_too_few_sites_stops_with_a_message_and_continue_resumes_from_the_last_r
     rows = _log(fold_dir)
     assert [r["round"] for r in rows if r["site"] == "global"] == [1, 2]  # round 1 kept, not redone
     assert sum(1 for r in rows if r["round"] == 1) == 3
+    # --continue on a finished run only re-runs a missing final validation (no federation needed)
+    (fold_dir / "validation" / "summary.json").unlink()
+    again = run_federated(TASK, "monet", 0, settings, paths=task04, superlink="127.0.0.1:9", continue_run=True)
+    assert again.rounds == 2 and (fold_dir / "validation" / "summary.json").is_file()

@@ -8,6 +8,7 @@ for the ServerApp's outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -95,6 +96,9 @@ def run_federated(
     folder = model_folder(paths.results, fp.task, fp.model, plans_name, settings.tag())
     fold_dir = folder.fold_dir(fp.fold)
     _check_run_folder(folder, fp.fold, continue_run)
+    if continue_run and folder.checkpoint(fp.fold, "final").is_file():
+        with run_folder_lock(fold_dir, command="monet_federated"):
+            return _finished(dataclasses.replace(fp, folder=folder), settings, sites)
     with run_folder_lock(fold_dir, command="monet_federated"):
         pass  # refuse now, not after starting the federation, when another run holds it
 
@@ -170,6 +174,43 @@ def run_federated(
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _finished(fp, settings: FederatedConfig, sites: dict) -> FederatedResult:
+    """``--continue`` on a finished run: only the final validation, when it is missing (as ``monet_train``)."""
+    import math
+
+    from monetpipe.results import load_checkpoint
+
+    ckpt = load_checkpoint(fp.folder.checkpoint(fp.fold, "final"))
+    summary_file = fp.folder.validation_dir(fp.fold) / "summary.json"
+    if fp.val_cases and not summary_file.is_file():
+        import torch
+
+        from monetpipe.networks import build_network
+        from monetpipe.training.config import resolve_device
+        from monetpipe.training.validation import validate_fold
+
+        log.info("%s is finished but has no final validation; running it", fp.fold_dir)
+        spec = ckpt["network"]
+        net = build_network(spec["name"], spec["in_channels"], spec["num_classes"])
+        net.load_state_dict(ckpt["model_state"])
+        device = torch.device(resolve_device(settings.device))
+        net.to(device)
+        validate_fold(
+            net, fp.layout, fp.plans, fp.val_cases, fp.folder.validation_dir(fp.fold), device, settings.val_batch_size
+        )
+    else:
+        log.info("%s is already finished; nothing to do", fp.fold_dir)
+    summary = read_json(summary_file) if summary_file.is_file() else {}
+    best = float(ckpt.get("best_dice", math.nan))
+    return FederatedResult(
+        fp.fold_dir,
+        int(ckpt["epoch"]),
+        best if math.isfinite(best) else None,
+        summary.get("foreground_mean", {}).get("Dice"),
+        sites,
+    )
+
+
 def _min_sites(settings: FederatedConfig, n: int, source) -> int | None:
     if settings.min_sites is not None and settings.min_sites > n:
         raise MonetError(f"--min-sites {settings.min_sites}: {source} names only {n} site(s). Lower --min-sites.")
@@ -179,10 +220,11 @@ def _min_sites(settings: FederatedConfig, n: int, source) -> int | None:
 def _check_run_folder(folder, fold, continue_run: bool) -> None:
     """Refuse a finished run, or an unfinished one without ``--continue``, before anything starts."""
     final, latest = folder.checkpoint(fold, "final"), folder.checkpoint(fold, "latest")
-    if final.is_file():
+    if final.is_file() and not continue_run:
         raise MonetError(
             f"{folder.fold_dir(fold)} holds a finished federated run (checkpoint_final.pth); refusing to overwrite "
-            f"it. Delete {folder.fold_dir(fold)} to run it again, or use another MONET_results."
+            f"it. Delete {folder.fold_dir(fold)} to run it again (--continue only re-runs a missing final "
+            f"validation), or use another MONET_results."
         )
     if latest.is_file() and not continue_run:
         raise MonetError(
