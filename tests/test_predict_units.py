@@ -380,3 +380,11 @@ def test_default_workers_and_their_batch():
     assert default_workers("cpu", 1) == 1 and default_workers(torch.device("cuda"), 8) == 1
     ct = dataclasses.replace(plans_for(3, 0), patch_size=(512, 512), batch_size=2)
     assert default_batch_size(ct, "cpu", workers=2) == 2  # one 512 x 512 slice per worker
+
+
+def test_predict_options_are_built_in_field_order():
+    """predict_folder / predict_files build PredictOptions positionally from their keywords."""
+    from monetpipe.inference.api import PredictOptions
+
+    names = [f.name for f in dataclasses.fields(PredictOptions)]
+    assert names[:6] == ["tta", "save_probabilities", "largest_component", "batch_size", "overwrite", "overlap"]

@@ -104,6 +104,7 @@ class PredictOptions:
         progress: show a progress bar.
     """
 
+    # predict_folder and predict_files build it positionally from their keywords: keep this order.
     tta: bool = False
     save_probabilities: bool = False
     largest_component: bool = False
@@ -170,14 +171,7 @@ def predict_folder(
     """
     from monetpipe.inference.loading import load_models
 
-    options = PredictOptions(
-        tta=tta,
-        save_probabilities=save_probabilities,
-        largest_component=largest_component,
-        batch_size=batch_size,
-        overwrite=overwrite,
-        overlap=overlap,
-    )
+    options = PredictOptions(tta, save_probabilities, largest_component, batch_size, overwrite, overlap)
     check_folders(input_dir, output_dir)
     check_writable(output_dir)
     with cpu_workers(device, num_threads, workers) as workers:
@@ -378,14 +372,7 @@ def predict_files(
         workers: the models' slice-parallel workers (sizes the default batch).
         Others: as in :func:`predict_folder`.
     """
-    options = PredictOptions(
-        tta=tta,
-        save_probabilities=save_probabilities,
-        largest_component=largest_component,
-        batch_size=batch_size,
-        overwrite=overwrite,
-        overlap=overlap,
-    )
+    options = PredictOptions(tta, save_probabilities, largest_component, batch_size, overwrite, overlap)
     check_folders(input_dir, output_dir)
     check_writable(output_dir)
     return _predict_input_folder(input_dir, output_dir, models, plans, options, device, channels_last, workers)
