@@ -1,4 +1,4 @@
-"""The results layout (DESIGN.md §2), shared by training, inference and evaluation.
+"""The results layout (docs/training.md, "The run folder"), shared by training, inference and evaluation.
 
 ``MONET_results/<Task>/<model>__<plans>/`` is self-contained: ``plans.json``, ``dataset.json`` and
 ``dataset_fingerprint.json`` beside ``fold_<k>/`` folders holding ``checkpoint_{latest,previous,best,final}.pth``,

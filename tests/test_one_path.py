@@ -124,7 +124,7 @@ def _assert_validation_is_monet_predict(paths: MonetPaths, result, tmp_path: Pat
     assert summary["foreground_mean"]["Dice"] is not None
 
 
-@pytest.mark.skipif(not (TASK04 / "dataset.json").is_file(), reason="real Task04 data (../shared/data) is absent")
+@pytest.mark.skipif(not (TASK04 / "dataset.json").is_file(), reason="real Task04 data is absent")
 def test_final_validation_equals_monet_predict_on_real_task04(tmp_path, monkeypatch):
     monkeypatch.delenv("MONET_raw", raising=False)  # the run must find its raw images through its own paths
     paths, _, result = _train(tmp_path, lambda raw: _task04_subset(raw, 6))

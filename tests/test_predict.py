@@ -543,7 +543,7 @@ def test_model_folder_alone_with_no_data_roots(ct_env, tmp_path, monkeypatch):
 # --- real CT --------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not (SHARED_CT / "lung1_image_zcrop.nii.gz").is_file(), reason="../shared/data/ct is absent")
+@pytest.mark.skipif(not (SHARED_CT / "lung1_image_zcrop.nii.gz").is_file(), reason="the real CT test data is absent")
 def test_real_ct_resampled_to_coarser_plan_and_back(ct_env, tmp_path):
     """512 x 512 at 0.57 mm -> the plan's 1.14 mm grid -> back: identical geometry, bone where HU > 300."""
     src = SHARED_CT / "lung1_image_zcrop.nii.gz"

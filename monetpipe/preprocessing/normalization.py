@@ -1,4 +1,4 @@
-"""Per-channel intensity normalization as the plans say (DESIGN.md §4)."""
+"""Per-channel intensity normalization as the plans say (docs/preprocessing.md, "The plans")."""
 
 from __future__ import annotations
 

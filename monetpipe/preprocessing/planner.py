@@ -1,5 +1,6 @@
-"""From a fingerprint to plans (DESIGN.md §4): slice axis, in-plane spacing, patch size, normalization,
-labels and batch size. Every decision is a small pure function so it can be read and tested alone.
+"""From a fingerprint to plans (docs/preprocessing.md, "The plans"): slice axis, in-plane spacing, patch
+size, normalization, labels and batch size. Every decision is a small pure function so it can be read and
+tested alone.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def plan_experiment(
     labels: list[int] | None = None,
     max_size: int = 256,
 ) -> Plans:
-    """Plan a configuration for ``task`` from its fingerprint (DESIGN.md §4).
+    """Plan a configuration for ``task`` from its fingerprint (docs/preprocessing.md, "The plans").
 
     Args:
         task: the loaded task.
