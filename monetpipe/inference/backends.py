@@ -360,6 +360,20 @@ def _onnxruntime(
     return run
 
 
+def _checked_backend(backend: str, device: torch.device, workers: int) -> str:
+    """``backend`` as a :data:`BACKENDS` key, after refusing what cannot run on ``device``."""
+    key = backend.strip().lower()
+    if key not in BACKENDS:
+        raise MonetError(f"unknown inference backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if key == "onnxruntime" and device.type != "cpu":
+        raise MonetError(f"the onnxruntime backend runs on the CPU, not {device}; use --backend torch there")
+    if workers < 1:
+        raise MonetError(f"--workers must be at least 1, got {workers}")
+    if workers > 1 and device.type != "cpu":
+        raise MonetError(f"slice-parallel workers are for the CPU, not {device}; use --workers 1 there")
+    return key
+
+
 def make_inference_model(
     model: nn.Module,
     backend: str = DEFAULT_BACKEND,
@@ -393,16 +407,8 @@ def make_inference_model(
     Raises:
         MonetError: unknown backend, or a backend that is not installed / not usable on ``device``.
     """
-    key = backend.strip().lower()
-    if key not in BACKENDS:
-        raise MonetError(f"unknown inference backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     device = torch.device(device)
-    if key == "onnxruntime" and device.type != "cpu":
-        raise MonetError(f"the onnxruntime backend runs on the CPU, not {device}; use --backend torch there")
-    if workers < 1:
-        raise MonetError(f"--workers must be at least 1, got {workers}")
-    if workers > 1 and device.type != "cpu":
-        raise MonetError(f"slice-parallel workers are for the CPU, not {device}; use --workers 1 there")
+    key = _checked_backend(backend, device, workers)
     total = set_threads(threads)
     if workers > 1:
         threads = set_threads(max(1, total // workers))
