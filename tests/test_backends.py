@@ -204,12 +204,19 @@ def test_slice_parallel_keeps_order_and_runs_a_new_shape_alone_first():
     calls = []  # (shape, running-at-once count)
     running = [0]
     lock = threading.Lock()
+    both_running = threading.Event()
+    wait_for_partner = [False]
 
     def fn(x):
         with lock:
             running[0] += 1
             calls.append((tuple(x.shape), running[0]))
-        time.sleep(0.05)
+            if running[0] == 2:
+                both_running.set()
+        if wait_for_partner[0]:  # run in parallel, the first part sees the second arrive (a busy host is slow)
+            both_running.wait(10)
+        else:
+            time.sleep(0.05)
         with lock:
             running[0] -= 1
         return x * 2
@@ -219,6 +226,7 @@ def test_slice_parallel_keeps_order_and_runs_a_new_shape_alone_first():
     assert torch.equal(runner(x[:4]), x[:4] * 2)  # first call for this shape: part 1 alone, then part 2
     assert calls[0] == ((2, 1, 1, 1), 1)
     calls.clear()
+    wait_for_partner[0] = True
     assert torch.equal(runner(x[:5]), x[:5] * 2)  # known shape: both parts (3 + 2) at once
     assert sorted(c[0][0] for c in calls) == [2, 3] and max(c[1] for c in calls) == 2
     assert torch.equal(runner(x[:1]), x[:1] * 2)  # a single slice is not split
