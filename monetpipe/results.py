@@ -61,8 +61,15 @@ class ModelFolder:
 
     @property
     def plans_name(self) -> str:
-        parts = self.root.name.split("__", 1)
-        return parts[1] if len(parts) == 2 else "monetPlans"
+        """The plans part of ``<model>__<plans>[__<tag>]`` (a third part tags a variant, e.g. monet_federated's)."""
+        parts = self.root.name.split("__")
+        return parts[1] if len(parts) >= 2 else "monetPlans"
+
+    @property
+    def tag(self) -> str | None:
+        """The variant tag of ``<model>__<plans>__<tag>`` (``None`` for a plain ``monet_train`` folder)."""
+        parts = self.root.name.split("__", 2)
+        return parts[2] if len(parts) == 3 else None
 
     @property
     def plans_file(self) -> Path:
@@ -97,6 +104,41 @@ class ModelFolder:
             if m and (d / f"checkpoint_{which}.pth").is_file():
                 folds.append(parse_fold(m.group(1)))
         return sorted(folds, key=lambda f: (isinstance(f, str), f if isinstance(f, int) else 0))
+
+
+def training_budget(fold_dir: Path) -> dict:
+    """``epochs``, ``train_steps``, ``batch_size``, ``train_s`` of a trained fold, so runs trained for
+    different budgets are told apart (a short demo run from a full one).
+
+    Epochs and seconds come from ``training_log.csv`` (one row per completed epoch, ``seconds`` its wall
+    time), the iterations per epoch and global batch size from ``config.json``'s ``resolved`` values, so
+    ``train_steps`` = epochs x iterations per epoch (optimizer steps). Blank when a file is absent.
+    """
+    import csv
+    import json
+    import logging
+    import math
+
+    out: dict = {"epochs": None, "train_steps": None, "batch_size": None, "train_s": math.nan}
+    log_file, config_file = Path(fold_dir) / "training_log.csv", Path(fold_dir) / "config.json"
+    try:
+        if log_file.is_file():
+            with open(log_file, newline="") as f:
+                rows = list(csv.DictReader(f))
+            out["epochs"] = len(rows)
+            if rows and "seconds" in rows[0]:
+                out["train_s"] = float(sum(float(r["seconds"]) for r in rows))
+        if config_file.is_file():
+            resolved = json.loads(config_file.read_text()).get("resolved") or {}
+            iterations, batch = resolved.get("iterations_per_epoch"), resolved.get("batch_size")
+            out["batch_size"] = int(batch) if isinstance(batch, int) else None
+            if isinstance(iterations, int) and out["epochs"] is not None:
+                out["train_steps"] = out["epochs"] * iterations
+    except (OSError, ValueError, TypeError, AttributeError, csv.Error) as exc:
+        logging.getLogger(__name__).warning(
+            "%s: training record unreadable (%s); budget columns left blank.", fold_dir, exc
+        )
+    return out
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:

@@ -18,8 +18,9 @@ import pytest
 from scipy import ndimage
 
 from monetpipe.evaluation.evaluator import evaluate_folders
-from monetpipe.evaluation.leaderboard import FoldResult, FoldRun, leaderboard_row, per_case_foreground
+from monetpipe.evaluation.leaderboard import EvaluatedFold, FoldRun, leaderboard_row, per_case_foreground
 from monetpipe.io.image import Geometry, write_label
+from monetpipe.results import ModelFolder
 
 LABELS = (1, 2, 3)
 N_CASES = 3
@@ -108,8 +109,8 @@ class Scorer:
             write_label(pred, geometry, folder / f"case_{i}.nii.gz")
         evaluate_folders(self.root / "ref", folder, labels=LABELS, num_processes=1, progress=False)
         summary = json.loads((folder / "summary.json").read_text())
-        run = FoldRun("Task900_Prop", "monet", "monetPlans", "0", self.root / "results" / "monet__monetPlans")
-        row = leaderboard_row(FoldResult(run, summary, per_case_foreground(summary), {}), {}, None)
+        run = FoldRun(ModelFolder(self.root / "results" / "Task900_Prop" / "monet__monetPlans"), "0")
+        row = leaderboard_row(EvaluatedFold(run, summary, per_case_foreground(summary), {}), {}, None)
         return summary, row
 
 

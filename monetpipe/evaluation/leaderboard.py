@@ -15,7 +15,6 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +30,11 @@ from monetpipe.evaluation.evaluator import (
     list_cases,
     summary_ok,
 )
+from monetpipe.evaluation.runs import EvaluatedFold, FoldRun
 from monetpipe.io.atomic import atomic_path, read_json
 from monetpipe.io.image import strip_nifti
 from monetpipe.paths import MonetPaths, find_task
+from monetpipe.results import ModelFolder, training_budget
 
 logger = logging.getLogger(__name__)
 
@@ -81,35 +82,6 @@ _INTEGER_COLUMNS = (
 DECIMALS = {"dice_": 4, "hd95_": 2, "size_mib_": 2, "cpu_s_": 2, "train_s": 2}
 
 
-@dataclass(frozen=True)
-class FoldRun:
-    """One trained fold of one ``<model>__<plans>`` results folder."""
-
-    task: str
-    model: str
-    plans: str
-    fold: str
-    model_dir: Path
-
-    @property
-    def validation_dir(self) -> Path:
-        return self.model_dir / f"fold_{self.fold}" / "validation"
-
-    @property
-    def name(self) -> str:
-        return self.model_dir.name  # <model>__<plans>, or <model>__<plans>__<tag> for a federated run
-
-
-@dataclass
-class FoldResult:
-    """A fold's evaluation: its summary and per-case foreground means (``case, dice, hd95`` columns)."""
-
-    run: FoldRun
-    summary: dict
-    per_case: pd.DataFrame
-    plans: dict
-
-
 def find_runs(results_task_dir: Path, models: Iterable[str] | None = None) -> list[FoldRun]:
     """Every ``<model>__<plans>/fold_<k>`` with at least one validation prediction, sorted.
 
@@ -120,11 +92,11 @@ def find_runs(results_task_dir: Path, models: Iterable[str] | None = None) -> li
     wanted = None if models is None else set(models)
     runs = []
     for model_dir in sorted(p for p in results_task_dir.iterdir() if p.is_dir() and "__" in p.name):
-        model, plans = model_dir.name.split("__")[:2]  # a third part tags a variant (monet_federated's fedavg3)
-        if wanted is not None and model not in wanted:
+        folder = ModelFolder(model_dir)
+        if wanted is not None and folder.model not in wanted:
             continue
         for fold_dir in sorted(model_dir.glob("fold_*")):
-            run = FoldRun(results_task_dir.name, model, plans, fold_dir.name[len("fold_") :], model_dir)
+            run = FoldRun(folder, fold_dir.name[len("fold_") :])
             if run.validation_dir.is_dir() and list_cases(run.validation_dir):
                 runs.append(run)
             else:
@@ -224,32 +196,6 @@ def federated_settings(fold_dir: Path) -> dict:
     return out
 
 
-def training_budget(fold_dir: Path) -> dict:
-    """``epochs``, ``train_steps``, ``batch_size``, ``train_s`` of a trained fold, so rows trained for
-    different budgets are told apart (a short demo run from a full one).
-
-    Epochs and seconds come from ``training_log.csv`` (one row per completed epoch, ``seconds`` its wall
-    time), the iterations per epoch and global batch size from ``config.json``'s ``resolved`` values, so
-    ``train_steps`` = epochs x iterations per epoch (optimizer steps). Blank when a file is absent.
-    """
-    out: dict = {"epochs": None, "train_steps": None, "batch_size": None, "train_s": math.nan}
-    log_file, config_file = fold_dir / "training_log.csv", fold_dir / "config.json"
-    try:
-        if log_file.is_file():
-            log = pd.read_csv(log_file)
-            out["epochs"] = len(log)
-            out["train_s"] = float(log["seconds"].sum()) if "seconds" in log.columns else math.nan
-        if config_file.is_file():
-            resolved = read_json(config_file).get("resolved") or {}
-            iterations, batch = resolved.get("iterations_per_epoch"), resolved.get("batch_size")
-            out["batch_size"] = int(batch) if isinstance(batch, int) else None
-            if isinstance(iterations, int) and out["epochs"] is not None:
-                out["train_steps"] = out["epochs"] * iterations
-    except (OSError, ValueError, AttributeError, pd.errors.ParserError) as exc:
-        logger.warning("%s: training record unreadable (%s); budget columns left blank.", fold_dir, exc)
-    return out
-
-
 def rounded(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with each float column rounded to the decimals that mean something (:data:`DECIMALS`)."""
     out = table.copy()
@@ -260,7 +206,7 @@ def rounded(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def evaluate_run(run: FoldRun, paths: MonetPaths, num_processes: int = 2) -> FoldResult:
+def evaluate_run(run: FoldRun, paths: MonetPaths, num_processes: int = 2) -> EvaluatedFold:
     """Evaluate (or reuse the summary of) one fold's validation predictions.
 
     Raises:
@@ -308,7 +254,7 @@ def evaluate_run(run: FoldRun, paths: MonetPaths, num_processes: int = 2) -> Fol
             len(summary["errors"]),
             summary_file,
         )
-    return FoldResult(run, summary, per_case_foreground(summary), plans)
+    return EvaluatedFold(run, summary, per_case_foreground(summary), plans)
 
 
 class _ParamCounter:
@@ -360,7 +306,7 @@ def _stats(values: pd.Series) -> tuple[float, float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, float(np.median(v))
 
 
-def leaderboard_row(result: FoldResult, params: dict, cpu_s: float | None) -> dict:
+def leaderboard_row(result: EvaluatedFold, params: dict, cpu_s: float | None) -> dict:
     """The leaderboard row of one evaluated fold (see :data:`BASE_COLUMNS`)."""
     table = case_table(result.summary)
     dice = _stats(result.per_case["dice"])
@@ -385,7 +331,7 @@ def leaderboard_row(result: FoldResult, params: dict, cpu_s: float | None) -> di
         "params_keras": keras,
         "size_mib_fp32": keras * 4 / 2**20 if keras is not None else math.nan,
         "cpu_s_150": math.nan if cpu_s is None else cpu_s,
-        **training_budget(result.run.model_dir / f"fold_{result.run.fold}"),
+        **training_budget(result.run.fold_dir),
         "n_missing": len(result.summary["unpaired"]["missing_predictions"]) + len(result.summary["errors"]),
     }
     for label, group in table.groupby("label", sort=True):
@@ -407,7 +353,7 @@ def collect_results(
     models: Iterable[str] | None = None,
     num_processes: int = 2,
     skipped: list[str] | None = None,
-) -> list[FoldResult]:
+) -> list[EvaluatedFold]:
     """Evaluate every trained fold of ``task`` (optionally only ``models``).
 
     Args:
@@ -448,7 +394,7 @@ def collect_results(
     return results
 
 
-def leaderboard_table(results: list[FoldResult]) -> pd.DataFrame:
+def leaderboard_table(results: list[EvaluatedFold]) -> pd.DataFrame:
     """Rows of :func:`leaderboard_row` for ``results``, sorted by ``dice_mean`` (best first)."""
     if not results:
         return pd.DataFrame(columns=list(BASE_COLUMNS))

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from monetpipe.errors import MonetError
-from monetpipe.evaluation.leaderboard import FoldResult, training_budget
+from monetpipe.evaluation.runs import EvaluatedFold
 from monetpipe.io.atomic import atomic_path
 from monetpipe.io.image import read_label, read_volume
+from monetpipe.results import training_budget
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def _save(fig, path: str | os.PathLike) -> None:
         fig.savefig(tmp, format="png", bbox_inches="tight")
 
 
-def pooled_cases(results: list[FoldResult]) -> dict[str, pd.DataFrame]:
+def pooled_cases(results: list[EvaluatedFold]) -> dict[str, pd.DataFrame]:
     """Per ``<model>__<plans>``: per-case foreground Dice / HD95 of all its folds (column ``fold`` added)."""
     groups: dict[str, list[pd.DataFrame]] = {}
     for r in results:
@@ -58,7 +59,7 @@ def _labels(names: list[str], steps: dict[str, set]) -> list[str]:
     return out
 
 
-def plot_leaderboard(results: list[FoldResult], path: str | os.PathLike) -> Path:
+def plot_leaderboard(results: list[EvaluatedFold], path: str | os.PathLike) -> Path:
     """Box plots of per-case foreground-mean Dice and HD95 (mm, misses at the penalty) per model -> ``path`` (PNG).
 
     Returns:
@@ -67,7 +68,7 @@ def plot_leaderboard(results: list[FoldResult], path: str | os.PathLike) -> Path
     groups = pooled_cases(results)
     steps: dict[str, set] = {}
     for r in results:
-        steps.setdefault(r.run.name, set()).add(training_budget(r.run.model_dir / f"fold_{r.run.fold}")["train_steps"])
+        steps.setdefault(r.run.name, set()).add(training_budget(r.run.fold_dir)["train_steps"])
     names = sorted(groups, key=lambda n: -np.nan_to_num(groups[n]["dice"].mean(), nan=-1.0))
     fig, (ax_dice, ax_hd) = _figure(max(7.0, 2.4 * len(names) + 2.0), 4.5, ncols=2)
     hd_unit = " (mm)\na miss or false alarm counts as the image diagonal"
@@ -267,7 +268,7 @@ def plot_overlay(
 
 
 def plot_overlays(
-    results: list[FoldResult],
+    results: list[EvaluatedFold],
     out_dir: str | os.PathLike,
     image_lookup: Callable[[str], Path | None] | None = None,
 ) -> list[Path]:
