@@ -3,6 +3,7 @@
 Every stage is a plain function in its subpackage (``preprocessing``, ``training``, ``inference``,
 ``evaluation``, ``benchmark``); the ``monet_*`` commands are thin shells over them.
 """
+
 import logging
 
 __version__ = "0.1.0"

@@ -24,14 +24,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--size", type=int, default=256, help="slice height and width")
     p.add_argument("--cpu-batch", type=int, default=16, help="CPU batch size")
     p.add_argument("--gpu-batch", type=int, default=32, help="GPU batch size (paper: 32)")
-    p.add_argument(
-        "--classes", type=int, default=1, help="output channels (1 = sigmoid, as in the paper's tasks)"
-    )
+    p.add_argument("--classes", type=int, default=1, help="output channels (1 = sigmoid, as in the paper's tasks)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per network")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: all available cores)"
-    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all available cores)")
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
@@ -128,8 +124,7 @@ def main() -> int:
     if torch.cuda.is_available() and not args.no_gpu:
         cl = resolve_channels_last(args.channels_last, "cuda")
         print(
-            f"GPU: {torch.cuda.get_device_name()}, batch {args.gpu_batch}, amp={args.amp}, "
-            f"channels_last={cl}",
+            f"GPU: {torch.cuda.get_device_name()}, batch {args.gpu_batch}, amp={args.amp}, channels_last={cl}",
             flush=True,
         )
         for name in models:
@@ -147,8 +142,7 @@ def main() -> int:
             rows.append(("gpu", name, r, args.gpu_batch))
 
     print(
-        f"\n{'device':<6} {'model':<15} {'params':>11} {'batch':>5} {'s/step':>14} {'slices/s':>9} "
-        f"{'cpu s/step':>10}"
+        f"\n{'device':<6} {'model':<15} {'params':>11} {'batch':>5} {'s/step':>14} {'slices/s':>9} {'cpu s/step':>10}"
     )
     for device, name, r, batch in rows:
         params = count_parameters(build_network(name, 1, args.classes))["params_trainable"]

@@ -47,9 +47,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def run_training(
-    cmd: list[str], env: dict, time_limit_min: float | None, log_file: Path
-) -> tuple[float, bool]:
+def run_training(cmd: list[str], env: dict, time_limit_min: float | None, log_file: Path) -> tuple[float, bool]:
     """Run the training command; returns (wall seconds, whether it was stopped by the time limit)."""
     start = time.perf_counter()
     with open(log_file, "wb") as log:
@@ -85,9 +83,7 @@ def score_latest(fold_dir: Path, env: dict) -> dict:
     net = build_network(**ckpt["network"])
     net.load_state_dict(ckpt["model_state"])
     print(f"scoring checkpoint_latest (epoch {ckpt['epoch']})")
-    return validate_fold(
-        net, fp.layout, fp.plans, fp.val_cases, fold_dir / "validation_latest", torch.device("cpu")
-    )
+    return validate_fold(net, fp.layout, fp.plans, fp.val_cases, fold_dir / "validation_latest", torch.device("cpu"))
 
 
 def main() -> int:
@@ -115,9 +111,7 @@ def main() -> int:
 
     fold_dir = work / "results" / TASK / "monet__monetPlans" / "fold_0"
     summary = (
-        score_latest(fold_dir, env)
-        if stopped
-        else json.loads((fold_dir / "validation" / "summary.json").read_text())
+        score_latest(fold_dir, env) if stopped else json.loads((fold_dir / "validation" / "summary.json").read_text())
     )
     rows = (fold_dir / "training_log.csv").read_text().splitlines()
     print("\ntraining_log.csv (epoch, train_loss, val_loss, val_dice, lr, seconds):")

@@ -1,4 +1,5 @@
 """Metrics: hand-computed cases, the empty-mask conventions, and agreement with MONAI and medpy."""
+
 from __future__ import annotations
 
 import math
@@ -45,6 +46,7 @@ def blobs(rng: np.random.Generator, shape, threshold: float) -> np.ndarray:
 
 
 # --- hand-computed -----------------------------------------------------------------------------------
+
 
 def test_cubes_offset_along_anisotropic_axis():
     ref = cube((20, 16, 16), (5, 5, 5), (10, 10, 10))
@@ -117,6 +119,7 @@ def test_cropping_does_not_change_distances():
 
 
 # --- empty conventions -------------------------------------------------------------------------------
+
 
 def test_both_empty_gives_nan_everywhere():
     empty = np.zeros((6, 7, 8), bool)

@@ -1,4 +1,5 @@
 """The synthetic tasks: valid MSD folders that load, read back exactly, and are reproducible."""
+
 from __future__ import annotations
 
 import filecmp
@@ -161,8 +162,7 @@ def test_bad_arguments_are_refused(tmp_path):
 
 
 def test_cli_writes_into_output_and_refuses_to_clobber(tmp_path, capsys):
-    args = ["-o", str(tmp_path), "--kind", "mr", "--cases", "2", "--test", "0",
-            "--shape", *map(str, MR_SHAPE)]
+    args = ["-o", str(tmp_path), "--kind", "mr", "--cases", "2", "--test", "0", "--shape", *map(str, MR_SHAPE)]
     assert main(args) == 0
     folder = tmp_path / "Task902_SyntheticMR"
     assert capsys.readouterr().out.strip() == str(folder)
