@@ -13,7 +13,7 @@ export MONET_raw ?= $(abspath $(DEMO_DIR))/raw
 export MONET_preprocessed ?= $(abspath $(DEMO_DIR))/preprocessed
 export MONET_results ?= $(abspath $(DEMO_DIR))/results
 
-.PHONY: install demo test test-all clean-demo FORCE
+.PHONY: install demo lint test test-all clean-demo FORCE
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ $(STAMP): setup.py pyproject.toml $(TORCH_STAMP)
 # to make, e.g. `make demo DEMO_EPOCHS=10`); tests/test_demo.py runs the same script on a smaller budget.
 demo: $(STAMP)
 	BIN=$(VENV)/bin DEMO_DIR=$(abspath $(DEMO_DIR)) bash scripts/demo.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

@@ -24,7 +24,16 @@ setup(
         "matplotlib>=3.6",
     ],
     extras_require={
-        "test": ["pytest>=7", "monai>=1.3", "medpy>=0.4", "onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
+        "test": [
+            "pytest>=7",
+            "monai>=1.3",
+            "medpy>=0.4",
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
+            "onnxscript>=0.1",
+            # the linter CI runs; pinned to a minor version so its formatting does not drift under us
+            "ruff>=0.17,<0.18",
+        ],
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
         "federated": ["flwr>=1.42,<2"],  # the Message API, strategies and deployment runtime used
     },
