@@ -21,21 +21,21 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment whose monet_* commands the demo calls
 MODELS = ("monet", "unet16", "unet64", "attention_unet")
 TASK = "Task901_SyntheticCT"
-#: The reduced budget: 8 cases of 48 x 40 x 12 voxels (5 training cases, 60 slices), 4 passes at batch 4 for
-#: every network (the demo's smoke-run networks too: here each must show it learns).
+#: The reduced budget: 8 cases of 48 x 40 x 12 voxels (5 training cases, 60 slices, 15 steps per pass at
+#: batch 4); MoNet and U-Net-16 8 passes, U-Net-64 and Attention U-Net (the demo's smoke runs) 4.
 REDUCED = {
     "DEMO_CASES": "8",
     "DEMO_SHAPE": "48 40 12",
-    "DEMO_EPOCHS": "4",
+    "DEMO_EPOCHS": "8",
     "DEMO_SMOKE_EPOCHS": "4",
     "DEMO_BATCH": "4",
     "DEMO_NP": "1",
 }
 #: How far above its untrained self every trained network must land (foreground Dice, mean over val cases).
-#: Untrained, the output prior makes a network predict background everywhere (Dice 0, every structure
-#: missed), and a few stray voxels on structures of hundreds stay far below 0.02: above it, the network found
-#: structures. It is a floor, not a ranking: on this budget MoNet learns slowest (foreground Dice 0.048
-#: against U-Net-16's 0.535 in the run that set it).
+#: Untrained networks are not at 0: untrained MoNet scored foreground Dice 0.042 here (organ 0.084), so the
+#: baseline is measured, not assumed. It is a floor, not a ranking: after 4 passes MoNet was barely above its
+#: untrained self (0.048) while U-Net-16 reached 0.535; MoNet's inner-val Dice rises from the 5th pass
+#: (0.05 -> 0.17) and is 0.21 after the 8th, hence 8 passes for the small networks.
 MARGIN = 0.02
 
 
@@ -61,7 +61,9 @@ def test_demo_trains_every_network_beyond_its_untrained_self(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     board = pd.read_csv(tmp_path / "results" / TASK / "leaderboard.csv").set_index("model")
     assert sorted(board.index) == sorted(MODELS)
-    assert board["train_steps"].nunique() == 1 and board["epochs"].eq(4).all()  # one budget, as announced
+    assert board.loc[["monet", "unet16"], "epochs"].eq(8).all()  # the budgets asked for, whole passes
+    assert board.loc[["unet64", "attention_unet"], "epochs"].eq(4).all()
+    assert (board["train_steps"] == board["epochs"] * 15).all()
     results = tmp_path / "results" / TASK
     for path in ("leaderboard.csv", "leaderboard.png", "overlays/monet__monetPlans_median.png"):
         assert (results / path).is_file() and path.split("/")[0] in run.stdout  # named in the closing message
