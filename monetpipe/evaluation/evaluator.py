@@ -28,17 +28,18 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 
 from monetpipe.errors import MonetError
 from monetpipe.evaluation.aggregation import aggregate, image_diagonal_mm, penalize
 from monetpipe.evaluation.metrics import compute_label_metrics, empty_label_metrics, label_values
 from monetpipe.io.atomic import atomic_path, read_json, write_json
+from monetpipe.io.dataset import is_hidden
 from monetpipe.io.image import is_nifti, read_label, strip_nifti
+from monetpipe.parallel import worker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def list_cases(folder: str | os.PathLike) -> dict[str, Path]:
         raise EvaluationError(f"{folder}: folder not found. Pass an existing folder of .nii.gz label maps.")
     cases: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or not is_nifti(path.name):
+        if is_hidden(path.name) or not path.is_file() or not is_nifti(path.name):
             continue
         case = strip_nifti(path.name)
         if case in cases:
@@ -215,9 +216,46 @@ def evaluate_folders(
     Raises:
         EvaluationError: a folder is missing, or no case could be evaluated.
     """
-    from tqdm import tqdm
-
     refs, preds = list_cases(ref_dir), list_cases(pred_dir)
+    pairs, missing_predictions, missing_references = _pair_cases(refs, preds, case_ids, ref_dir, pred_dir)
+    label_list = None if labels is None else sorted({int(v) for v in labels})
+    jobs = {c: (refs[c], preds[c], label_list) for c in pairs}
+    results = _run_jobs(jobs, num_processes, progress)
+    errors = [
+        {"case": c, "reference_file": str(refs[c]), "prediction_file": str(preds[c]), "error": results[c]["error"]}
+        for c in pairs
+        if "error" in results[c]
+    ]
+    for e in errors:
+        logger.warning("%s", e["error"])
+    good = [c for c in pairs if "error" not in results[c]]
+    if not good:
+        raise EvaluationError(
+            f"None of the {len(pairs)} case(s) in {pred_dir} could be evaluated; first problem: {errors[0]['error']}"
+        )
+    if label_list is None:
+        label_list = sorted({int(k) for c in good for k in results[c]["metrics"]})
+    per_case = [_case_entry(results[c], refs[c], preds[c], label_list) for c in good]
+    stats = aggregate(per_case, label_list)
+    summary = _summary(per_case, stats, label_list)
+    summary["unpaired"] = {
+        "missing_predictions": [str(refs[c]) for c in missing_predictions],
+        "missing_references": [str(preds[c]) for c in missing_references],
+    }
+    summary["errors"] = errors
+    output_file = Path(pred_dir) / "summary.json" if output_file is None else Path(output_file)
+    write_json(summary, output_file)
+    write_case_csv(summary, output_file.with_suffix(".csv"))
+    logger.info(
+        "wrote %s (%d cases, foreground Dice %.4f)", output_file, len(per_case), stats["foreground_mean"]["Dice"]
+    )
+    return summary
+
+
+def _pair_cases(
+    refs: dict[str, Path], preds: dict[str, Path], case_ids: Iterable[str] | None, ref_dir, pred_dir
+) -> tuple[list[str], list[str], list[str]]:
+    """The expected cases that have both files, those without a prediction, predictions without a reference."""
     expected = sorted(refs) if case_ids is None else sorted(set(case_ids))
     missing_references = sorted(set(preds) - set(refs))
     if case_ids is not None:
@@ -233,57 +271,44 @@ def evaluate_folders(
             f"No prediction in {pred_dir} has a reference in {ref_dir} (cases are paired by file name "
             f"without .nii.gz). Check that both folders hold the same cases."
         )
+    return pairs, missing_predictions, missing_references
 
-    label_list = None if labels is None else sorted({int(v) for v in labels})
+
+def _run_jobs(jobs: dict[str, tuple], num_processes: int, progress: bool) -> dict[str, dict]:
+    """:func:`_evaluate_case` for every case, in this process or in worker processes that die with it."""
+    from tqdm import tqdm
+
     results: dict[str, dict] = {}
-    jobs = [(refs[c], preds[c], label_list) for c in pairs]
-    bar = tqdm(total=len(jobs), desc="evaluating", unit="case", disable=not progress)
-    if num_processes <= 1 or len(jobs) == 1:
-        for case, job in zip(pairs, jobs, strict=True):
-            results[case] = _evaluate_case(*job)
-            bar.update()
-    else:
-        # forkserver: workers never inherit a parent's torch/OpenMP thread state (fork can deadlock there).
-        ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(max_workers=min(num_processes, len(jobs)), mp_context=ctx) as pool:
-            futures = {pool.submit(_evaluate_case, *job): case for case, job in zip(pairs, jobs, strict=True)}
+    with tqdm(total=len(jobs), desc="evaluating", unit="case", disable=not progress) as bar:
+        if num_processes <= 1 or len(jobs) == 1:
+            for case, job in jobs.items():
+                results[case] = _evaluate_case(*job)
+                bar.update()
+            return results
+        with worker_pool(min(num_processes, len(jobs))) as pool:
+            futures = {pool.submit(_evaluate_case, *job): case for case, job in jobs.items()}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update()
-    bar.close()
+    return results
 
-    errors = [
-        {"case": c, "reference_file": str(refs[c]), "prediction_file": str(preds[c]), "error": results[c]["error"]}
-        for c in pairs
-        if "error" in results[c]
-    ]
-    for e in errors:
-        logger.warning("%s", e["error"])
-    good = [c for c in pairs if "error" not in results[c]]
-    if not good:
-        raise EvaluationError(
-            f"None of the {len(pairs)} case(s) in {pred_dir} could be evaluated; first problem: {errors[0]['error']}"
-        )
-    if label_list is None:
-        label_list = sorted({int(k) for c in good for k in results[c]["metrics"]})
 
-    per_case = []
-    for case in good:
-        m, penalty = results[case]["metrics"], results[case]["penalty_mm"]
-        empty = empty_label_metrics(results[case]["n_voxels"])  # a label neither map of this case holds
-        metrics = {str(lab): penalize(m.get(lab, empty), penalty) for lab in label_list}
-        per_case.append(
-            {
-                "reference_file": str(refs[case]),
-                "prediction_file": str(preds[case]),
-                "distance_penalty_mm": penalty,
-                "metrics": metrics,
-            }
-        )
-    stats = aggregate(per_case, label_list)
+def _case_entry(result: dict, ref: Path, pred: Path, label_list: list[int]) -> dict:
+    """One case of ``metric_per_case``: every label's metrics, a miss or false alarm at the penalty distance."""
+    m, penalty = result["metrics"], result["penalty_mm"]
+    empty = empty_label_metrics(result["n_voxels"])  # a label neither map of this case holds
+    return {
+        "reference_file": str(ref),
+        "prediction_file": str(pred),
+        "distance_penalty_mm": penalty,
+        "metrics": {str(lab): penalize(m.get(lab, empty), penalty) for lab in label_list},
+    }
+
+
+def _summary(per_case: list[dict], stats: dict, label_list: list[int]) -> dict:
+    """``summary.json`` without its ``unpaired`` and ``errors`` parts (NaN written as ``None``)."""
     n_undefined = stats["n_undefined"]
-
-    summary = {
+    return {
         "summary_version": SUMMARY_VERSION,
         "metric_per_case": [
             {**c, "metrics": {k: {m: _nan_to_none(v) for m, v in d.items()} for k, d in c["metrics"].items()}}
@@ -314,19 +339,7 @@ def evaluate_folders(
             "n_ref": "voxels",
             "n_pred": "voxels",
         },
-        "unpaired": {
-            "missing_predictions": [str(refs[c]) for c in missing_predictions],
-            "missing_references": [str(preds[c]) for c in missing_references],
-        },
-        "errors": errors,
     }
-    output_file = Path(pred_dir) / "summary.json" if output_file is None else Path(output_file)
-    write_json(summary, output_file)
-    write_case_csv(summary, output_file.with_suffix(".csv"))
-    logger.info(
-        "wrote %s (%d cases, foreground Dice %.4f)", output_file, len(per_case), stats["foreground_mean"]["Dice"]
-    )
-    return summary
 
 
 def summary_ok(summary: dict) -> bool:
