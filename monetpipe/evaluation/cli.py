@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import sys
 import textwrap
 from collections.abc import Sequence
 
-from monetpipe.errors import MonetError
+from monetpipe.cli_common import run_cli, setup_logging
 
 EXAMPLES = """examples:
   monet_evaluate -ref labelsTr -pred seg -l 1 2 -np 4        # every reference must have a prediction
@@ -69,16 +68,18 @@ def _fmt(value: object) -> str:
 
 
 def _folders(args: argparse.Namespace) -> int:
-    from monetpipe.evaluation.evaluator import evaluate_folders, select_cases, summary_ok
+    from monetpipe.evaluation.api import evaluate_prediction_folder
+    from monetpipe.evaluation.evaluator import summary_ok
 
-    cases = select_cases(args.ref, args.pred, args.only_predicted, args.split, args.fold or 0)
-    summary = evaluate_folders(
+    summary = evaluate_prediction_folder(
         args.ref,
         args.pred,
         labels=args.labels,
         output_file=args.output,
         num_processes=args.num_processes,
-        case_ids=cases,
+        only_predicted=args.only_predicted,
+        split_file=args.split,
+        fold=args.fold or 0,
     )
     print(f"{summary['n_cases']} case(s); labels {summary['labels']}")
     print(f"{'label':>10} " + " ".join(f"{k:>9}" for k in ("Dice", "IoU", "HD95", "HD", "ASSD")))
@@ -110,15 +111,11 @@ def _folders(args: argparse.Namespace) -> int:
 def _leaderboard(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from monetpipe.evaluation.leaderboard import build_leaderboard, rounded
-    from monetpipe.paths import MonetPaths
+    from monetpipe.evaluation.api import task_leaderboard
+    from monetpipe.evaluation.leaderboard import rounded
 
-    table = build_leaderboard(
-        args.task,
-        MonetPaths.from_env(),
-        models=args.models,
-        num_processes=args.num_processes,
-        make_plots=not args.no_plots,
+    table = task_leaderboard(
+        args.task, models=args.models, num_processes=args.num_processes, make_plots=not args.no_plots
     )
     shown = [
         "run",
@@ -177,16 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give either --only-predicted or --split FILE, not both")
     if args.fold is not None and not args.split:
         parser.error("--fold goes with --split FILE")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    try:
-        return _folders(args) if folder_mode else _leaderboard(args)
-    except MonetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    setup_logging(args.verbose)
+    return run_cli(lambda: _folders(args) if folder_mode else _leaderboard(args))
 
 
 if __name__ == "__main__":  # pragma: no cover
