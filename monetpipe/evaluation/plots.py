@@ -215,38 +215,14 @@ def plot_overlay(
         {"slice_axis": slice_axis if slice_axis is not None else (plans or {}).get("slice_axis")}, geometry.spacing_zyx
     )
     index = most_informative_slice(ref, pred, axis)
-    background, window = (ref > 0).astype(np.float32), (0.0, 1.0)
-    if image_file is not None:
-        try:
-            image, image_geometry = read_volume([image_file])
-            if image_geometry.size == geometry.size:
-                background = image[0]
-                window = display_window(background, plans)
-            else:
-                logger.warning("%s: grid differs from %s; overlay drawn on the reference.", image_file, reference_file)
-        except MonetError as exc:
-            logger.warning("overlay drawn on the reference: %s", exc)
+    background, window = _overlay_background(ref, geometry, image_file, reference_file, plans)
     ref2, pred2, back2 = (np.take(a, index, axis=axis) for a in (ref, pred, background))
     rows_sp, cols_sp = [s for a, s in enumerate(geometry.spacing_zyx) if a != axis]
     fig, (ax,) = _figure(5.0, 5.6)
     origin = "upper" if axis == 0 else "lower"  # keep z pointing up in coronal / sagittal slices
     shown = {"origin": origin, "aspect": rows_sp / cols_sp, "interpolation": "nearest"}
     ax.imshow(back2, cmap="gray", vmin=window[0], vmax=window[1], **shown)
-    names = label_names(plans)
-    labels = sorted((set(np.unique(ref2).tolist()) | set(np.unique(pred2).tolist())) - {0})
-    fill = np.zeros((*pred2.shape, 4), np.float32)
-    handles = []
-    for label in labels:
-        color = LABEL_COLORS[(int(label) - 1) % len(LABEL_COLORS)]
-        rgb = np.array([int(color[i : i + 2], 16) / 255.0 for i in (1, 3, 5)], np.float32)
-        fill[pred2 == label] = (*rgb, 0.4)
-        mask = ref2 == label
-        if mask.any() and not mask.all():
-            # no origin= here: contour puts row i at y = i, where imshow (either origin) showed that row
-            ax.contour(mask.astype(np.float32), levels=[0.5], colors=[color], linewidths=1.3, zorder=3)
-        name = f"{label} {names[label]}" if label in names else f"label {label}"
-        handles.append(Patch(facecolor=color, edgecolor=color, label=name))
-    ax.imshow(fill, **shown)
+    handles = _draw_labels(ax, ref2, pred2, label_names(plans), shown)
     handles += [
         Line2D([], [], color="black", lw=1.3, label="reference: contour"),
         Patch(facecolor="0.5", alpha=0.5, label="prediction: fill"),
@@ -265,6 +241,40 @@ def plot_overlay(
     ax.set_title(f"{title}\n{where}", fontsize=8)
     _save(fig, path)
     return Path(path)
+
+
+def _overlay_background(ref: np.ndarray, geometry, image_file, reference_file, plans: dict | None):
+    """The case's image (first channel) and its display window; the reference mask when there is none."""
+    if image_file is not None:
+        try:
+            image, image_geometry = read_volume([image_file])
+            if image_geometry.size == geometry.size:
+                return image[0], display_window(image[0], plans)
+            logger.warning("%s: grid differs from %s; overlay drawn on the reference.", image_file, reference_file)
+        except MonetError as exc:
+            logger.warning("overlay drawn on the reference: %s", exc)
+    return (ref > 0).astype(np.float32), (0.0, 1.0)
+
+
+def _draw_labels(ax, ref2: np.ndarray, pred2: np.ndarray, names: dict, shown: dict) -> list:
+    """Each label's reference contour and translucent prediction fill in its colour; the legend handles."""
+    from matplotlib.patches import Patch
+
+    labels = sorted((set(np.unique(ref2).tolist()) | set(np.unique(pred2).tolist())) - {0})
+    fill = np.zeros((*pred2.shape, 4), np.float32)
+    handles = []
+    for label in labels:
+        color = LABEL_COLORS[(int(label) - 1) % len(LABEL_COLORS)]
+        rgb = np.array([int(color[i : i + 2], 16) / 255.0 for i in (1, 3, 5)], np.float32)
+        fill[pred2 == label] = (*rgb, 0.4)
+        mask = ref2 == label
+        if mask.any() and not mask.all():
+            # no origin= here: contour puts row i at y = i, where imshow (either origin) showed that row
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=[color], linewidths=1.3, zorder=3)
+        name = f"{label} {names[label]}" if label in names else f"label {label}"
+        handles.append(Patch(facecolor=color, edgecolor=color, label=name))
+    ax.imshow(fill, **shown)
+    return handles
 
 
 def plot_overlays(
