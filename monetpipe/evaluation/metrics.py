@@ -142,14 +142,10 @@ def _crop_to_union(ref: np.ndarray, pred: np.ndarray, margin: int = 1) -> tuple[
     Boundaries and distances are unchanged by this: every foreground voxel stays inside, and erosion
     treats outside-the-array as background exactly as the cropped-away background would.
     """
-    union = ref | pred
-    slices = []
-    for axis in range(union.ndim):
-        other = tuple(a for a in range(union.ndim) if a != axis)
-        hits = np.flatnonzero(union.any(axis=other)) if other else np.flatnonzero(union)
-        lo, hi = max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, union.shape[axis])
-        slices.append(slice(lo, hi))
-    key = tuple(slices)
+    from scipy.ndimage import find_objects
+
+    (box,) = find_objects((ref | pred).astype(np.uint8))
+    key = tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, ref.shape, strict=True))
     return ref[key], pred[key]
 
 
