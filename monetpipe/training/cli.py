@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import textwrap
 import types
 import typing
 from dataclasses import MISSING, Field, fields
@@ -24,8 +25,9 @@ INTERRUPTED = (
 )
 
 
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show ``(default: X)`` only where there is a value to show (not for None / off switches)."""
+class _DefaultsFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Show ``(default: X)`` only where there is a value to show (not for None / off switches); keep the
+    examples' layout."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         if action.default in (None, False) or "(default" in (action.help or ""):
@@ -106,16 +108,27 @@ def _add_start_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--val-only", action="store_true", help="only re-run the final validation of a finished run")
 
 
+EXAMPLES = """examples:
+  monet_train -t 4 -m monet                       # fold 0 of the 70/30 hold-out, the paper's recipe
+  monet_train -t 4 -m all -f all --continue       # every network on all cases, resuming where each stopped
+  monet_train --config MONET_results/Task04_Hippocampus/monet__monetPlans/fold_0/config.json --seed 2
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """``monet_train``'s parser: the run's names and start mode, plus one flag per :class:`TrainConfig` field."""
     from monetpipe.training.config import GROUPS, TrainConfig
 
     p = argparse.ArgumentParser(
         prog="monet_train",
-        description="Train a network on MONET_preprocessed/<Task>/ into "
-        "MONET_results/<Task>/<model>__<plans>/fold_<k>/. Defaults are the MoNet paper's recipe; "
-        "every setting is recorded in fold_<k>/config.json (--config replays it). Multi-GPU / multi-node: "
-        "torchrun --nproc_per_node N -m monetpipe.training ...",
+        description=textwrap.fill(
+            "Train a network on MONET_preprocessed/<Task>/ into "
+            "MONET_results/<Task>/<model>__<plans>/fold_<k>/. Defaults are the MoNet paper's recipe; "
+            "every setting is recorded in fold_<k>/config.json (--config replays it). Multi-GPU / "
+            "multi-node: torchrun --nproc_per_node N -m monetpipe.training ...",
+            100,
+        ),
+        epilog=EXAMPLES,
         formatter_class=_DefaultsFormatter,
     )
     _add_run_arguments(p)
