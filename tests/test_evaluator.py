@@ -276,3 +276,19 @@ def test_truncated_real_prediction_is_refused(tmp_path, capsys):
     assert "Traceback" not in err and f"error: {cut}:" in err
     summary = json.loads((pred_dir / "summary.json").read_text())
     assert summary["n_cases"] == 1 and summary["mean"]["1"]["Dice"] == 1.0  # the good case, and only it
+
+
+def test_an_unwritable_summary_folder_is_refused_before_any_case_is_scored(tmp_path, capsys):
+    from monetpipe.io.image import Geometry, write_label
+
+    geometry = Geometry((8, 8, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    mask = np.zeros((4, 8, 8), np.uint8)
+    mask[1:3, 2:5, 2:5] = 1
+    for folder in ("ref", "pred"):
+        write_label(mask, geometry, tmp_path / folder / "c1.nii.gz")
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")  # a folder cannot be made inside a file, even as root
+    code = main(["-ref", str(tmp_path / "ref"), "-pred", str(tmp_path / "pred"), "-o", str(blocked / "s.json")])
+    err = capsys.readouterr().err
+    assert code == 1 and str(blocked) in err and "not writable" in err and "Traceback" not in err
+    assert not (tmp_path / "pred" / "summary.json").exists()

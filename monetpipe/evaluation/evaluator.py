@@ -36,7 +36,7 @@ from pathlib import Path
 from monetpipe.errors import MonetError
 from monetpipe.evaluation.aggregation import aggregate, image_diagonal_mm, penalize
 from monetpipe.evaluation.metrics import compute_label_metrics, empty_label_metrics, label_values
-from monetpipe.io.atomic import atomic_path, read_json, write_json
+from monetpipe.io.atomic import atomic_path, ensure_writable_dir, read_json, write_json
 from monetpipe.io.dataset import is_hidden
 from monetpipe.io.image import is_nifti, read_label, strip_nifti
 from monetpipe.parallel import worker_pool
@@ -217,6 +217,8 @@ def evaluate_folders(
         EvaluationError: a folder is missing, or no case could be evaluated.
     """
     refs, preds = list_cases(ref_dir), list_cases(pred_dir)
+    output_file = Path(pred_dir) / "summary.json" if output_file is None else Path(output_file)
+    ensure_writable_dir(output_file.parent, "Choose another -o for the summary, or make the folder writable.")
     pairs, missing_predictions, missing_references = _pair_cases(refs, preds, case_ids, ref_dir, pred_dir)
     label_list = None if labels is None else sorted({int(v) for v in labels})
     jobs = {c: (refs[c], preds[c], label_list) for c in pairs}
@@ -243,7 +245,6 @@ def evaluate_folders(
         "missing_references": [str(preds[c]) for c in missing_references],
     }
     summary["errors"] = errors
-    output_file = Path(pred_dir) / "summary.json" if output_file is None else Path(output_file)
     write_json(summary, output_file)
     write_case_csv(summary, output_file.with_suffix(".csv"))
     logger.info(

@@ -31,7 +31,7 @@ from monetpipe.evaluation.evaluator import (
     summary_ok,
 )
 from monetpipe.evaluation.runs import EvaluatedFold, FoldRun
-from monetpipe.io.atomic import atomic_path, read_json
+from monetpipe.io.atomic import atomic_path, ensure_writable_dir, read_json
 from monetpipe.io.image import strip_nifti
 from monetpipe.paths import MonetPaths, find_task
 from monetpipe.results import ModelFolder, training_budget
@@ -450,6 +450,9 @@ def build_leaderboard(
         full precision (the CSV is :func:`rounded`);
         ``table.attrs["skipped_folds"]`` lists the folds that could not be evaluated at all, with the reason.
     """
+    results_task = paths.results / _resolve_task(task, paths)
+    if results_task.is_dir():  # else collect_results explains there is nothing trained yet
+        ensure_writable_dir(results_task, "Make it writable, or copy the results folder somewhere writable.")
     skipped: list[str] = []
     results = collect_results(task, paths, models, num_processes, skipped)
     table = leaderboard_table(results)
