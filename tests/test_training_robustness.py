@@ -335,3 +335,15 @@ def test_torchrun_on_a_locked_fold_stops_every_rank_with_the_message(roots):
     assert proc.returncode != 0
     assert f"{fold_dir} is in use by monet_train (pid {child.pid}" in proc.stderr
     assert sorted(p.name for p in fold_dir.iterdir()) == [LOCK_NAME]
+
+
+def test_an_unwritable_results_folder_is_refused_before_training(tmp_path):
+    from monetpipe.errors import MonetError
+    from monetpipe.training.lock import run_folder_lock
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")  # no folder can be made inside a file, even as root
+    with pytest.raises(MonetError, match="not writable") as info:
+        with run_folder_lock(blocked / "monet__monetPlans" / "fold_0"):
+            pass
+    assert str(blocked) in str(info.value)

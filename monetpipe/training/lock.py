@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from monetpipe.errors import MonetError
+from monetpipe.io.atomic import ensure_writable_dir
 
 try:
     import fcntl as _fcntl
@@ -85,7 +86,7 @@ def run_folder_lock(fold_dir: Path, command: str = "monet_train") -> Iterator[Pa
     """
     fold_dir = Path(fold_dir)
     created = [d for d in (fold_dir, *fold_dir.parents) if not d.is_dir()]  # innermost first
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(fold_dir, "Make it writable, or set MONET_results to a writable folder.")
     path = fold_dir / LOCK_NAME
     take = _flock if _fcntl is not None else _exclusive_file
     try:
