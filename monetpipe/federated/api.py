@@ -104,43 +104,14 @@ def run_federated(
 
     work = Path(tempfile.mkdtemp(prefix="monet_federated_"))
     try:
-        spec_file, result_file = work / "spec.json", work / "result.json"
-        site_files = {}
-        for name, cases in sites.items():
-            site_files[name] = work / "sites" / f"{name}.json"
-            write_json(cases, site_files[name])
-        write_json(
-            {
-                "task": fp.task,
-                "model": fp.model,
-                "fold": fp.fold,
-                "plans": plans_name,
-                "raw": str(paths.raw),
-                "preprocessed": str(paths.preprocessed),
-                "results": str(paths.results),
-                "settings": settings.to_dict(),
-                "site_map": sites or None,
-                "continue": continue_run,
-                "result_file": str(result_file),
-                "runtime": "local deployment (SuperLink + SuperNodes on 127.0.0.1)"
-                if superlink is None
-                else "deployment",
-                "command": sys.argv,
-            },
-            spec_file,
+        spec_file, result_file, site_files = _write_spec(
+            work, fp, plans_name, paths, settings, sites, continue_run, superlink
         )
         app_dir = write_app(work / "app", spec_file)
         flwr_home = work / "flwr_home"
-        log.info(
-            "%s fold %s: %d site(s) (%s), %d round(s) of %s -> %s",
-            fp.model,
-            fp.fold,
-            settings.sites,
-            ", ".join(f"{k}: {len(v)} cases" for k, v in sites.items()) or "each with its own case list",
-            settings.rounds,
-            settings.strategy,
-            fold_dir,
-        )
+        where = ", ".join(f"{k}: {len(v)} cases" for k, v in sites.items()) or "each with its own case list"
+        log.info("%s fold %s: %d site(s) (%s), %d round(s) of %s -> %s", fp.model, fp.fold, settings.sites, where,
+                 settings.rounds, settings.strategy, fold_dir)  # fmt: skip
         if superlink is None:
             threads = settings.threads or max(1, _cpus() // len(sites))
             with LocalFederation(work, site_files, paths.preprocessed, threads) as federation:
@@ -149,29 +120,71 @@ def run_federated(
         else:
             write_connection(flwr_home, superlink, root_certificates)
             submit(app_dir, flwr_home)
-        if not result_file.is_file():
-            raise MonetError(
-                "the federation ended without a result (the ServerApp did not finish); see the [flower] log above"
-                + (f" and {work / 'logs'}" if superlink is None else "")
-                + ". Re-run with --continue to resume from the last completed round."
-            )
-        outcome = read_json(result_file)
-        if not outcome.get("ok"):
-            if outcome.get("traceback"):
-                log.error("ServerApp failure:\n%s", outcome["traceback"])
-            raise MonetError(outcome.get("error", "the federated run failed"))
-        return FederatedResult(
-            Path(outcome["fold_dir"]),
-            int(outcome["rounds"]),
-            outcome.get("best_dice"),
-            outcome.get("validation_dice"),
-            sites,
-        )
+        return _outcome(result_file, work, superlink, sites)
     finally:
         if keep_work_dir:
             log.info("kept the federation's work folder %s", work)
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _write_spec(
+    work: Path,
+    fp,
+    plans_name: str,
+    paths: MonetPaths,
+    settings: FederatedConfig,
+    sites: dict,
+    continue_run: bool,
+    superlink: str | None,
+) -> tuple[Path, Path, dict]:
+    """The ServerApp's instructions (``spec.json``) and each site's case list; where the result will be."""
+    spec_file, result_file = work / "spec.json", work / "result.json"
+    site_files = {}
+    for name, cases in sites.items():
+        site_files[name] = work / "sites" / f"{name}.json"
+        write_json(cases, site_files[name])
+    write_json(
+        {
+            "task": fp.task,
+            "model": fp.model,
+            "fold": fp.fold,
+            "plans": plans_name,
+            "raw": str(paths.raw),
+            "preprocessed": str(paths.preprocessed),
+            "results": str(paths.results),
+            "settings": settings.to_dict(),
+            "site_map": sites or None,
+            "continue": continue_run,
+            "result_file": str(result_file),
+            "runtime": "local deployment (SuperLink + SuperNodes on 127.0.0.1)" if superlink is None else "deployment",
+            "command": sys.argv,
+        },
+        spec_file,
+    )
+    return spec_file, result_file, site_files
+
+
+def _outcome(result_file: Path, work: Path, superlink: str | None, sites: dict) -> FederatedResult:
+    """What the ServerApp reported; its failure as a MonetError (its traceback logged)."""
+    if not result_file.is_file():
+        raise MonetError(
+            "the federation ended without a result (the ServerApp did not finish); see the [flower] log above"
+            + (f" and {work / 'logs'}" if superlink is None else "")
+            + ". Re-run with --continue to resume from the last completed round."
+        )
+    outcome = read_json(result_file)
+    if not outcome.get("ok"):
+        if outcome.get("traceback"):
+            log.error("ServerApp failure:\n%s", outcome["traceback"])
+        raise MonetError(outcome.get("error", "the federated run failed"))
+    return FederatedResult(
+        Path(outcome["fold_dir"]),
+        int(outcome["rounds"]),
+        outcome.get("best_dice"),
+        outcome.get("validation_dice"),
+        sites,
+    )
 
 
 def _finished(fp, settings: FederatedConfig, sites: dict) -> FederatedResult:

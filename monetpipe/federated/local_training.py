@@ -93,6 +93,44 @@ def local_steps(num_slices: int, batch_size: int, local_iters: int | None, local
     return local_epochs * iterations_per_epoch(num_slices, batch_size, cap)
 
 
+def _site_parts(
+    model_name: str,
+    plans: Plans,
+    global_state: dict,
+    train_config: TrainConfig,
+    proximal_mu: float,
+    device: torch.device,
+):
+    """The round's network (from the global weights), loss (FedProx's when ``proximal_mu`` > 0) and a fresh
+    optimizer, as ``monet_train``'s training step takes them."""
+    from monetpipe.networks import build_network
+    from monetpipe.training.losses import build_loss
+    from monetpipe.training.trainer import EarlyStopping, TrainingParts
+
+    torch.manual_seed(train_config.seed)  # non-floating buffers as on the server
+    net = build_network(model_name, plans.num_input_channels, plans.num_classes)
+    load_floating_state(net, global_state)
+    net.to(device)
+    channels_last = resolve_channels_last(train_config.channels_last, device.type)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    loss: nn.Module = build_loss(train_config.loss)
+    if proximal_mu > 0:
+        loss = ProximalLoss(loss, net, proximal_mu)
+    optimizer = torch.optim.NAdam(net.parameters(), lr=train_config.lr)
+    return TrainingParts(
+        net,
+        loss,
+        optimizer,
+        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer),  # unused: the lr is the server's
+        torch.amp.GradScaler(device.type, enabled=False),
+        EarlyStopping(1),
+        device,
+        False,
+        channels_last,
+    )
+
+
 def train_site_round(
     *,
     layout: CacheLayout,
@@ -126,39 +164,17 @@ def train_site_round(
     Raises:
         MonetError: a case is not in this site's cache, or was cached with other plans.
     """
-    from monetpipe.networks import build_network
     from monetpipe.training.augmentation import batch_stream, training_transforms
     from monetpipe.training.checkpoint import unwrap
-    from monetpipe.training.losses import build_loss
-    from monetpipe.training.trainer import EarlyStopping, TrainingParts, train_epoch
+    from monetpipe.training.trainer import train_epoch
 
     start = time.perf_counter()
     device = device or torch.device("cpu")
     index = SliceIndex.build(layout, case_ids, plans)
     batch = train_config.batch_size or plans.batch_size
     steps = local_steps(index.num_slices, batch, local_iters, local_epochs, train_config.iters_per_epoch)
-    torch.manual_seed(train_config.seed)  # non-floating buffers as on the server
-    net = build_network(model_name, plans.num_input_channels, plans.num_classes)
-    load_floating_state(net, global_state)
-    net.to(device)
-    channels_last = resolve_channels_last(train_config.channels_last, device.type)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    loss: nn.Module = build_loss(train_config.loss)
-    if proximal_mu > 0:
-        loss = ProximalLoss(loss, net, proximal_mu)
-    optimizer = torch.optim.NAdam(net.parameters(), lr=train_config.lr)
-    parts = TrainingParts(
-        net,
-        loss,
-        optimizer,
-        torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer),  # unused: the lr is the server's
-        torch.amp.GradScaler(device.type, enabled=False),
-        EarlyStopping(1),
-        device,
-        False,
-        channels_last,
-    )
+    parts = _site_parts(model_name, plans, global_state, train_config, proximal_mu, device)
+    net = parts.model
     seed = site_seed(train_config.seed, site)
     first = (server_round - 1) * steps
     loader = SliceBatchLoader(

@@ -22,16 +22,16 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from monetpipe.errors import MonetError
-from monetpipe.io.atomic import atomic_path, read_json, write_json
+from monetpipe.io.atomic import read_json, write_json
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -161,29 +161,16 @@ def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
     import torch
 
     from monetpipe.federated.local_training import apply_delta, floating_state, load_floating_state
-    from monetpipe.federated.records import plot_federated, write_federated_log
-    from monetpipe.federated.transport import as_float32, message_bytes, state_to_arrays
+    from monetpipe.federated.transport import state_to_arrays
     from monetpipe.networks import build_network
-    from monetpipe.results import load_checkpoint
-    from monetpipe.training.checkpoint import network_spec, rng_states, save_checkpoint
+    from monetpipe.training.api import prepare_run_folder
+    from monetpipe.training.checkpoint import save_checkpoint
     from monetpipe.training.config import resolve_device
     from monetpipe.training.data import SliceIndex
     from monetpipe.training.distributed import DistContext
-    from monetpipe.training.progress import write_log_csv
     from monetpipe.training.trainer import inner_validation
 
-    final, latest = fp.folder.checkpoint(fp.fold, "final"), fp.folder.checkpoint(fp.fold, "latest")
-    if final.is_file():
-        raise MonetError(
-            f"{fp.fold_dir} holds a finished federated run (checkpoint_final.pth); refusing to overwrite it. Delete "
-            f"{fp.fold_dir} to run it again, or use another MONET_results."
-        )
-    resume = spec.get("continue") and latest.is_file()
-    if latest.is_file() and not resume:
-        raise MonetError(
-            f"{fp.fold_dir} holds an unfinished federated run (checkpoint_latest.pth). Pass --continue to resume "
-            f"it from its last completed round, or delete {fp.fold_dir} to start over."
-        )
+    resume = _resume_or_refuse(fp, spec)
     SliceIndex.build(fp.layout, fp.inner_val_cases + fp.val_cases, fp.plans)  # the server's own cases: fail now
     train_config = train_config_of(settings)
     device = torch.device(resolve_device(settings.device))
@@ -191,50 +178,15 @@ def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     net = build_network(fp.model, fp.plans.num_input_channels, fp.plans.num_classes)
-    history: list[dict] = []
-    rows: list[dict] = []
-    best, done, site_names = -math.inf, 0, {}
-    if resume:
-        ckpt = load_checkpoint(latest)
-        if ckpt.get("network") != network_spec(fp.model, fp.plans.num_input_channels, fp.plans.num_classes):
-            raise MonetError(f"{latest}: holds another network than {fp.model}; delete {fp.fold_dir} to start over.")
-        net.load_state_dict(ckpt["model_state"])
-        done, history, best = int(ckpt["epoch"]), list(ckpt["history"]), float(ckpt["best_dice"])
-        rows = list(ckpt["federated"]["log"])
-        site_names = {int(k): v for k, v in ckpt["federated"].get("node_sites", {}).items()}
-        log.info("continuing %s after round %d of %d", fp.fold_dir, done, settings.rounds)
+    run = _RunState.resumed(fp, net, settings) if resume else _RunState()
     state = floating_state(net)
     net.to(device)
-
-    record = _run_record(fp, settings, train_config, spec, device, done if resume else None)
-    from monetpipe.training.api import prepare_run_folder
-
+    record = _run_record(fp, settings, train_config, spec, device, run.done if resume else None)
     prepare_run_folder(fp, record)
     strategy = _strategy(settings)
     ctx = DistContext()
-
-    def checkpoint(finished: bool) -> dict:
-        return {
-            "network": network_spec(fp.model, fp.plans.num_input_channels, fp.plans.num_classes),
-            "model_state": {k: v.cpu() for k, v in net.state_dict().items()},
-            "plans": fp.plans.to_dict(),
-            "epoch": done,
-            "history": history,
-            "best_dice": best,
-            "stopped_early": False,
-            "finished": finished,
-            "rng": rng_states(),
-            "config": train_config.to_dict(),
-            "cases": {"train": fp.train_cases, "inner_val": fp.inner_val_cases, "val": fp.val_cases},
-            "federated": {
-                **record["federated"],
-                "log": rows,
-                "node_sites": {str(k): v for k, v in site_names.items()},
-            },
-        }
-
-    done_at_start = done
-    for server_round in range(done + 1, settings.rounds + 1):
+    done_at_start = run.done
+    for server_round in range(run.done + 1, settings.rounds + 1):
         start = time.perf_counter()
         # every site before this invocation's first round; later only as many as a round needs, so that a
         # site that died costs one round's wait, not one per round
@@ -242,52 +194,15 @@ def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
         _wait_for_sites(grid, settings, server_round, settings.sites if first else settings.required_sites)
         config = _round_config(fp, settings, train_config, server_round, settings.threads)
         messages = list(strategy.configure_train(server_round, state_to_arrays(state), config, grid))
-        down = {m.metadata.dst_node_id: message_bytes(m) for m in messages}
-        sent_to = {m.object_id: m.metadata.dst_node_id for m in messages}
         log.info("round %d/%d: sent the global model to %d site(s)", server_round, settings.rounds, len(messages))
         replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
-        valid, round_rows, answered = [], [], set()
-        for reply in replies:
-            # an error reply made by the SuperLink (a site that stopped answering) comes from the SuperLink's
-            # node id: name the site by the message it answers
-            node = sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            answered.add(node)
-            if reply.has_error():
-                name = site_names.get(node, f"node-{node}")
-                log.warning("round %d: site %s failed: %s", server_round, name, _reason(reply))
-                round_rows.append(
-                    {"round": server_round, "site": name, "bytes_down": down.get(node), "status": _reason(reply)}
-                )
-                continue
-            up = message_bytes(reply)
-            content = reply.content
-            name = str(content["site"]["name"])
-            site_names[node] = name
-            metrics = content["metrics"]
-            round_rows.append(
-                {
-                    "round": server_round,
-                    "site": name,
-                    "train_loss": float(metrics["train-loss"]),
-                    "bytes_up": up,
-                    "bytes_down": down.get(node),
-                    "seconds": round(float(metrics["seconds"]), 2),
-                    "num_slices": int(metrics["num-examples"]),
-                    "steps": int(metrics["steps"]),
-                    "status": "ok",
-                }
-            )
-            reply.content = RecordDict({"arrays": as_float32(content["arrays"]), "metrics": metrics})
-            valid.append(reply)
-        for node in sorted(set(down) - answered):
-            name = site_names.get(node, f"node-{node}")
-            log.warning("round %d: site %s sent no update within %g s", server_round, name, settings.round_timeout)
-            round_rows.append({"round": server_round, "site": name, "bytes_down": down[node], "status": "no reply"})
+        valid, round_rows = _collect_replies(messages, replies, run.site_names, server_round, settings)
         if len(valid) < settings.required_sites:
             raise MonetError(
                 f"round {server_round}: {len(valid)} of {len(messages)} site(s) returned an update and --min-sites is "
-                f"{settings.required_sites}; the run stops after round {done} (saved in {latest}). Fix or restart the "
-                f"failed site(s) (see the log above) and re-run with --continue."
+                f"{settings.required_sites}; the run stops after round {run.done} (saved in "
+                f"{fp.folder.checkpoint(fp.fold, 'latest')}). Fix or restart the failed site(s) (see the log above) "
+                f"and re-run with --continue."
             )
         aggregated, _ = strategy.aggregate_train(server_round, valid)
         state = apply_delta(state, {k: a.numpy() for k, a in aggregated.items()})
@@ -302,16 +217,80 @@ def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
             ctx,
             settings.val_batch_size,
         )
-        done = server_round
-        is_best = metrics["val_dice"] > best
-        best = max(best, metrics["val_dice"]) if is_best else best
+        is_best = run.end_round(server_round, round_rows, len(messages), metrics, settings, time.perf_counter() - start)
+        _save_round(fp, settings, net, train_config, record, run, is_best)
+
+    save_checkpoint(_checkpoint(fp, net, train_config, record, run, True), fp.folder.checkpoint(fp.fold, "final"))
+    log.info("finished %s after %d rounds (best inner-val Dice %.4f)", fp.fold_dir, run.done, run.best)
+    summary = _final_validation(fp, net, device, settings)
+    return {
+        "fold_dir": str(fp.fold_dir),
+        "rounds": run.done,
+        "best_dice": run.best if math.isfinite(run.best) else None,
+        "validation_dice": (summary or {}).get("foreground_mean", {}).get("Dice"),
+    }
+
+
+def _resume_or_refuse(fp, spec: dict) -> bool:
+    """Whether to continue an unfinished run; a finished one, or an unfinished one without --continue, is refused."""
+    final, latest = fp.folder.checkpoint(fp.fold, "final"), fp.folder.checkpoint(fp.fold, "latest")
+    if final.is_file():
+        raise MonetError(
+            f"{fp.fold_dir} holds a finished federated run (checkpoint_final.pth); refusing to overwrite it. Delete "
+            f"{fp.fold_dir} to run it again, or use another MONET_results."
+        )
+    resume = bool(spec.get("continue")) and latest.is_file()
+    if latest.is_file() and not resume:
+        raise MonetError(
+            f"{fp.fold_dir} holds an unfinished federated run (checkpoint_latest.pth). Pass --continue to resume "
+            f"it from its last completed round, or delete {fp.fold_dir} to start over."
+        )
+    return resume
+
+
+@dataclass
+class _RunState:
+    """What the rounds have produced so far: rounds done, per-round history, the log rows, the best Dice."""
+
+    done: int = 0
+    history: list = field(default_factory=list)
+    rows: list = field(default_factory=list)
+    best: float = -math.inf
+    site_names: dict = field(default_factory=dict)
+
+    @classmethod
+    def resumed(cls, fp, net, settings) -> _RunState:
+        """The state saved in ``checkpoint_latest.pth``, its weights loaded into ``net``."""
+        from monetpipe.results import load_checkpoint
+        from monetpipe.training.checkpoint import network_spec
+
+        latest = fp.folder.checkpoint(fp.fold, "latest")
+        ckpt = load_checkpoint(latest)
+        if ckpt.get("network") != network_spec(fp.model, fp.plans.num_input_channels, fp.plans.num_classes):
+            raise MonetError(f"{latest}: holds another network than {fp.model}; delete {fp.fold_dir} to start over.")
+        net.load_state_dict(ckpt["model_state"])
+        run = cls(
+            int(ckpt["epoch"]),
+            list(ckpt["history"]),
+            list(ckpt["federated"]["log"]),
+            float(ckpt["best_dice"]),
+            {int(k): v for k, v in ckpt["federated"].get("node_sites", {}).items()},
+        )
+        log.info("continuing %s after round %d of %d", fp.fold_dir, run.done, settings.rounds)
+        return run
+
+    def end_round(self, server_round: int, round_rows: list, sent: int, metrics: dict, settings, seconds: float):
+        """Record a finished round (site rows, a ``global`` row, the history); True when its Dice is the best."""
+        self.done = server_round
+        is_best = metrics["val_dice"] > self.best
+        self.best = max(self.best, metrics["val_dice"])
         ok_rows = [r for r in round_rows if r["status"] == "ok"]
         slices = sum(r["num_slices"] for r in ok_rows)
         train_loss = sum(r["train_loss"] * r["num_slices"] for r in ok_rows) / slices
-        seconds = round(time.perf_counter() - start, 2)
-        history.append(
+        seconds = round(seconds, 2)
+        self.history.append(
             {
-                "epoch": done,
+                "epoch": server_round,
                 "train_loss": train_loss,
                 "val_loss": metrics["val_loss"],
                 "val_dice": metrics["val_dice"],
@@ -319,10 +298,10 @@ def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
                 "seconds": seconds,
             }
         )
-        rows.extend(sorted(round_rows, key=lambda r: r["site"]))
-        rows.append(
+        self.rows.extend(sorted(round_rows, key=lambda r: r["site"]))
+        self.rows.append(
             {
-                "round": done,
+                "round": server_round,
                 "site": "global",
                 "train_loss": train_loss,
                 "bytes_up": sum(r.get("bytes_up") or 0 for r in round_rows),
@@ -332,40 +311,109 @@ def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
                 "steps": sum(r["steps"] for r in ok_rows),
                 "val_loss": metrics["val_loss"],
                 "val_dice": metrics["val_dice"],
-                "status": f"{len(ok_rows)}/{len(messages)} sites",
+                "status": f"{len(ok_rows)}/{sent} sites",
             }
         )
         log.info(
             "round %d/%d: %d/%d updates, train loss %.4f, inner-val loss %.4f, Dice %.4f, %.1f s%s",
-            done,
+            server_round,
             settings.rounds,
             len(ok_rows),
-            len(messages),
+            sent,
             train_loss,
             metrics["val_loss"],
             metrics["val_dice"],
             seconds,
             " (best)" if is_best else "",
         )
-        save_checkpoint(checkpoint(False), latest)
-        if is_best:
-            with atomic_path(fp.folder.checkpoint(fp.fold, "best")) as tmp:
-                shutil.copyfile(latest, tmp)
-        write_federated_log(rows, fp.fold_dir / "federated_log.csv")
-        write_log_csv(history, fp.fold_dir / "training_log.csv")
-        plot_federated(
-            rows, fp.fold_dir / "federated_progress.png", f"{fp.task} {fp.model} fold {fp.fold} ({settings.tag()})"
-        )
+        return is_best
 
-    save_checkpoint(checkpoint(True), final)
-    log.info("finished %s after %d rounds (best inner-val Dice %.4f)", fp.fold_dir, done, best)
-    summary = _final_validation(fp, net, device, settings)
+
+def _collect_replies(messages: list, replies: list, site_names: dict, server_round: int, settings):
+    """The valid updates (arrays as float32) and one log row per site: ok, failed, or no reply."""
+    from monetpipe.federated.transport import as_float32, message_bytes
+
+    down = {m.metadata.dst_node_id: message_bytes(m) for m in messages}
+    sent_to = {m.object_id: m.metadata.dst_node_id for m in messages}
+    valid, round_rows, answered = [], [], set()
+    for reply in replies:
+        # an error reply made by the SuperLink (a site that stopped answering) comes from the SuperLink's
+        # node id: name the site by the message it answers
+        node = sent_to.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        answered.add(node)
+        if reply.has_error():
+            name = site_names.get(node, f"node-{node}")
+            log.warning("round %d: site %s failed: %s", server_round, name, _reason(reply))
+            round_rows.append(
+                {"round": server_round, "site": name, "bytes_down": down.get(node), "status": _reason(reply)}
+            )
+            continue
+        content = reply.content
+        name = str(content["site"]["name"])
+        site_names[node] = name
+        metrics = content["metrics"]
+        round_rows.append(
+            {
+                "round": server_round,
+                "site": name,
+                "train_loss": float(metrics["train-loss"]),
+                "bytes_up": message_bytes(reply),
+                "bytes_down": down.get(node),
+                "seconds": round(float(metrics["seconds"]), 2),
+                "num_slices": int(metrics["num-examples"]),
+                "steps": int(metrics["steps"]),
+                "status": "ok",
+            }
+        )
+        reply.content = RecordDict({"arrays": as_float32(content["arrays"]), "metrics": metrics})
+        valid.append(reply)
+    for node in sorted(set(down) - answered):
+        name = site_names.get(node, f"node-{node}")
+        log.warning("round %d: site %s sent no update within %g s", server_round, name, settings.round_timeout)
+        round_rows.append({"round": server_round, "site": name, "bytes_down": down[node], "status": "no reply"})
+    return valid, round_rows
+
+
+def _checkpoint(fp, net, train_config, record: dict, run: _RunState, finished: bool) -> dict:
+    """``monet_train``'s checkpoint format, plus the federation's log and site names."""
+    from monetpipe.training.checkpoint import network_spec, rng_states
+
     return {
-        "fold_dir": str(fp.fold_dir),
-        "rounds": done,
-        "best_dice": best if math.isfinite(best) else None,
-        "validation_dice": (summary or {}).get("foreground_mean", {}).get("Dice"),
+        "network": network_spec(fp.model, fp.plans.num_input_channels, fp.plans.num_classes),
+        "model_state": {k: v.cpu() for k, v in net.state_dict().items()},
+        "plans": fp.plans.to_dict(),
+        "epoch": run.done,
+        "history": run.history,
+        "best_dice": run.best,
+        "stopped_early": False,
+        "finished": finished,
+        "rng": rng_states(),
+        "config": train_config.to_dict(),
+        "cases": {"train": fp.train_cases, "inner_val": fp.inner_val_cases, "val": fp.val_cases},
+        "federated": {
+            **record["federated"],
+            "log": run.rows,
+            "node_sites": {str(k): v for k, v in run.site_names.items()},
+        },
     }
+
+
+def _save_round(fp, settings, net, train_config, record: dict, run: _RunState, is_best: bool) -> None:
+    """Checkpoints as ``monet_train`` writes them (best before latest, the replaced latest kept as previous),
+    then the logs and the progress plot."""
+    from monetpipe.federated.records import plot_federated, write_federated_log
+    from monetpipe.training.checkpoint import save_checkpoint, save_latest
+    from monetpipe.training.progress import write_log_csv
+
+    checkpoint = _checkpoint(fp, net, train_config, record, run, False)
+    if is_best:
+        save_checkpoint(checkpoint, fp.folder.checkpoint(fp.fold, "best"))
+    save_latest(checkpoint, fp.folder.checkpoint(fp.fold, "latest"), fp.folder.checkpoint(fp.fold, "previous"))
+    write_federated_log(run.rows, fp.fold_dir / "federated_log.csv")
+    write_log_csv(run.history, fp.fold_dir / "training_log.csv")
+    plot_federated(
+        run.rows, fp.fold_dir / "federated_progress.png", f"{fp.task} {fp.model} fold {fp.fold} ({settings.tag()})"
+    )
 
 
 def _final_validation(fp, net, device, settings) -> dict | None:
