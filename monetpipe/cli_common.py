@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+import textwrap
 from collections.abc import Callable
 
 from monetpipe.errors import MonetError
@@ -35,3 +37,20 @@ def run_cli(body: Callable[[], int | None], interrupted: str = INTERRUPTED) -> i
         print(interrupted, file=sys.stderr)
         return 130
     return int(code or 0)
+
+
+def command_parser(
+    prog: str, description: str, examples: str, formatter: type[argparse.HelpFormatter] | None = None
+) -> argparse.ArgumentParser:
+    """A command's parser: its description wrapped, and ``--help`` ending with ``examples`` as written.
+
+    Args:
+        examples: the epilog, starting with ``examples:``; its line layout is kept.
+        formatter: a :class:`argparse.RawDescriptionHelpFormatter` subclass (default: that class).
+    """
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=textwrap.fill(description, 100),
+        epilog=examples,
+        formatter_class=formatter or argparse.RawDescriptionHelpFormatter,
+    )

@@ -5,24 +5,24 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import textwrap
 from pathlib import Path
 
+from monetpipe.cli_common import command_parser
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="monet_synthetic_task",
-        description=textwrap.fill(
-            "Write a small, seeded synthetic task in MSD format: 'ct' -> Task901_SyntheticCT "
-            "(int16 HU, 0.8x0.8x2.5 mm), 'mr' -> Task902_SyntheticMR (4D, T1 + T2). Labels: "
-            "0 background, 1 organ, 2 lesion. Prints the task folder written."
-        ),
-        epilog="""examples:
+EXAMPLES = """examples:
   monet_synthetic_task                               # Task901_SyntheticCT in $MONET_raw (./monet_data/raw)
   monet_synthetic_task --kind mr -o /data/raw        # Task902_SyntheticMR, two channels
   monet_synthetic_task --cases 40 --shape 128 128 32 --task-id 903   # a bigger CT task beside the default
-""",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser(
+        "monet_synthetic_task",
+        "Write a small, seeded synthetic task in MSD format: 'ct' -> Task901_SyntheticCT "
+        "(int16 HU, 0.8x0.8x2.5 mm), 'mr' -> Task902_SyntheticMR (4D, T1 + T2). Labels: "
+        "0 background, 1 organ, 2 lesion. Prints the task folder written.",
+        EXAMPLES,
     )
     parser.add_argument(
         "-o",

@@ -8,30 +8,30 @@ from __future__ import annotations
 
 import argparse
 import logging
-import textwrap
 from collections.abc import Sequence
 
 from monetpipe.benchmark.api import BACKENDS, MODELS
+from monetpipe.cli_common import command_parser
 
 __all__ = ["BACKENDS", "MODELS", "main"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="monet_benchmark",
-        description=textwrap.fill(
-            "Parameters, serialized size (fp32/fp16 MiB), GFLOP per slice, CPU seconds per 150 "
-            "slices (mean +- sd over repeats after a warm-up), achieved GFLOP/s against this "
-            "machine's torch.matmul rate (measured in the same run, same threads) and, on CUDA, "
-            "seconds per training batch of 32. Variants of a model are timed in alternation. "
-            "See docs/performance.md."
-        ),
-        epilog="""examples:
+EXAMPLES = """examples:
   monet_benchmark -m monet unet16 --slices 32 --repeats 3 -o bench.csv   # a quick CPU comparison
   monet_benchmark -m all --backend torch torch_compile onnxruntime --batch-size 2 --workers 2
   monet_benchmark -m all --update-leaderboard 4     # cpu_s_150 column of monet_evaluate -t 4
-""",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "monet_benchmark",
+        "Parameters, serialized size (fp32/fp16 MiB), GFLOP per slice, CPU seconds per 150 "
+        "slices (mean +- sd over repeats after a warm-up), achieved GFLOP/s against this "
+        "machine's torch.matmul rate (measured in the same run, same threads) and, on CUDA, "
+        "seconds per training batch of 32. Variants of a model are timed in alternation. "
+        "See docs/performance.md.",
+        EXAMPLES,
     )
     _add_what_to_measure(p)
     _add_how_to_run(p)

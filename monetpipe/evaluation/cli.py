@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import textwrap
 from collections.abc import Sequence
 
-from monetpipe.cli_common import run_cli, setup_logging
+from monetpipe.cli_common import command_parser, run_cli, setup_logging
 
 EXAMPLES = """examples:
   monet_evaluate -ref labelsTr -pred seg -l 1 2 -np 4        # every reference must have a prediction
@@ -19,16 +18,13 @@ EXAMPLES = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="monet_evaluate",
-        description=textwrap.fill(
-            "Dice / IoU / precision / recall / HD / HD95 / ASSD (mm, reference spacing) per case "
-            "and label. With -ref/-pred: one folder pair -> summary.json + summary.csv (nnU-Net v2 "
-            "layout). With -t: every trained model/fold of a task -> leaderboard.csv, "
-            "leaderboard.png, overlays/."
-        ),
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        "monet_evaluate",
+        "Dice / IoU / precision / recall / HD / HD95 / ASSD (mm, reference spacing) per case "
+        "and label. With -ref/-pred: one folder pair -> summary.json + summary.csv (nnU-Net v2 "
+        "layout). With -t: every trained model/fold of a task -> leaderboard.csv, "
+        "leaderboard.png, overlays/.",
+        EXAMPLES,
     )
     p.add_argument("-ref", help="folder of reference label maps (<case>.nii.gz)")
     p.add_argument("-pred", help="folder of predicted label maps, same file names")

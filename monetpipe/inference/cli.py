@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 
-from monetpipe.cli_common import run_cli, setup_logging
+from monetpipe.cli_common import command_parser, run_cli, setup_logging
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="monet_predict",
-        description=textwrap.fill(
-            "Segment every case in IN with a trained model and write OUT/<case>.nii.gz (uint8, the "
-            "input's exact geometry). Cases whose output exists are skipped, so an interrupted run resumes.",
-            100,
-        ),
-        epilog="""examples:
+EXAMPLES = """examples:
   monet_predict -i scans/ -o seg/ -t 4 -m monet                  # every trained fold of monet, ensembled
   monet_predict -i scans/ -o seg/ -t 7 -m monet -p monetPlans_binary -f 0 --checkpoint best
   monet_predict -i scans/ -o seg/ --model-folder received/monet__monetPlans --tta   # a copied model
-""",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "monet_predict",
+        "Segment every case in IN with a trained model and write OUT/<case>.nii.gz (uint8, the "
+        "input's exact geometry). Cases whose output exists are skipped, so an interrupted run resumes.",
+        EXAMPLES,
     )
     p.add_argument(
         "-i", "--input", required=True, help="folder of images: case_0000.nii.gz per channel, or case.nii.gz"

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import textwrap
 
-from monetpipe.cli_common import run_cli, setup_logging
+from monetpipe.cli_common import command_parser, run_cli, setup_logging
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="monet_plan_and_preprocess",
-        description=textwrap.fill(
-            "Fingerprint an MSD task, plan a configuration, cache 2D slices and fix the splits. "
-            "Reads MONET_raw, writes MONET_preprocessed/<Task>/."
-        ),
-        epilog="""examples:
+EXAMPLES = """examples:
   monet_plan_and_preprocess -t 4 -np 4              # Task04_Hippocampus in $MONET_raw, all labels
   monet_plan_and_preprocess -t 7 --binary           # pancreas + tumour merged (plans monetPlans_binary)
   monet_plan_and_preprocess -t 901 --folds 5        # 5-fold cross-validation splits instead of 70/30
-""",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "monet_plan_and_preprocess",
+        "Fingerprint an MSD task, plan a configuration, cache 2D slices and fix the splits. "
+        "Reads MONET_raw, writes MONET_preprocessed/<Task>/.",
+        EXAMPLES,
     )
     p.add_argument(
         "-t", "--task", required=True, help="Task04, 4, Task04_Hippocampus, Dataset004_Hippocampus or a path"

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import textwrap
 import types
 import typing
 from dataclasses import MISSING, Field, fields
 
-from monetpipe.cli_common import run_cli, setup_logging
+from monetpipe.cli_common import command_parser, run_cli, setup_logging
 
 NETWORKS = ("monet", "unet16", "unet64", "attention_unet")  # for --help only; the registry decides
 _REQUIRED = ("task", "model")  # required unless --config names them
@@ -119,17 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     """``monet_train``'s parser: the run's names and start mode, plus one flag per :class:`TrainConfig` field."""
     from monetpipe.training.config import GROUPS, TrainConfig
 
-    p = argparse.ArgumentParser(
-        prog="monet_train",
-        description=textwrap.fill(
-            "Train a network on MONET_preprocessed/<Task>/ into "
-            "MONET_results/<Task>/<model>__<plans>/fold_<k>/. Defaults are the MoNet paper's recipe; "
-            "every setting is recorded in fold_<k>/config.json (--config replays it). Multi-GPU / "
-            "multi-node: torchrun --nproc_per_node N -m monetpipe.training ...",
-            100,
-        ),
-        epilog=EXAMPLES,
-        formatter_class=_DefaultsFormatter,
+    p = command_parser(
+        "monet_train",
+        "Train a network on MONET_preprocessed/<Task>/ into "
+        "MONET_results/<Task>/<model>__<plans>/fold_<k>/. Defaults are the MoNet paper's recipe; "
+        "every setting is recorded in fold_<k>/config.json (--config replays it). Multi-GPU / "
+        "multi-node: torchrun --nproc_per_node N -m monetpipe.training ...",
+        EXAMPLES,
+        _DefaultsFormatter,
     )
     _add_run_arguments(p)
     groups = {name: p.add_argument_group(name) for name in GROUPS}
