@@ -5,21 +5,32 @@ from __future__ import annotations
 import argparse
 import importlib.util
 
-from monetpipe.cli_common import run_cli, setup_logging
+from monetpipe.cli_common import command_parser, run_cli, setup_logging
 from monetpipe.errors import MonetError
+
+EXAMPLES = """examples:
+  monet_federated -t 4 -m monet --sites 3 --rounds 10 --local-epochs 2     # the paper's setting, on this machine
+  monet_federated -t 4 -m monet --site-map sites.json --update-dtype float16 # your split, half the traffic
+  monet_federated -t 4 -m monet --sites 3 --rounds 10 --continue            # resume after the last round
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, the examples' layout kept."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     from monetpipe.federated.settings import STRATEGIES, UPDATE_DTYPES, FederatedConfig
 
     d = FederatedConfig()
-    p = argparse.ArgumentParser(
-        prog="monet_federated",
-        description="Federated training on Flower: each site trains on its own cases of the fold, only weights "
+    p = command_parser(
+        "monet_federated",
+        "Federated training on Flower: each site trains on its own cases of the fold, only weights "
         "travel. Writes MONET_results/<Task>/<model>__<plans>__<tag>/fold_<k>/ like monet_train (tag: "
         "fedavg3, fedprox3, fedavg3_fp16, ...). Without --superlink, a local federation (SuperLink + one "
         "SuperNode per site on 127.0.0.1) is started and stopped. See docs/federated.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        EXAMPLES,
+        _Formatter,
     )
     p.add_argument(
         "-t", "--task", required=True, help="Task04, 4, Task04_Hippocampus, Dataset004_Hippocampus or a path"
