@@ -347,3 +347,15 @@ def test_an_unwritable_results_folder_is_refused_before_training(tmp_path):
         with run_folder_lock(blocked / "monet__monetPlans" / "fold_0"):
             pass
     assert str(blocked) in str(info.value)
+
+
+def test_a_task_that_was_never_preprocessed_says_to_preprocess_it(monet_roots):
+    from monetpipe.errors import TaskNotFoundError
+    from monetpipe.synthetic import make_synthetic_task
+    from monetpipe.training.fold import plan_fold
+
+    make_synthetic_task(monet_roots.raw, "ct", num_cases=2, num_test=0, shape=(32, 32, 8))
+    with pytest.raises(TaskNotFoundError, match=r"not been preprocessed.*monet_plan_and_preprocess -t Task901"):
+        plan_fold("901", "monet", 0, "monetPlans", monet_roots)
+    with pytest.raises(TaskNotFoundError, match="No task matches"):  # nowhere at all: the listing as before
+        plan_fold("7", "monet", 0, "monetPlans", monet_roots)

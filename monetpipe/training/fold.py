@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from monetpipe.errors import MonetError
+from monetpipe.errors import MonetError, TaskNotFoundError
 from monetpipe.io.atomic import atomic_path, read_json, write_json
 from monetpipe.paths import MonetPaths, find_task
 from monetpipe.preprocessing.plans import DEFAULT_PLANS, Plans
@@ -63,6 +63,21 @@ class FoldResult:
     validation: dict | None
 
 
+def _preprocessed_task(task, paths: MonetPaths) -> tuple[str, Path]:
+    """``-t``'s task in MONET_preprocessed; a task that exists only raw says to preprocess it first."""
+    try:
+        return find_task(task, [paths.preprocessed])
+    except TaskNotFoundError as not_preprocessed:
+        try:
+            name, _ = find_task(task, [paths.raw])
+        except TaskNotFoundError:
+            raise not_preprocessed from None
+        raise TaskNotFoundError(
+            f"{name} is in MONET_raw ({paths.raw}) but has not been preprocessed into MONET_preprocessed "
+            f"({paths.preprocessed}). Run monet_plan_and_preprocess -t {name} first."
+        ) from None
+
+
 def plan_fold(
     task: str,
     model: str,
@@ -83,7 +98,7 @@ def plan_fold(
     model = model.strip().lower()
     if model not in list_networks():
         raise MonetError(f"unknown model {model!r}; choose one of {', '.join(list_networks())} or 'all'.")
-    task_name, task_dir = find_task(task, [paths.preprocessed])
+    task_name, task_dir = _preprocessed_task(task, paths)
     layout = CacheLayout(task_dir, plans_name)
     plans = Plans.load(layout.plans_file)
     splits_file = task_dir / "splits_final.json"
