@@ -388,3 +388,18 @@ def test_predict_options_are_built_in_field_order():
 
     names = [f.name for f in dataclasses.fields(PredictOptions)]
     assert names[:6] == ["tta", "save_probabilities", "largest_component", "batch_size", "overwrite", "overlap"]
+
+
+def test_an_unknown_network_is_refused_and_only_model_folders_are_listed(monet_roots):
+    from monetpipe.errors import MonetError
+    from monetpipe.inference.loading import resolve_model_folder
+
+    task = monet_roots.results / "Task901_SyntheticCT"
+    (task / "unet16__monetPlans").mkdir(parents=True)
+    (task / "overlays").mkdir()
+    with pytest.raises(MonetError, match="unknown network 'monte'.*monet, unet16"):
+        resolve_model_folder("901", "monte", paths=monet_roots)
+    with pytest.raises(MonetError) as info:
+        resolve_model_folder("901", "MoNet", paths=monet_roots)  # case-insensitive, as monet_train
+    assert "monet__monetPlans: no trained model" in str(info.value) and "overlays" not in str(info.value)
+    assert "unet16__monetPlans" in str(info.value)

@@ -53,12 +53,17 @@ def resolve_model_folder(
     Raises:
         MonetError: the task or the model folder does not exist (the message lists what does).
     """
+    from monetpipe.networks import list_networks
+
     paths = paths or MonetPaths.from_env()
+    if model.lower() not in list_networks():
+        raise MonetError(f"unknown network {model!r} (-m); choose one of {', '.join(list_networks())}.")
+    model = model.lower()
     task_name, _ = find_task(task, [paths.results, paths.preprocessed, paths.raw])
     folder = ModelFolder.for_run(paths.results, task_name, model, plans_name or DEFAULT_PLANS)
     if not folder.root.is_dir():
         task_dir = paths.results / task_name
-        have = sorted(p.name for p in task_dir.iterdir() if p.is_dir()) if task_dir.is_dir() else []
+        have = sorted(p.name for p in task_dir.iterdir() if p.is_dir() and "__" in p.name) if task_dir.is_dir() else []
         raise MonetError(
             f"{folder.root}: no trained model there. Trained models of {task_name}: "
             f"{', '.join(have) or 'none'}. "
