@@ -11,11 +11,17 @@ A checkpoint is a dict that loads with ``torch.load(..., weights_only=True)``:
 
 from __future__ import annotations
 
+import csv
+import json
+import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from monetpipe.errors import MonetError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINTS = ("final", "best", "latest", "previous")
 _FOLD_DIR = re.compile(r"^fold_(\d+|all)$")
@@ -114,11 +120,6 @@ def training_budget(fold_dir: Path) -> dict:
     time), the iterations per epoch and global batch size from ``config.json``'s ``resolved`` values, so
     ``train_steps`` = epochs x iterations per epoch (optimizer steps). Blank when a file is absent.
     """
-    import csv
-    import json
-    import logging
-    import math
-
     out: dict = {"epochs": None, "train_steps": None, "batch_size": None, "train_s": math.nan}
     log_file, config_file = Path(fold_dir) / "training_log.csv", Path(fold_dir) / "config.json"
     try:
@@ -135,9 +136,7 @@ def training_budget(fold_dir: Path) -> dict:
             if isinstance(iterations, int) and out["epochs"] is not None:
                 out["train_steps"] = out["epochs"] * iterations
     except (OSError, ValueError, TypeError, AttributeError, csv.Error) as exc:
-        logging.getLogger(__name__).warning(
-            "%s: training record unreadable (%s); budget columns left blank.", fold_dir, exc
-        )
+        log.warning("%s: training record unreadable (%s); budget columns left blank.", fold_dir, exc)
     return out
 
 

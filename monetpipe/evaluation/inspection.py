@@ -10,14 +10,16 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from monetpipe.errors import MonetError
-from monetpipe.evaluation.activations import Inspection, draw_figure, inspect_slice, layer_statistics
 from monetpipe.paths import MonetPaths, find_task
-from monetpipe.results import ModelFolder
+from monetpipe.results import ModelFolder, load_checkpoint
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ def load_model(folder: ModelFolder, fold: int | str, checkpoint: str) -> tuple[t
             f"{path}: no such checkpoint. Train it first (monet_train -t {folder.root.parent.name} "
             f"-m {folder.model} -f {fold}) or choose another with --checkpoint/-f."
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path)
     return network_from_checkpoint(ckpt, path), ckpt
 
 
@@ -65,6 +67,7 @@ def inspect_models(
     """
     import pandas as pd
 
+    from monetpipe.evaluation.activations import draw_figure, inspect_slice, layer_statistics
     from monetpipe.io.atomic import atomic_path
     from monetpipe.preprocessing.slice_cache import CacheLayout, load_case
 
@@ -80,7 +83,7 @@ def inspect_models(
     data, seg, _ = load_case(layout, case_id, mmap=True)
     z = choose_slice(seg, slice_index, case_id)
     image, target = np.asarray(data[:, z], np.float32), np.asarray(seg[z])
-    inspections: list[Inspection] = []
+    inspections = []
     rows = []
     for model_name in models:
         folder = ModelFolder.for_run(paths.results, name, model_name.lower(), plans_name)

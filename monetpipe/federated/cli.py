@@ -77,26 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace):
+    """The :class:`FederatedConfig` of the parsed flags: every field that has a flag of the same name."""
+    from dataclasses import fields
+
     from monetpipe.federated.settings import FederatedConfig
 
-    values = {
-        "rounds": args.rounds,
-        "local_epochs": args.local_epochs,
-        "local_iters": args.local_iters,
-        "iters_per_epoch": args.iters_per_epoch,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "loss": args.loss,
-        "strategy": args.strategy,
-        "proximal_mu": args.proximal_mu,
-        "min_sites": args.min_sites,
-        "update_dtype": args.update_dtype,
-        "device": args.device,
-        "threads": args.threads,
-        "seed": args.seed,
-        "round_timeout": args.round_timeout,
-        "connect_timeout": args.connect_timeout,
-    }
+    values = {f.name: getattr(args, f.name) for f in fields(FederatedConfig) if f.name != "sites" and f.name in args}
     if args.sites is not None:
         values["sites"] = args.sites
     elif args.site_map is not None and args.min_sites is not None:
