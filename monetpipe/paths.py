@@ -75,7 +75,7 @@ def find_task(spec: str | os.PathLike, roots: Iterable[Path]) -> tuple[str, Path
     """
     roots = [Path(r) for r in roots]
     spec_str = os.fspath(spec)
-    if _looks_like_path(spec_str):
+    if looks_like_path(spec_str):
         return _task_from_path(Path(spec_str).expanduser(), roots)
 
     match = _TASK_SPEC.match(spec_str.strip())
@@ -106,7 +106,8 @@ def find_task(spec: str | os.PathLike, roots: Iterable[Path]) -> tuple[str, Path
     )
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
+    """Whether a ``-t`` value is a path (it holds a separator, or is ``.``/``..``) rather than a task name."""
     return os.sep in spec or "/" in spec or (os.altsep is not None and os.altsep in spec) or spec in (".", "..")
 
 

@@ -13,7 +13,7 @@ from monetpipe.errors import MonetError
 from monetpipe.io.atomic import atomic_path, ensure_writable_dir, read_json, write_json
 from monetpipe.io.dataset import load_task
 from monetpipe.parallel import map_cases
-from monetpipe.paths import MonetPaths, find_task
+from monetpipe.paths import MonetPaths, find_task, looks_like_path
 from monetpipe.preprocessing.fingerprint import compute_fingerprint
 from monetpipe.preprocessing.planner import plan_experiment
 from monetpipe.preprocessing.plans import Plans, plans_name_for
@@ -117,7 +117,7 @@ def raw_task_folder(task: str | os.PathLike, paths: MonetPaths) -> tuple[str, Pa
     """``-t``'s raw task: looked up by name in ``MONET_raw``, or a raw task folder given by path anywhere
     (it holds ``dataset.json`` and ``imagesTr/``); the name is the folder's name in both cases."""
     as_path = Path(os.fspath(task)).expanduser()
-    if (as_path / "dataset.json").is_file() and (as_path / "imagesTr").is_dir():
+    if looks_like_path(os.fspath(task)) and (as_path / "dataset.json").is_file() and (as_path / "imagesTr").is_dir():
         name, _ = find_task(as_path, [as_path.resolve().parent])  # checks it is named like a task
         return name, as_path.resolve()
     name, folder = find_task(task, [paths.raw])
