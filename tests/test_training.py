@@ -302,7 +302,7 @@ def test_monet_beats_its_untrained_self_on_inner_validation(roots):
     from monetpipe.networks import build_network
     from monetpipe.training import plan_fold, train_fold
     from monetpipe.training.distributed import DistContext
-    from monetpipe.training.trainer import inner_validation
+    from monetpipe.training.inner_validation import inner_validation
 
     # 68 training slices / batch 4 = 17 steps per epoch; 20 epochs = 340 steps. The schedule's patience is
     # raised because eval-mode validation is meaningless until the BatchNorm statistics have settled.

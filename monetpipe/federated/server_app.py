@@ -168,7 +168,7 @@ def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
     from monetpipe.training.config import resolve_device
     from monetpipe.training.data import SliceIndex
     from monetpipe.training.distributed import DistContext
-    from monetpipe.training.trainer import inner_validation
+    from monetpipe.training.inner_validation import inner_validation
 
     resume = _resume_or_refuse(fp, spec)
     SliceIndex.build(fp.layout, fp.inner_val_cases + fp.val_cases, fp.plans)  # the server's own cases: fail now

@@ -37,10 +37,11 @@ from monetpipe.training.config import (
 from monetpipe.training.data import SliceBatchLoader, SliceIndex, iterations_per_epoch, rank_columns
 from monetpipe.training.distributed import DistContext, init_distributed
 from monetpipe.training.fold import FoldPlan, FoldResult, continue_command, prepare_run_folder, run_record
+from monetpipe.training.inner_validation import inner_validation
 from monetpipe.training.losses import build_loss
 from monetpipe.training.output_prior import init_output_prior, sampled_class_frequencies
 from monetpipe.training.progress import plot_progress, write_log_csv
-from monetpipe.training.trainer import EarlyStopping, TrainingParts, TrainingState, fit, inner_validation
+from monetpipe.training.trainer import EarlyStopping, TrainingParts, TrainingState, fit
 
 log = logging.getLogger(__name__)
 _RESUME_SENSITIVE = (
