@@ -238,6 +238,28 @@ def test_cli_runs_and_reports_bad_input_without_traceback(ct_task, capsys):
     assert "synct_002.nii.gz" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("module", ["monetpipe.preprocessing.cli", "monetpipe.preprocessing.api"])
+def test_planning_never_imports_torch(module):
+    # torch takes seconds to import: `--help` and a rerun with nothing to build must not pay for it.
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_noop_rerun_does_not_import_torch(ct_task):
+    import subprocess
+    import sys
+
+    assert cli_main(["-t", "901", "-np", "1"]) == 0
+    code = "import sys; "
+    code += "from monetpipe.preprocessing.cli import main; main(['-t', '901']); print('torch' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "0 built, 6 up to date" in run.stdout and run.stdout.strip().endswith("False")
+
+
 def test_unknown_task_cli_lists_tasks(ct_task, capsys):
     assert cli_main(["-t", "Task77"]) == 1
     assert "Task901_SyntheticCT" in capsys.readouterr().err

@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from monetpipe.errors import DatasetError
 from monetpipe.io.dataset import Case, TaskDataset
@@ -52,10 +51,13 @@ def case_source_hash(case: Case, hash_cache: dict | None = None) -> dict[str, di
 def nonzero_bbox(image: np.ndarray) -> tuple[tuple[int, int], ...]:
     """Bounding box ``((z0, z1), (y0, y1), (x0, x1))`` of voxels nonzero in any channel (whole image if none)."""
     mask = np.any(image != 0, axis=0)
-    boxes = ndimage.find_objects(mask.astype(np.uint8))
-    if not boxes:
+    if not mask.any():
         return tuple((0, s) for s in mask.shape)
-    return tuple((int(b.start), int(b.stop)) for b in boxes[0])
+    box = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append((int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
 
 
 def load_training_case(case: Case, task: TaskDataset) -> tuple[np.ndarray, np.ndarray, Geometry]:

@@ -8,14 +8,18 @@ original grid voxel for voxel.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from monetpipe.io.image import Geometry
 from monetpipe.preprocessing.fingerprint import nonzero_bbox
 from monetpipe.preprocessing.normalization import normalize
 from monetpipe.preprocessing.plans import Plans
 from monetpipe.preprocessing.resampling import resample_images, resample_labels, resampled_shape
+
+if TYPE_CHECKING:  # torch is imported where it is used, so planning and a no-op rerun never load it
+    import torch
 
 
 def _crop(array: np.ndarray, box) -> np.ndarray:
@@ -84,6 +88,8 @@ def first_argmax(scores: torch.Tensor) -> torch.Tensor:
     ``torch.argmax`` and ``torch.max(dim).indices`` over a short leading (class) dimension are much
     slower than a few whole-volume comparisons.
     """
+    import torch
+
     best = scores[0]
     index = torch.zeros(scores.shape[1:], dtype=torch.uint8)
     for k in range(1, scores.shape[0]):
@@ -92,7 +98,6 @@ def first_argmax(scores: torch.Tensor) -> torch.Tensor:
     return index
 
 
-@torch.inference_mode()
 def restore_to_original_grid(
     probabilities: torch.Tensor | np.ndarray,
     properties: dict,
@@ -121,7 +126,17 @@ def restore_to_original_grid(
         ``(Z, Y, X)`` uint8 labels in the dataset's original label values, and ``(K, Z, Y, X)`` float32
         probabilities (outside the crop box background has probability 1) or ``None``.
     """
-    probs = torch.as_tensor(probabilities)
+    import torch
+
+    with torch.inference_mode():
+        return _restore(torch.as_tensor(probabilities), properties, plans, with_probabilities, chunk)
+
+
+def _restore(
+    probs: torch.Tensor, properties: dict, plans: Plans, with_probabilities: bool, chunk: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    import torch
+
     num, slices = probs.shape[:2]
     crop_hw = tuple(properties["shape_after_crop"][1:])
     shape_t = [properties["shape_zyx"][a] for a in plans.transpose_forward]

@@ -4,14 +4,18 @@ Uses ``torch.nn.functional.interpolate`` with ``align_corners=False``: pixel cen
 field of view is preserved exactly, the same convention for the forward (to the plan's spacing) and the
 backward (probabilities to the original grid) direction. It is multi-threaded and several times faster
 than ``scipy.ndimage.zoom`` on 512x512 CT slices. Labels are resampled by nearest neighbour only, so
-label values are never interpolated.
+label values are never interpolated. torch is imported when a function runs, so importing this module
+(and ``monet_plan_and_preprocess``'s no-op rerun, which resamples nothing) stays fast.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resampled_shape(
@@ -28,6 +32,9 @@ def resample_images(
 
     Returns the same type it was given (numpy in, numpy out). ``mode``: ``bilinear`` or ``bicubic``.
     """
+    import torch
+    import torch.nn.functional as F
+
     is_numpy = isinstance(stack, np.ndarray)
     t = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32)) if is_numpy else stack
     squeeze = t.ndim == 3
@@ -47,6 +54,9 @@ def resample_labels(seg: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resampling of an integer ``(S, H, W)`` label stack to ``size_hw``."""
     if tuple(seg.shape[-2:]) == tuple(size_hw):
         return seg
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(seg))[:, None].to(torch.float32)
     out = F.interpolate(t, size=tuple(size_hw), mode="nearest-exact")
     return out[:, 0].to(torch.uint8).numpy()
