@@ -29,6 +29,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -176,9 +177,12 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str], env: dict, log_file: Path) -> tuple[float, int]:
-    """Run ``cmd``; return wall seconds and the peak summed RSS of its process tree. Raises on failure."""
+def run_measured(cmd: list[str], env: dict, log_file: Path) -> tuple[float, int, float]:
+    """Run ``cmd``; return wall seconds, the peak summed RSS of its process tree and the CPU seconds (user +
+    system) of the tree (every process is waited for by its parent, so getrusage(RUSAGE_CHILDREN) counts
+    them all). CPU seconds barely change with the machine's load; wall seconds do. Raises on failure."""
     peak = 0
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(log_file, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -196,9 +200,11 @@ def run_measured(cmd: list[str], env: dict, log_file: Path) -> tuple[float, int]
         done.set()
         sampler.join()
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - used.ru_utime) + (after.ru_stime - used.ru_stime)
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({code}); see {log_file}")
-    return seconds, peak
+    return seconds, peak, cpu
 
 
 def _du(folder: Path) -> int:
@@ -221,23 +227,28 @@ def measure_preprocessing(root: Path, source: Path, args: argparse.Namespace) ->
         env = {**os.environ, "MONET_raw": str(raw.parent), "MONET_preprocessed": str(pre)}
         env["MONET_results"] = str(root / f"results_{n}")
         cmd = [_bin("monet_plan_and_preprocess"), "-t", str(raw), "-np", str(args.processes)]
-        first, peak = run_measured(cmd, env, root / f"preprocess_{n}.log")
-        again, _ = run_measured(cmd, env, root / f"preprocess_{n}_rerun.log")
+        load = os.getloadavg()[0]
+        first, peak, first_cpu = run_measured(cmd, env, root / f"preprocess_{n}.log")
+        again, _, again_cpu = run_measured(cmd, env, root / f"preprocess_{n}_rerun.log")
         row = {
             "cases": n,
             "first_s": round(first, 1),
+            "first_cpu_s": round(first_cpu, 1),
+            "load_1min_at_start": round(load, 1),
             "peak_rss_mib": round(peak / 2**20),
             "cache_gib": round(_du(pre / TASK) / 2**30, 2),
             "rerun_s": round(again, 2),
+            "rerun_cpu_s": round(again_cpu, 2),
         }
         if n == max(args.steps):
             before = _mtimes(pre / TASK)
             changed = _case_file(raw, 1, "image")  # replace the link by a changed copy (the source stays)
             changed.unlink()
             write_case((raw, 1, args.bases, 1))
-            one, _ = run_measured(cmd, env, root / f"preprocess_{n}_one_changed.log")
+            one, _, one_cpu = run_measured(cmd, env, root / f"preprocess_{n}_one_changed.log")
             after = _mtimes(pre / TASK)
             row["one_changed_s"] = round(one, 1)
+            row["one_changed_cpu_s"] = round(one_cpu, 1)
             row["rewritten_cases"] = sum(after[k] != before.get(k) for k in after)
         rows.append(row)
         log.info("%s", row)
@@ -259,7 +270,7 @@ def measure_training(root: Path, n: int, args: argparse.Namespace) -> dict:
     }
     cmd = [_bin("monet_train"), "-t", TASK, "-m", "monet", "--epochs", "1"]
     cmd += ["--iters-per-epoch", str(args.train_iters)]
-    seconds, peak = run_measured(cmd, env, root / f"train_{n}.log")
+    seconds, peak, cpu = run_measured(cmd, env, root / f"train_{n}.log")
     log_csv = root / f"results_{n}" / TASK / "monet__monetPlans" / "fold_0" / "training_log.csv"
     import csv
 
@@ -269,6 +280,7 @@ def measure_training(root: Path, n: int, args: argparse.Namespace) -> dict:
         "cases": n,
         "iters": args.train_iters,
         "command_s": round(seconds, 1),
+        "command_cpu_s": round(cpu, 1),
         "peak_rss_mib": round(peak / 2**20),
         "epoch_row": epoch,
     }
@@ -280,12 +292,13 @@ def measure_prediction(root: Path, n: int) -> dict:
     out = root / f"predictions_{n}"
     images = root / f"raw_{n}" / TASK / "imagesTs"
     cmd = [_bin("monet_predict"), "-i", str(images), "-o", str(out), "-t", TASK, "-m", "monet", "--overwrite"]
-    seconds, peak = run_measured(cmd, env, root / f"predict_{n}.log")
+    seconds, peak, cpu = run_measured(cmd, env, root / f"predict_{n}.log")
     cases = len(list(images.glob("*.nii.gz")))
     return {
         "cases": cases,
         "command_s": round(seconds, 1),
         "s_per_case": round(seconds / cases, 1),
+        "cpu_s_per_case": round(cpu / cases, 1),
         "peak_rss_mib": round(peak / 2**20),
     }
 
