@@ -383,7 +383,7 @@ def _predict_input_folder(
 ) -> PredictionSummary:
     """Group ``input_dir``'s files into cases and predict them; the summary's time includes the grouping."""
     start = time.perf_counter()
-    cases, _ = group_input_files(input_dir, plans.num_input_channels)
+    cases, _ = group_input_files(input_dir, plans.num_source_channels)
     summary = predict_cases(cases, input_dir, output_dir, models, plans, options, device, channels_last, workers)
     summary.seconds = time.perf_counter() - start
     return summary
@@ -443,6 +443,7 @@ def predict_cases(
                 tta=options.tta,
                 device=device,
                 channels_last=channels_last,
+                context_slices=plans.context_slices,
             )
         prepared.timings["network"] = time.perf_counter() - t
         prepared.data = None  # type: ignore[assignment]  # free the slices before the next case arrives
@@ -559,12 +560,12 @@ def _prepare(case: InputCase, plans: Plans) -> _Prepared:
             f"corrupt; re-export it."
         ) from None
     t1 = time.perf_counter()
-    if image.shape[0] != plans.num_input_channels:
-        names = ", ".join(plans.channel_names)
+    if image.shape[0] != plans.num_source_channels:
+        n, names = plans.num_source_channels, ", ".join(plans.dataset_channel_names)
+        uses = f"; it uses {', '.join(plans.channel_names)}" if plans.selects_channels else ""
         raise MonetError(
-            f"{files}: has {image.shape[0]} channel(s), but the model expects {plans.num_input_channels} "
-            f"({names}). Give one {plans.num_input_channels}-channel file per case, or one 3D file per "
-            f"channel (case_0000.nii.gz ...)."
+            f"{files}: has {image.shape[0]} channel(s), but the model expects {n} ({names}{uses}). Give one "
+            f"{n}-channel file per case, or one 3D file per channel (case_0000.nii.gz ...)."
         )
     check_spacing(case, image.shape[1:], geometry, plans)
     data, properties = preprocess_image(image, geometry, plans)

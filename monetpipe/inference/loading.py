@@ -219,6 +219,7 @@ def load_models(
 
 
 def _check_compatible(ckpt: dict, plans: Plans, path: Path) -> None:
+    _check_same_input(ckpt, plans, path)
     spec = ckpt.get("network") or {}
     if (
         int(spec.get("in_channels", plans.num_input_channels)) != plans.num_input_channels
@@ -240,3 +241,18 @@ def _check_compatible(ckpt: dict, plans: Plans, path: Path) -> None:
                 f"{path}: was trained with different preprocessing than {plans.plans_name} in plans.json "
                 f"(spacing, normalization or labels differ). Copy the plans.json that belongs to it."
             )
+
+def _check_same_input(ckpt: dict, plans: Plans, path: Path) -> None:
+    """Refuse a checkpoint whose stored plans feed the network other channels or context slices than ``plans``."""
+    try:
+        trained = Plans.from_dict(ckpt["plans"])
+    except (KeyError, TypeError, ValueError, MonetError):
+        return  # no readable copy: the channel-count check below still applies
+    if trained.input_signature() == plans.input_signature():
+        return
+    raise MonetError(
+        f"{path}: was trained on plans {trained.plans_name} (input {trained.describe_input()}; planned by "
+        f"monet_plan_and_preprocess -t {trained.task}{trained.input_flags()}), but {path.parents[1] / 'plans.json'} "
+        f"holds {plans.plans_name} (input {plans.describe_input()}). Use the model folder it was trained in, with "
+        f"its own plans.json (monet_predict -p {trained.plans_name}), or train a model on {plans.plans_name}."
+    )

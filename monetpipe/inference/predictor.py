@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from monetpipe.preprocessing.context import stack_context_sc
+
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """Zero-pad the last two dims of ``x`` up to a multiple; returns it and (left, right, top, bottom)."""
@@ -35,6 +37,7 @@ def predict_slices(
     device: str | torch.device = "cpu",
     size_multiple: int = 16,
     channels_last: bool = False,
+    context_slices: int = 0,
 ) -> torch.Tensor:
     """Average the probabilities of ``models`` over slices ``(C, S, H, W)``.
 
@@ -46,6 +49,8 @@ def predict_slices(
         device: where the networks live.
         size_multiple: pad H and W up to this multiple (16 fits every registered network).
         channels_last: feed NHWC batches (use with models converted to ``torch.channels_last``).
+        context_slices: the plans' K: each slice is fed with slices z-K .. z+K as ``C * (2K + 1)``
+            channels (:mod:`monetpipe.preprocessing.context`), assembled batch by batch.
 
     Returns:
         ``(K, S, H, W)`` float32 probabilities on the CPU (K = network output channels).
@@ -56,7 +61,9 @@ def predict_slices(
     flips = [(), (3,), (2,), (2, 3)] if tta else [()]
     out = None
     for start in range(0, x_all.shape[0], batch_size):
-        x, pad = pad_to_multiple(x_all[start : start + batch_size].to(device, torch.float32), size_multiple)
+        stop = min(start + batch_size, x_all.shape[0])
+        x = stack_context_sc(x_all, np.arange(start, stop), context_slices) if context_slices else x_all[start:stop]
+        x, pad = pad_to_multiple(x.to(device, torch.float32), size_multiple)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         acc = None

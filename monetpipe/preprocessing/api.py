@@ -15,7 +15,7 @@ from monetpipe.io.dataset import load_task
 from monetpipe.parallel import map_cases
 from monetpipe.paths import MonetPaths, find_task, looks_like_path
 from monetpipe.preprocessing.fingerprint import compute_fingerprint
-from monetpipe.preprocessing.planner import plan_experiment
+from monetpipe.preprocessing.planner import plan_experiment, select_channels
 from monetpipe.preprocessing.plans import Plans, plans_name_for
 from monetpipe.preprocessing.slice_cache import CacheLayout, cache_case, case_hash, is_current
 from monetpipe.preprocessing.splits import ensure_splits
@@ -47,6 +47,8 @@ def plan_and_preprocess(
     max_size: int = 256,
     overwrite_splits: bool = False,
     replan: bool = False,
+    channels: list[str] | None = None,
+    context_slices: int = 0,
 ) -> PreprocessResult:
     """Fingerprint, plan, cache slices and fix the splits of a raw task.
 
@@ -62,6 +64,10 @@ def plan_and_preprocess(
         replan: plan from the current data even when plans of the same kind exist (every cached case is
             then rebuilt if the plans change); by default existing plans are kept, see
             :func:`keep_existing_plans`.
+        channels: the input channels the network sees, as dataset.json names (any case) or indices
+            (default: all; plans ``monetPlans_ch_<names>``). The cache holds only these.
+        context_slices: K > 0 plans 2.5D input, slices z-K .. z+K as channels (plans ``..._ctx<K>``); the
+            cache is the same 2D cache, the stacks are assembled when slices are read.
 
     Returns:
         What was written and how long it took. Up-to-date cache entries are skipped.
@@ -71,7 +77,11 @@ def plan_and_preprocess(
     name, raw_dir = raw_task_folder(task, paths)
     dataset = load_task(raw_dir)
     out_dir = paths.preprocessed / name
-    plans_name = plans_name_for(binary, labels)
+    chosen = select_channels(channels, dataset)
+    names = tuple(dataset.channel_names[c] for c in chosen) if len(chosen) < dataset.num_channels else None
+    if context_slices < 0:
+        raise MonetError(f"--context-slices {context_slices}: give 0 (2D) or a positive number of slices per side.")
+    plans_name = plans_name_for(binary, labels, names, context_slices)
     layout = CacheLayout(out_dir, plans_name)
     fix = f"Make it writable or set MONET_preprocessed to a writable folder (now {paths.preprocessed})."
     for folder in (out_dir, layout.slices, layout.gt_segmentations):  # before any work starts
@@ -87,7 +97,16 @@ def plan_and_preprocess(
     if fingerprint is not previous:
         write_json(fingerprint, fp_file)
 
-    planned = plan_experiment(dataset, fingerprint, plans_name, binary=binary, labels=labels, max_size=max_size)
+    planned = plan_experiment(
+        dataset,
+        fingerprint,
+        plans_name,
+        binary=binary,
+        labels=labels,
+        max_size=max_size,
+        channels=chosen,
+        context_slices=context_slices,
+    )
     plans = planned if replan else keep_existing_plans(planned, layout.plans_file)
     if plans is planned:
         plans.save(layout.plans_file)
@@ -182,7 +201,7 @@ def _log_plans(plans: Plans) -> None:
     norm = ", ".join(n.scheme + (" (nonzero mask)" if n.use_nonzero_mask else "") for n in plans.normalization)
     log.info(
         "Plans %s: slice axis %s, in-plane spacing %s mm, patch %s, median resampled shape %s, "
-        "normalization [%s], classes %s, batch size %d",
+        "normalization [%s], classes %s, network input %s, batch size %d",
         plans.plans_name,
         axis,
         tuple(round(s, 3) for s in plans.target_spacing),
@@ -190,5 +209,6 @@ def _log_plans(plans: Plans) -> None:
         plans.median_shape,
         norm,
         list(plans.class_names),
+        plans.describe_input(),
         plans.batch_size,
     )

@@ -9,7 +9,8 @@ from monetpipe.cli_common import command_parser, run_cli, setup_logging
 EXAMPLES = """examples:
   monet_plan_and_preprocess -t 4 -np 4              # Task04_Hippocampus in $MONET_raw, all labels
   monet_plan_and_preprocess -t 7 --binary           # pancreas + tumour merged (plans monetPlans_binary)
-  monet_plan_and_preprocess -t 901 --folds 5        # 5-fold cross-validation splits instead of 70/30
+  monet_plan_and_preprocess -t 1 --channels FLAIR --context-slices 1
+      # BrainTumour: the FLAIR channel only, as 2.5D input of slices z-1, z, z+1 (plans monetPlans_ch_FLAIR_ctx1)
 """
 
 
@@ -46,6 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="plan from the current data even if plans exist (default: keep existing plans, so a changed or "
         "added case rebuilds only itself; the log says what re-planning would change)",
     )
+    p.add_argument(
+        "--channels",
+        nargs="+",
+        metavar="CH",
+        help="input channels the network sees: dataset.json channel names (any case) or indices, e.g. FLAIR "
+        "or 0 2 (default: all; plans monetPlans_ch_<names>)",
+    )
+    p.add_argument(
+        "--context-slices",
+        type=int,
+        default=0,
+        metavar="K",
+        help="2.5D input: each slice with its K neighbours on each side as extra channels, edges replicated "
+        "(default 0: 2D; plans ..._ctx<K>)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -66,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             max_size=args.max_size,
             overwrite_splits=args.overwrite_splits,
             replan=args.replan,
+            channels=args.channels,
+            context_slices=args.context_slices,
         )
         print(f"plans:  {result.layout.plans_file}")
         print(

@@ -128,11 +128,42 @@ def plan_labels(dataset_labels: dict[int, str], binary: bool, keep: list[int] | 
     return dict(sorted(mapping.items())), dict(sorted(output.items())), tuple(names)
 
 
+def select_channels(requested: list[str] | None, task: TaskDataset) -> tuple[int, ...]:
+    """``--channels``: dataset channel names (case-insensitive) or indices -> sorted source channel indices.
+
+    ``None`` or empty selects every channel.
+
+    Raises:
+        MonetError: a name or index that is not one of the dataset's channels, listing them.
+    """
+    names = task.channel_names
+    if not requested:
+        return tuple(range(len(names)))
+    chosen = set()
+    for item in requested:
+        text = str(item).strip()
+        by_name = [i for i, n in enumerate(names) if n.lower() == text.lower()]
+        if by_name:
+            chosen.add(by_name[0])
+        elif text.isdigit() and int(text) < len(names):
+            chosen.add(int(text))
+        else:
+            listing = ", ".join(f"{i} {n}" for i, n in enumerate(names))
+            raise MonetError(
+                f"--channels {text}: not a channel of {task.folder / 'dataset.json'}, whose channels are "
+                f"{listing}. Give channel names or indices from that list."
+            )
+    return tuple(sorted(chosen))
+
+
 def plan_normalization(
-    task: TaskDataset, fingerprint: dict, use_nonzero_mask: bool
+    task: TaskDataset, fingerprint: dict, use_nonzero_mask: bool, channels: tuple[int, ...] | None = None
 ) -> tuple[ChannelNormalization, ...]:
+    """One scheme per planned channel (``channels``: source indices, default all)."""
+    channels = tuple(range(task.num_channels)) if channels is None else channels
     schemes = []
-    for name, stats in zip(task.channel_names, fingerprint["foreground_intensity"], strict=True):
+    for c in channels:
+        name, stats = task.channel_names[c], fingerprint["foreground_intensity"][c]
         if name.upper() == "CT":
             if stats["mean"] is None:
                 raise MonetError("CT normalization needs foreground voxels, but no label map has any.")
@@ -158,6 +189,8 @@ def plan_experiment(
     binary: bool = False,
     labels: list[int] | None = None,
     max_size: int = 256,
+    channels: tuple[int, ...] | None = None,
+    context_slices: int = 0,
 ) -> Plans:
     """Plan a configuration for ``task`` from its fingerprint (docs/preprocessing.md, "The plans").
 
@@ -168,7 +201,12 @@ def plan_experiment(
         binary: merge every foreground label into one class.
         labels: keep only these label values, renumbered 1..k (the rest background).
         max_size: largest in-plane size (pixels) of a resampled slice.
+        channels: the dataset channels the network sees (:func:`select_channels`; default all).
+        context_slices: K of 2.5D input: the network sees slices z-K .. z+K (0: 2D).
     """
+    if context_slices < 0:
+        raise MonetError(f"--context-slices {context_slices}: give 0 (2D) or a positive number of slices per side.")
+    channels = tuple(range(task.num_channels)) if channels is None else tuple(channels)
     cases = list(fingerprint["cases"].values())
     spacing = np.median([c["spacing"] for c in cases], axis=0)
     slice_axis = choose_slice_axis(list(spacing))
@@ -197,13 +235,16 @@ def plan_experiment(
         patch_size=patch,
         median_shape=median_shape,  # type: ignore[arg-type]
         crop_to_nonzero=True,
-        normalization=plan_normalization(task, fingerprint, use_nonzero_mask=bool(shrink <= 0.75)),
-        channel_names=task.channel_names,
+        normalization=plan_normalization(task, fingerprint, bool(shrink <= 0.75), channels),
+        channel_names=tuple(task.channel_names[c] for c in channels),
         dataset_labels=dict(task.labels),
         label_mapping=mapping,
         output_labels=output,
         class_names=names,
         num_classes=1 if num_fg == 1 else num_fg + 1,
-        batch_size=plan_batch_size(patch, task.num_channels),
+        batch_size=plan_batch_size(patch, len(channels) * (2 * context_slices + 1)),
         max_size=max_size,
+        source_channels=channels,
+        dataset_channel_names=tuple(task.channel_names),
+        context_slices=int(context_slices),
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -73,10 +74,55 @@ class Plans:
     cache_dtype: str = "float16"
     version: int = PLANS_VERSION
     extra: dict = field(default_factory=dict)
+    # Which of the dataset's channels the network sees (``--channels``): ``channel_names`` are
+    # ``dataset_channel_names[i] for i in source_channels``. Empty (plans written before the option) = all.
+    source_channels: tuple[int, ...] = ()
+    dataset_channel_names: tuple[str, ...] = ()
+    # 2.5D input (``--context-slices K``): slice z is fed with slices z-K .. z+K (docs/preprocessing.md).
+    context_slices: int = 0
+
+    def __post_init__(self) -> None:
+        # Plans written before channel selection existed read every channel: fill that in, so such plans
+        # equal the plans planned anew (same kind, same hash: their cache and models stay valid).
+        if not self.dataset_channel_names:
+            object.__setattr__(self, "dataset_channel_names", tuple(self.channel_names))
+        if not self.source_channels:
+            object.__setattr__(self, "source_channels", tuple(range(len(self.channel_names))))
+
+    @property
+    def num_source_channels(self) -> int:
+        """Channels of one input case (a 4D file, or the nnU-Net per-channel files): every channel of the dataset."""
+        return len(self.dataset_channel_names)
+
+    @property
+    def num_cached_channels(self) -> int:
+        """Channels C of the slice cache and of :func:`~monetpipe.preprocessing.preprocessor.preprocess_image`."""
+        return len(self.channel_names)
 
     @property
     def num_input_channels(self) -> int:
-        return len(self.channel_names)
+        """The network's input channels: the planned channels of ``2K + 1`` slices."""
+        return len(self.channel_names) * (2 * self.context_slices + 1)
+
+    @property
+    def selects_channels(self) -> bool:
+        return self.source_channels != tuple(range(self.num_source_channels))
+
+    def input_signature(self) -> tuple:
+        """What decides the network's input tensor beyond the preprocessing hash: channels and context."""
+        return (tuple(self.source_channels), tuple(self.channel_names), int(self.context_slices))
+
+    def input_flags(self) -> str:
+        """The ``monet_plan_and_preprocess`` options that plan this input (``""`` for the default)."""
+        flags = " --channels " + " ".join(self.channel_names) if self.selects_channels else ""
+        return flags + (f" --context-slices {self.context_slices}" if self.context_slices else "")
+
+    def describe_input(self) -> str:
+        """The network input in words, e.g. ``FLAIR of 3 slices (z-1..z+1): 3 channel(s)``."""
+        names = ", ".join(self.channel_names)
+        k = self.context_slices
+        where = f" of {2 * k + 1} slices (z-{k}..z+{k})" if k else ""
+        return f"{names}{where}: {self.num_input_channels} channel(s)"
 
     @property
     def foreground_classes(self) -> tuple[int, ...]:
@@ -112,8 +158,11 @@ class Plans:
             "median_shape",
             "channel_names",
             "class_names",
+            "source_channels",
+            "dataset_channel_names",
         ):
-            kw[key] = tuple(d[key])
+            if key in d:
+                kw[key] = tuple(d[key])
         kw["dataset_labels"] = {int(k): v for k, v in d["dataset_labels"].items()}
         kw["label_mapping"] = {int(k): int(v) for k, v in d["label_mapping"].items()}
         kw["output_labels"] = {int(k): int(v) for k, v in d["output_labels"].items()}
@@ -150,15 +199,34 @@ class Plans:
                 "version",
             )
         }
+        if self.selects_channels:  # absent otherwise, so caches made before channel selection stay current
+            relevant["source_channels"] = list(self.source_channels)
         return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plans_name_for(binary: bool = False, labels: list[int] | None = None) -> str:
-    """``monetPlans``, ``monetPlans_binary`` or ``monetPlans_labels_7_8``: each variant has its own cache."""
+def plans_name_for(
+    binary: bool = False,
+    labels: list[int] | None = None,
+    channels: tuple[str, ...] | None = None,
+    context_slices: int = 0,
+) -> str:
+    """``monetPlans``, ``monetPlans_binary``, ``monetPlans_labels_7_8``, ``monetPlans_ch_FLAIR``,
+    ``monetPlans_ctx1`` or a combination in that order (``monetPlans_binary_ch_FLAIR_ctx1``): each variant has
+    its own plans file, cache and results folders, so none overwrites another.
+
+    Args:
+        channels: the chosen channel names when ``--channels`` selects fewer than all (``None``: all).
+        context_slices: K of 2.5D input (0: 2D).
+    """
     if binary and labels:
         raise MonetError("--binary and --labels cannot be combined: --labels already chooses the foreground.")
+    name = DEFAULT_PLANS
     if binary:
-        return f"{DEFAULT_PLANS}_binary"
+        name += "_binary"
     if labels:
-        return f"{DEFAULT_PLANS}_labels_" + "_".join(str(v) for v in labels)
-    return DEFAULT_PLANS
+        name += "_labels_" + "_".join(str(v) for v in labels)
+    if channels:
+        name += "_ch_" + "_".join(re.sub(r"[^A-Za-z0-9]", "", c) or "x" for c in channels)
+    if context_slices:
+        name += f"_ctx{context_slices}"
+    return name

@@ -27,18 +27,24 @@ def _crop(array: np.ndarray, box) -> np.ndarray:
 
 
 def preprocess_image(image: np.ndarray, geometry: Geometry, plans: Plans) -> tuple[np.ndarray, dict]:
-    """Turn a ``(C, Z, Y, X)`` volume into network-ready slices ``(C, S, H, W)`` float32.
+    """Turn a ``(C_dataset, Z, Y, X)`` volume (every channel of the dataset) into the plan's slices
+    ``(C, S, H, W)`` float32, ``C`` the planned channels (``--channels``).
+
+    The crop box and the nonzero mask come from every channel, as the fingerprint measured them; then
+    only the planned channels are kept.
 
     Returns:
         The slices and a JSON-ready ``properties`` dict for :func:`restore_to_original_grid`.
     """
-    if image.ndim != 4 or image.shape[0] != plans.num_input_channels:
-        raise ValueError(f"expected ({plans.num_input_channels}, Z, Y, X), got {image.shape}")
+    if image.ndim != 4 or image.shape[0] != plans.num_source_channels:
+        raise ValueError(f"expected ({plans.num_source_channels}, Z, Y, X), got {image.shape}")
     box = nonzero_bbox(image) if plans.crop_to_nonzero else tuple((0, s) for s in image.shape[1:])
     cropped = _crop(image, box)
     forward = list(plans.transpose_forward)
     cropped = cropped.transpose([0] + [a + 1 for a in forward])
     mask = np.any(cropped != 0, axis=0)
+    if plans.selects_channels:
+        cropped = cropped[list(plans.source_channels)]
     normalized = normalize(cropped, plans.normalization, mask)
     spacing = [geometry.spacing_zyx[a] for a in forward]
     size_hw = resampled_shape(normalized.shape[2:], (spacing[1], spacing[2]), plans.target_spacing)

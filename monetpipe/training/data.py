@@ -27,6 +27,7 @@ from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 
 from monetpipe.errors import MonetError
 from monetpipe.io.atomic import read_json
+from monetpipe.preprocessing.context import context_indices
 from monetpipe.preprocessing.plans import Plans
 from monetpipe.preprocessing.slice_cache import CacheLayout
 from monetpipe.preprocessing.splits import unsafe_case_id
@@ -70,9 +71,10 @@ class CaseSlices:
 class SliceIndex:
     """Every slice of a set of cached cases, addressable by one flat index."""
 
-    def __init__(self, layout: CacheLayout, cases: list[CaseSlices]) -> None:
+    def __init__(self, layout: CacheLayout, cases: list[CaseSlices], context_slices: int = 0) -> None:
         self.layout = layout
         self.cases = cases
+        self.context_slices = context_slices  # the plans' K: batches hold slices z-K .. z+K as channels
         self.offsets = np.cumsum([0] + [c.num_slices for c in cases])
         self.foreground_cases = [i for i, c in enumerate(cases) if any(len(s) for s in c.class_slices.values())]
 
@@ -103,7 +105,7 @@ class SliceIndex:
                 )
             class_slices = {int(k): np.asarray(v, dtype=np.int64) for k, v in props["class_slices"].items()}
             cases.append(CaseSlices(case_id, int(props["shape_after_resampling"][0]), class_slices))
-        return cls(layout, cases)
+        return cls(layout, cases, plans.context_slices)
 
     @property
     def num_slices(self) -> int:
@@ -192,11 +194,13 @@ def read_patch(
     rng: np.random.Generator,
     out_data: np.ndarray,
     out_seg: np.ndarray,
+    context_slices: int = 0,
 ) -> None:
     """Copy one slice, zero-padded or cropped to ``patch_size``, into ``out_data`` / ``out_seg``.
 
     ``out_*`` must be zero-filled. A crop of a slice drawn for ``forced_class`` keeps a random pixel of
-    that class inside.
+    that class inside. With ``context_slices`` K, ``out_data`` gets the same window of slices
+    ``slice_index - K .. slice_index + K`` (:func:`~monetpipe.preprocessing.context.stack_context`).
     """
     seg_slice = seg[slice_index]
     keep = (None, None)
@@ -207,7 +211,12 @@ def read_patch(
             k = rng.integers(len(ys))
             keep = (int(ys[k]), int(xs[k]))
     (y0, y1, dy), (x0, x1, dx) = (_window(s, p, rng, k) for s, p, k in zip((h, w), patch_size, keep, strict=True))
-    out_data[:, dy : dy + y1 - y0, dx : dx + x1 - x0] = data[:, slice_index, y0:y1, x0:x1]
+    if context_slices:
+        idx = context_indices(np.array([slice_index]), data.shape[1], context_slices)[0]
+        stack = np.asarray(data[:, idx, y0:y1, x0:x1])  # (C, 2K+1, h, w): slice-major below, as the predictor
+        out_data[:, dy : dy + y1 - y0, dx : dx + x1 - x0] = stack.transpose(1, 0, 2, 3).reshape(-1, *stack.shape[2:])
+    else:
+        out_data[:, dy : dy + y1 - y0, dx : dx + x1 - x0] = data[:, slice_index, y0:y1, x0:x1]
     out_seg[dy : dy + y1 - y0, dx : dx + x1 - x0] = seg_slice[y0:y1, x0:x1]
 
 
@@ -306,7 +315,17 @@ class SliceBatchLoader(SlimDataLoaderBase):
         seg = np.zeros((len(entries), 1, *self.patch_size), dtype=np.float32)
         for i, (case, sl, cls) in enumerate(entries):
             case_data, case_seg = self._cases.get(self.index.cases[case].case_id)
-            read_patch(case_data, case_seg, int(sl), self.patch_size, int(cls), rng, data[i], seg[i, 0])
+            read_patch(
+                case_data,
+                case_seg,
+                int(sl),
+                self.patch_size,
+                int(cls),
+                rng,
+                data[i],
+                seg[i, 0],
+                self.index.context_slices,
+            )
         return {"data": data, "seg": seg, "batch": b}
 
     def generate_train_batch(self) -> dict:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from monetpipe.preprocessing.context import stack_context
+from monetpipe.preprocessing.plans import Plans
 from monetpipe.preprocessing.slice_cache import CacheLayout
 from monetpipe.training.checkpoint import unwrap
 from monetpipe.training.distributed import DistContext, all_reduce_sum
@@ -35,6 +37,7 @@ def inner_validation(
     ctx: DistContext,
     batch_size: int = 32,
     amp: bool = False,
+    context_slices: int | None = None,
 ) -> dict:
     """Loss and hard Dice of ``model`` on every slice of the inner validation cases.
 
@@ -48,6 +51,7 @@ def inner_validation(
         ctx: distributed context.
         batch_size: slices per forward pass.
         amp: autocast to float16 (CUDA).
+        context_slices: the plans' K of 2.5D input (default: read from ``layout``'s plans file).
 
     Each rank evaluates its share of the cases; the sums are added over ranks, so every rank gets
     the same numbers. The loss is the training loss computed over the whole set at once (one Dice
@@ -59,6 +63,8 @@ def inner_validation(
     """
     from monetpipe.inference.predictor import pad_to_multiple
 
+    if context_slices is None:
+        context_slices = Plans.load(layout.plans_file).context_slices if layout.plans_file.is_file() else 0
     net = unwrap(model)
     net.eval()
     divisor = getattr(net, "size_divisor", 16)
@@ -69,8 +75,9 @@ def inner_validation(
         data = np.load(layout.data_file(case_id), mmap_mode="r")
         seg = np.load(layout.seg_file(case_id), mmap_mode="r")
         for start in range(0, seg.shape[0], batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(data[:, start : start + batch_size], dtype=np.float32))
-            x, pad = pad_to_multiple(x.transpose(0, 1).to(device), divisor)
+            stop = min(start + batch_size, seg.shape[0])
+            x = torch.from_numpy(stack_context(data, np.arange(start, stop), context_slices).astype(np.float32))
+            x, pad = pad_to_multiple(x.to(device), divisor)
             y = torch.from_numpy(seg[start : start + batch_size].astype(np.int64)).to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
                 logits = net(x)

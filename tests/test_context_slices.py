@@ -1,0 +1,135 @@
+"""2.5D input (``--context-slices K``): the stacks, and the whole path plan -> train -> predict on them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from monetpipe.inference.cli import main as predict_main
+from monetpipe.inference.predictor import predict_slices
+from monetpipe.io.image import read_label, read_volume
+from monetpipe.preprocessing.cli import main as preprocess_main
+from monetpipe.preprocessing.context import stack_context
+from monetpipe.preprocessing.plans import Plans, plans_name_for
+from monetpipe.synthetic import make_synthetic_task
+from monetpipe.training.cli import main as train_main
+from monetpipe.training.data import NO_CLASS, read_patch
+
+TASK = "Task901_SyntheticCT"
+
+
+def reference_stack(data: np.ndarray, z: int, k: int) -> np.ndarray:
+    """The documented stack, written out plainly: slices z-K..z+K (clamped into the volume), C each."""
+    s = data.shape[1]
+    return np.concatenate([data[:, min(max(z + o, 0), s - 1)] for o in range(-k, k + 1)], axis=0)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 4])
+def test_stack_equals_the_reference_at_the_edges_and_in_the_middle(k):
+    data = np.random.default_rng(k).normal(size=(2, 5, 6, 7)).astype(np.float32)
+    stacks = stack_context(data, np.arange(5), k)
+    assert stacks.shape == (5, 2 * (2 * k + 1), 6, 7)
+    for z in range(5):
+        np.testing.assert_array_equal(stacks[z], reference_stack(data, z, k))
+    if k:  # slice 0's missing neighbours are slice 0 itself; slice 4's are slice 4
+        np.testing.assert_array_equal(stacks[0, :2], data[:, 0])
+        np.testing.assert_array_equal(stacks[4, -2:], data[:, 4])
+        np.testing.assert_array_equal(stacks[2, 2 * k : 2 * k + 2], data[:, 2])  # centre: the slice itself
+
+
+def test_training_patches_and_prediction_batches_hold_the_same_stack():
+    data = np.random.default_rng(0).normal(size=(1, 6, 16, 32)).astype(np.float32)
+    seg = np.zeros((6, 16, 32), np.uint8)
+    rng = np.random.default_rng(0)
+    for z in (0, 3, 5):
+        out, out_seg = np.zeros((3, 16, 32), np.float32), np.zeros((16, 32), np.float32)
+        read_patch(data, seg, z, (16, 32), NO_CLASS, rng, out, out_seg, context_slices=1)
+        np.testing.assert_array_equal(out, reference_stack(data, z, 1))
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(x.clone())
+            return x[:, :1] * 0
+
+    model = Recorder()
+    predict_slices([model], data, batch_size=4, context_slices=1)
+    fed = torch.cat(model.seen).numpy()
+    np.testing.assert_array_equal(fed, np.stack([reference_stack(data, z, 1) for z in range(6)]))
+
+
+def test_context_plans_have_their_own_name():
+    assert plans_name_for(context_slices=1) == "monetPlans_ctx1"
+    assert plans_name_for(binary=True, channels=("FLAIR",), context_slices=2) == "monetPlans_binary_ch_FLAIR_ctx2"
+
+
+# --- the whole path ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ctx_run(tmp_path_factory):
+    """Task901 planned 2D and 2.5D (K = 1); MoNet trained 2 steps on the 2.5D plans; test images predicted."""
+    root = tmp_path_factory.mktemp("ctx")
+    mp = pytest.MonkeyPatch()
+    for n in ("raw", "preprocessed", "results"):
+        mp.setenv(f"MONET_{n}", str(root / n))
+    try:
+        make_synthetic_task(root / "raw", kind="ct", num_cases=6, num_test=1, seed=3, shape=(48, 40, 10))
+        assert preprocess_main(["-t", "901", "-np", "1"]) == 0
+        assert preprocess_main(["-t", "901", "-np", "1", "--context-slices", "1"]) == 0
+        train = ["-t", "901", "-m", "monet", "-p", "monetPlans_ctx1", "--epochs", "1", "--iters-per-epoch", "2"]
+        assert train_main([*train, "--batch-size", "4", "--num-workers", "0", "--num-threads", "1"]) == 0
+        out = root / "predictions"
+        images = root / "raw" / TASK / "imagesTs"
+        args = ["-i", str(images), "-o", str(out), "-t", "901", "-m", "monet", "-p", "monetPlans_ctx1"]
+        assert predict_main([*args, "--threads", "1"]) == 0
+        yield root, out
+    finally:
+        mp.undo()
+
+
+def test_context_plans_are_recorded_and_the_cache_stays_2d(ctx_run):
+    root, _ = ctx_run
+    task_dir = root / "preprocessed" / TASK
+    plans = Plans.load(task_dir / "monetPlans_ctx1.json")
+    assert plans.context_slices == 1 and plans.num_input_channels == 3
+    assert json.loads((task_dir / "monetPlans_ctx1.json").read_text())["num_input_channels"] == 3
+    assert Plans.load(task_dir / "monetPlans.json").context_slices == 0  # the 2D plans are untouched
+    for flat in sorted((task_dir / "monetPlans_slices").glob("*_data.npy")):
+        stacked = task_dir / "monetPlans_ctx1_slices" / flat.name
+        np.testing.assert_array_equal(np.load(stacked), np.load(flat))  # same (1, S, H, W) arrays
+
+
+def test_a_25d_model_predicts_on_the_input_grid(ctx_run):
+    root, out = ctx_run
+    folder = root / "results" / TASK / "monet__monetPlans_ctx1"
+    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["network"]["in_channels"] == 3
+    assert (folder / "fold_0" / "validation" / "summary.json").is_file()  # the final validation ran on it
+    inputs = sorted((root / "raw" / TASK / "imagesTs").glob("*.nii.gz"))
+    assert inputs
+    for image_file in inputs:
+        image, g_in = read_volume([image_file])
+        labels, g_out = read_label(out / image_file.name)
+        assert g_out == g_in and labels.shape == image.shape[1:]  # spacing, origin, direction, shape
+
+
+def test_a_25d_model_with_2d_plans_is_refused_by_name(ctx_run, tmp_path, capsys):
+    root, _ = ctx_run
+    copied = tmp_path / "monet__monetPlans"
+    shutil.copytree(root / "results" / TASK / "monet__monetPlans_ctx1", copied)
+    shutil.copyfile(root / "preprocessed" / TASK / "monetPlans.json", copied / "plans.json")
+    images = root / "raw" / TASK / "imagesTs"
+    code = predict_main(["-i", str(images), "-o", str(tmp_path / "out"), "--model-folder", str(copied)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert str(copied / "fold_0" / "checkpoint_final.pth") in err
+    assert "monetPlans_ctx1" in err and "--context-slices 1" in err
