@@ -133,3 +133,19 @@ def test_a_25d_model_with_2d_plans_is_refused_by_name(ctx_run, tmp_path, capsys)
     assert code == 1 and "Traceback" not in err
     assert str(copied / "fold_0" / "checkpoint_final.pth") in err
     assert "monetPlans_ctx1" in err and "--context-slices 1" in err
+
+
+def test_monet_inspect_feeds_a_25d_model_its_stack(ctx_run, tmp_path):
+    from monetpipe.evaluation.inspect_cli import main as inspect_main
+
+    root, _ = ctx_run
+    case = sorted((root / "preprocessed" / TASK / "monetPlans_ctx1_slices").glob("*_data.npy"))[0].name[:-9]
+    mp = pytest.MonkeyPatch()
+    for n in ("raw", "preprocessed", "results"):
+        mp.setenv(f"MONET_{n}", str(root / n))
+    try:
+        args = ["-t", "901", "-m", "monet", "-p", "monetPlans_ctx1", "--case", case, "-o", str(tmp_path / "a.png")]
+        assert inspect_main(args) == 0
+    finally:
+        mp.undo()
+    assert (tmp_path / "a.png").is_file()

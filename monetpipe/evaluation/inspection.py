@@ -69,6 +69,8 @@ def inspect_models(
 
     from monetpipe.evaluation.activations import draw_figure, inspect_slice, layer_statistics
     from monetpipe.io.atomic import atomic_path
+    from monetpipe.preprocessing.context import stack_context
+    from monetpipe.preprocessing.plans import Plans
     from monetpipe.preprocessing.slice_cache import CacheLayout, load_case
 
     name, _ = find_task(task, [paths.results, paths.preprocessed, paths.raw])
@@ -82,7 +84,8 @@ def inspect_models(
         )
     data, seg, _ = load_case(layout, case_id, mmap=True)
     z = choose_slice(seg, slice_index, case_id)
-    image, target = np.asarray(data[:, z], np.float32), np.asarray(seg[z])
+    context = Plans.load(layout.plans_file).context_slices  # 2.5D plans: the network sees slices z-K..z+K
+    image, target = stack_context(data, [z], context)[0].astype(np.float32), np.asarray(seg[z])
     inspections = []
     rows = []
     for model_name in models:
