@@ -54,7 +54,7 @@ def _add_setting(group: argparse._ArgumentGroup, f: Field, value_type: type) -> 
     group.add_argument(
         flag,
         dest=f.name,
-        type=value_type,
+        type=meta.get("parse") or value_type,
         default=default,
         choices=meta["choices"],
         metavar=meta["metavar"],
@@ -108,8 +108,11 @@ def _add_start_arguments(g: argparse._ArgumentGroup) -> None:
 
 
 EXAMPLES = """examples:
-  monet_train -t 4 -m monet                       # fold 0 of the 70/30 hold-out, the paper's recipe
+  monet_train -t 4 -m monet                       # fold 0 of the 70/30 hold-out, the default recipe
   monet_train -t 4 -m all -f all --continue       # every network on all cases, resuming where each stopped
+  monet_train -t 4 -m monet --time-budget 1h      # train for one hour (final validation included), LR fitted
+  monet_train -t 4 -m all --time-budget 15m       # every network gets the same 15 minutes
+  monet_train -t 4 -m monet --recipe paper        # the paper's settings, pinned
   monet_train --config MONET_results/Task04_Hippocampus/monet__monetPlans/fold_0/config.json --seed 2
 """
 
@@ -121,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command_parser(
         "monet_train",
         "Train a network on MONET_preprocessed/<Task>/ into "
-        "MONET_results/<Task>/<model>__<plans>/fold_<k>/. Defaults are the MoNet paper's recipe; "
+        "MONET_results/<Task>/<model>__<plans>/fold_<k>/. Defaults are the MoNet paper's recipe plus an "
+        "output-layer prior (--recipe paper pins the paper's); "
         "every setting is recorded in fold_<k>/config.json (--config replays it). Multi-GPU / "
         "multi-node: torchrun --nproc_per_node N -m monetpipe.training ...",
         EXAMPLES,
@@ -148,10 +152,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         names = {"task": record["task"], "model": [record["model"]], "fold": [str(record["fold"])]}
         parser.set_defaults(**names, plans=record["plans"], **record["config"])
         args = parser.parse_args(argv)  # flags on the command line win over the record
+    recipe = _recipe_on_command_line(argv)
+    if recipe is not None:
+        from monetpipe.training.config import RECIPES
+
+        parser.set_defaults(**RECIPES[recipe], recipe=recipe)  # over the record; flags win over both
+        args = parser.parse_args(argv)
     missing = [f"-{n[0]}/--{n}" for n in _REQUIRED if getattr(args, n) is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)} (or --config CONFIG_JSON)")
     return args
+
+
+def _recipe_on_command_line(argv: list[str] | None) -> str | None:
+    """The ``--recipe`` given on the command line (already checked by the parser), or None."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe")
+    known, _ = pre.parse_known_args(argv)
+    return known.recipe
 
 
 def config_from_args(args: argparse.Namespace):

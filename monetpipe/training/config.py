@@ -6,6 +6,9 @@ defaults are the paper's recipe. A run writes the config it used, plus the value
 (device, batch size per rank, iterations per epoch, the inner validation cases), to
 ``fold_<k>/config.json``, so a run folder says exactly how its checkpoints were made, and
 ``monet_train --config fold_<k>/config.json`` runs it again.
+
+Named presets (``--recipe``) are data too: :data:`RECIPES` maps a name to the field values it sets;
+flags given on the command line override them (:meth:`TrainConfig.from_recipe` from Python).
 """
 
 from __future__ import annotations
@@ -16,8 +19,30 @@ from typing import Any
 from monetpipe.devices import available_cpus
 from monetpipe.devices import resolve_device as resolve_device  # monet_federated imports it from here
 from monetpipe.errors import MonetError
+from monetpipe.training.schedule import SCHEDULES, parse_duration, resolve_schedule
 
 LOSSES = ("dice", "dice_ce")
+TRAIN_PRECISIONS = ("fp32", "bf16", "auto")
+DEFAULT_EPOCHS = 100  # the cap without --time-budget
+DEFAULT_EARLY_STOP_PATIENCE = 10  # the paper's; off with --time-budget unless given
+# The paper's recipe (Knolle et al. 2021), pinned: what the paper specifies, so later changes of the defaults
+# leave it reproducible. The paper's network starts with Keras' zero output bias, hence output_prior False.
+PAPER_RECIPE: dict[str, Any] = {
+    "lr": 5e-4,
+    "loss": "dice",
+    "schedule": "plateau",
+    "lr_factor": 0.1,
+    "lr_patience": 2,
+    "early_stop_patience": DEFAULT_EARLY_STOP_PATIENCE,
+    "rotation_deg": 10.0,
+    "scale": 0.25,
+    "shift": 0.2,
+    "mirror": False,
+    "output_prior": False,
+}
+# "default" is the fields' defaults (today: the paper's recipe plus the output prior, which docs/training.md
+# measures); a default changed on evidence is changed at its field, and "paper" stays as it is.
+RECIPES: dict[str, dict[str, Any]] = {"paper": PAPER_RECIPE, "default": {}}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 GROUPS = ("schedule", "data", "machine", "run")  # the sections of ``monet_train --help``, in this order
 
@@ -29,6 +54,7 @@ def setting(
     flag: str | None = None,
     choices: tuple[str, ...] | None = None,
     metavar: str | None = None,
+    parse: Any = None,
 ) -> Any:
     """A :class:`TrainConfig` field together with its command-line flag.
 
@@ -39,10 +65,11 @@ def setting(
         flag: the option string; default ``--`` plus the field name with ``-`` for ``_``.
         choices: the allowed values of a string setting.
         metavar: the value's name in ``--help``.
+        parse: turns the flag's text into the value (default: the field's type).
     """
     if group not in GROUPS:
         raise ValueError(f"group {group!r} is not one of {GROUPS}")
-    meta = {"help": help, "group": group, "flag": flag, "choices": choices, "metavar": metavar}
+    meta = {"help": help, "group": group, "flag": flag, "choices": choices, "metavar": metavar, "parse": parse}
     return field(default=default, metadata=meta)
 
 
@@ -51,25 +78,57 @@ class TrainConfig:
     """Everything that decides how a model is trained (see docs/training.md for each field).
 
     ``None`` means "resolve at run time": ``batch_size`` from the plans, ``num_workers``,
-    ``num_threads`` and ``channels_last`` from the machine.
+    ``num_threads`` and ``channels_last`` from the machine; ``epochs``, ``early_stop_patience`` and
+    ``schedule`` from whether there is a ``time_budget`` (:attr:`max_epochs`, :attr:`patience`,
+    :attr:`lr_schedule`).
     """
 
     # schedule (paper: NAdam; Keras ReduceLROnPlateau / EarlyStopping on the inner validation loss)
-    epochs: int = setting(100, "maximum epochs", "schedule")
+    recipe: str = setting(
+        "default",
+        "named preset of settings: 'paper' (Knolle et al. 2021, pinned) or 'default'; flags given as well override it",
+        "schedule",
+        choices=tuple(RECIPES),
+    )
+    time_budget: float | None = setting(
+        None,
+        "wall-clock budget for training plus the final validation, e.g. 90s, 45m, 1.5h, 1h30m; counts across "
+        "--continue; fits --schedule to it; early stopping is off unless --early-stop-patience is given, and "
+        "--epochs only caps (stored in seconds)",
+        "schedule",
+        metavar="DURATION",
+        parse=parse_duration,
+    )
+    epochs: int | None = setting(
+        None, f"maximum epochs (default: {DEFAULT_EPOCHS}; no cap with --time-budget)", "schedule"
+    )
     iters_per_epoch: int = setting(
         250, "cap on iterations per epoch (an epoch is one pass over the training slices)", "schedule"
     )
     batch_size: int | None = setting(
         None, "global batch size, split across torchrun processes (default: the plans' batch size)", "schedule"
     )
-    lr: float = setting(5e-4, "NAdam learning rate", "schedule")
+    lr: float = setting(5e-4, "NAdam learning rate (the start of poly / cosine)", "schedule")
+    schedule: str | None = setting(
+        None,
+        "LR schedule: plateau (the paper's ReduceLROnPlateau on the inner-val loss), poly or cosine (decay from "
+        "--lr to --lr-floor, reached at the last step of the run) (default: plateau; poly with --time-budget)",
+        "schedule",
+        choices=SCHEDULES,
+    )
+    lr_floor: float = setting(5e-6, "the LR that poly / cosine reach at the end", "schedule")
     loss: str = setting(
         "dice", "soft Dice over foreground channels, optionally plus (binary) cross-entropy", "schedule", choices=LOSSES
     )
-    lr_factor: float = setting(0.1, "LR multiplier on a plateau", "schedule")
-    lr_patience: int = setting(2, "epochs without inner-val loss improvement before the LR drops", "schedule")
-    early_stop_patience: int = setting(
-        10, "epochs without inner-val loss improvement before training stops", "schedule"
+    lr_factor: float = setting(0.1, "LR multiplier on a plateau (--schedule plateau)", "schedule")
+    lr_patience: int = setting(
+        2, "epochs without inner-val loss improvement before the LR drops (--schedule plateau)", "schedule"
+    )
+    early_stop_patience: int | None = setting(
+        None,
+        "epochs without inner-val loss improvement before training stops "
+        f"(default: {DEFAULT_EARLY_STOP_PATIENCE}; off with --time-budget)",
+        "schedule",
     )
     inner_val_fraction: float = setting(
         0.1,
@@ -101,6 +160,13 @@ class TrainConfig:
         None, "torch threads per process (default: available cores / processes on this node)", "machine"
     )
     amp: bool = setting(False, "float16 mixed precision (CUDA only; ignored elsewhere)", "machine")
+    precision: str = setting(
+        "fp32",
+        "compute precision of the forward pass: bf16 = bfloat16 autocast (weights and optimizer stay float32); "
+        "auto = bf16 on a CPU with native bfloat16 (avx512_bf16 / AMX), else fp32",
+        "machine",
+        choices=TRAIN_PRECISIONS,
+    )
     channels_last: bool | None = setting(
         None, "channels_last memory format (default: on for CPU, where it is faster, off elsewhere)", "machine"
     )
@@ -114,7 +180,23 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.epochs < 1:
+        if isinstance(self.time_budget, str):  # "45m" from Python or a hand-written config.json
+            object.__setattr__(self, "time_budget", parse_duration(self.time_budget))
+        if self.time_budget is not None and not self.time_budget > 0:
+            problems.append(f"--time-budget must be > 0, got {self.time_budget}")
+        if self.recipe not in RECIPES:
+            problems.append(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            problems.append(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.lr_floor < 0 or (self.lr_schedule != "plateau" and not self.lr_floor < self.lr):
+            problems.append(f"--lr-floor must lie in [0, --lr) for poly / cosine, got {self.lr_floor} (--lr {self.lr})")
+        if self.early_stop_patience is not None and self.early_stop_patience < 1:
+            problems.append(f"--early-stop-patience must be >= 1, got {self.early_stop_patience}")
+        if self.precision not in TRAIN_PRECISIONS:
+            problems.append(f"--precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.precision!r}")
+        if self.amp and self.precision == "bf16":
+            problems.append("--amp (float16, CUDA) and --precision bf16 exclude each other: give one of them")
+        if self.epochs is not None and self.epochs < 1:
             problems.append(f"--epochs must be >= 1, got {self.epochs}")
         if self.iters_per_epoch < 1:
             problems.append(f"--iters-per-epoch must be >= 1, got {self.iters_per_epoch}")
@@ -148,6 +230,32 @@ class TrainConfig:
     def with_changes(self, **changes) -> TrainConfig:
         return replace(self, **changes)
 
+    @classmethod
+    def from_recipe(cls, name: str, **changes) -> TrainConfig:
+        """The preset ``name`` of :data:`RECIPES`, with ``changes`` on top (``monet_train --recipe``)."""
+        if name not in RECIPES:
+            raise MonetError(f"--recipe must be one of {', '.join(RECIPES)}, got {name!r}")
+        return cls(**{**RECIPES[name], **changes, "recipe": name})
+
+    @property
+    def max_epochs(self) -> int | None:
+        """The epoch cap as run: ``--epochs``, else 100 without a time budget and none with one."""
+        if self.epochs is not None:
+            return self.epochs
+        return None if self.time_budget else DEFAULT_EPOCHS
+
+    @property
+    def patience(self) -> int | None:
+        """Early stopping as run: ``--early-stop-patience``, else 10 without a time budget and off with one."""
+        if self.early_stop_patience is not None:
+            return self.early_stop_patience
+        return None if self.time_budget else DEFAULT_EARLY_STOP_PATIENCE
+
+    @property
+    def lr_schedule(self) -> str:
+        """The LR schedule as run: ``--schedule``, else poly with a time budget and plateau without."""
+        return resolve_schedule(self.schedule, self.time_budget)
+
 
 def resolve_channels_last(requested: bool | None, device: str) -> bool:
     """channels_last memory format: on by default on CPU, where oneDNN's NHWC kernels make training cheaper
@@ -174,3 +282,23 @@ def resolve_num_threads(requested: int | None, ranks_per_node: int = 1) -> int:
     if requested is not None:
         return max(1, requested)
     return max(1, available_cpus() // ranks_per_node)
+
+
+def resolve_precision(requested: str, device_type: str, amp: bool = False) -> str:
+    """The training precision as run: ``fp32``, ``bf16`` or ``fp16`` (``--amp`` on CUDA).
+
+    ``auto`` is bf16 on a CPU with native bfloat16 (:func:`monetpipe.cpu_features.cpu_features`) and fp32
+    everywhere else; ``--amp`` keeps its meaning (float16 on CUDA, ignored elsewhere).
+
+    Raises:
+        MonetError: bf16 asked for on a device without bfloat16 autocast (MPS).
+    """
+    from monetpipe.cpu_features import auto_precision
+
+    if amp and device_type == "cuda":
+        return "fp16"
+    if requested == "auto":
+        return auto_precision(("fp32", "bf16"), device_type=device_type)
+    if requested == "bf16" and device_type not in ("cpu", "cuda"):
+        raise MonetError(f"--precision bf16 runs on CPU or CUDA, not {device_type}; use --precision fp32.")
+    return requested

@@ -16,15 +16,20 @@ from monetpipe.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+# written when the run has them: ``lr_end`` (the LR of the epoch's last step, poly / cosine schedules) and
+# ``elapsed`` (seconds of the time budget spent at the epoch's end, across --continue)
+OPTIONAL_COLUMNS = ("lr_end", "elapsed")
 
 
 def write_log_csv(history: list[dict], path: str | Path) -> None:
-    """One row per completed epoch, columns :data:`COLUMNS` (``val_dice``: mean inner-val foreground Dice)."""
+    """One row per completed epoch, columns :data:`COLUMNS` (``val_dice``: mean inner-val foreground Dice),
+    plus those of :data:`OPTIONAL_COLUMNS` that the run records."""
+    columns = COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(c in row for row in history))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     for row in history:
-        writer.writerow([row["epoch"]] + [_fmt(row[c]) for c in COLUMNS[1:]])
+        writer.writerow([row["epoch"]] + [_fmt(row.get(c)) for c in columns[1:]])
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())
 

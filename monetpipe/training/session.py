@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from monetpipe.training.config import (
     resolve_channels_last,
     resolve_num_threads,
     resolve_num_workers,
+    resolve_precision,
 )
 from monetpipe.training.data import SliceBatchLoader, SliceIndex, iterations_per_epoch, rank_columns
 from monetpipe.training.distributed import DistContext, init_distributed
@@ -41,6 +43,7 @@ from monetpipe.training.inner_validation import inner_validation
 from monetpipe.training.losses import build_loss
 from monetpipe.training.output_prior import init_output_prior, sampled_class_frequencies
 from monetpipe.training.progress import plot_progress, write_log_csv
+from monetpipe.training.schedule import EpochPlanner, ProgressSchedule, format_duration
 from monetpipe.training.trainer import EarlyStopping, TrainingParts, TrainingState, fit
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,11 @@ _RESUME_SENSITIVE = (
     "lr_factor",
     "lr_patience",
     "early_stop_patience",
+    "schedule",
+    "lr_floor",
+    "time_budget",
+    "precision",
+    "recipe",
 )
 
 
@@ -70,7 +78,10 @@ def build_parts(
     resume: dict | None,
     class_frequencies: np.ndarray | None = None,
 ) -> TrainingParts:
-    """Network (initialized, pretrained or resumed), loss, NAdam, ReduceLROnPlateau, scaler, early stop.
+    """Network (initialized, pretrained or resumed), loss, NAdam, LR schedule, scaler, early stop, precision.
+
+    The ``plateau`` schedule is the ``ReduceLROnPlateau``; ``poly`` / ``cosine`` are a
+    :class:`~monetpipe.training.schedule.ProgressSchedule` (the plateau scheduler is then built but idle).
 
     ``class_frequencies`` (fresh starts only) sets the output bias to the class prior
     (:mod:`monetpipe.training.output_prior`).
@@ -101,7 +112,8 @@ def build_parts(
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
-    amp = config.amp and device.type == "cuda"
+    precision = resolve_precision(config.precision, device.type, config.amp)
+    amp = precision == "fp16"
     optimizer = torch.optim.NAdam(model.parameters(), lr=config.lr)
     # Keras' ReduceLROnPlateau (the paper's): min_delta 1e-4, absolute.
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -113,7 +125,9 @@ def build_parts(
         threshold_mode="abs",
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    stopper = EarlyStopping(config.early_stop_patience)
+    stopper = EarlyStopping(config.patience)
+    schedule = config.lr_schedule
+    lr_schedule = None if schedule == "plateau" else ProgressSchedule(schedule, config.lr, config.lr_floor)
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
@@ -122,8 +136,20 @@ def build_parts(
         if resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
         stopper.load_state_dict(resume["early_stopping"])
+        if lr_schedule is not None and resume.get("lr_schedule", {}).get("schedule") == schedule:
+            lr_schedule.load_state_dict(resume["lr_schedule"])
     return TrainingParts(
-        model, build_loss(config.loss), optimizer, scheduler, scaler, stopper, device, amp, channels_last
+        model,
+        build_loss(config.loss),
+        optimizer,
+        scheduler,
+        scaler,
+        stopper,
+        device,
+        amp,
+        channels_last,
+        lr_schedule,
+        torch.bfloat16 if precision == "bf16" else None,
     )
 
 
@@ -144,6 +170,8 @@ def make_checkpoint(
         "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.scaler.state_dict(),
         "early_stopping": parts.stopper.state_dict(),
+        "lr_schedule": parts.lr_schedule.state_dict() if parts.lr_schedule is not None else {},
+        "elapsed_seconds": state.elapsed,
         "rng": rng_states(),
         "config": config.to_dict(),
         "cases": {"train": fp.train_cases, "inner_val": fp.inner_val_cases, "val": fp.val_cases},
@@ -195,6 +223,14 @@ def _prepare_torch(config: TrainConfig, device: torch.device, ctx: DistContext) 
     torch.set_num_threads(threads)
     if config.amp and device.type != "cuda":
         log.warning("--amp is only used on CUDA; training in float32 on %s", device.type)
+    if resolve_precision(config.precision, device.type, config.amp) == "bf16" and device.type == "cpu":
+        from monetpipe.cpu_features import cpu_features
+
+        if not cpu_features().bf16:
+            log.warning(
+                "--precision bf16: this CPU has no native bfloat16 (no avx512_bf16 / AMX), so PyTorch emulates it "
+                "and steps are usually slower than float32; --precision auto would pick fp32 here"
+            )
     return device, threads
 
 
@@ -207,6 +243,7 @@ def _state_from(resume: dict | None) -> TrainingState:
         float(resume["best_dice"]),
         list(resume["history"]),
         bool(resume.get("stopped_early", False)),
+        float(resume.get("elapsed_seconds", 0.0)),
     )
 
 
@@ -306,11 +343,17 @@ def _resolved(data: _DataPlan, device: torch.device, ctx: DistContext, threads: 
         "num_workers": data.workers,
         "num_threads": threads,
         "amp": parts.amp,
+        "precision": "fp16" if parts.amp else ("bf16" if parts.autocast_dtype is not None else "fp32"),
         "channels_last": parts.channels_last,
+        "schedule": data.config.lr_schedule,
+        "max_epochs": data.config.max_epochs,
+        "early_stop_patience": data.config.patience,
+        "time_budget_seconds": data.config.time_budget,
         "patch_size": list(data.fp.plans.patch_size),
         "num_classes": data.fp.plans.num_classes,
         "best_checkpoint_metric": "inner-val Dice (max)",
         "lr_schedule_and_early_stopping_metric": "inner-val loss (min)",
+        "budget_progress": "elapsed wall-clock seconds across --continue; LR progress in planned optimizer steps",
     }
 
 
@@ -318,7 +361,7 @@ def _log_start(data: _DataPlan, device: torch.device, state: TrainingState, thre
     fp = data.fp
     log.info(
         "%s %s on %s from epoch %d: %d training slices (%d cases), %d inner-val cases, %d val cases; "
-        "batch %d, %d iterations/epoch, up to %d epochs, %d loader worker(s), %d thread(s)",
+        "batch %d, %d iterations/epoch, %s, %s schedule, %d loader worker(s), %d thread(s)",
         "continuing" if resumed else "training",
         fp.model,
         device,
@@ -329,10 +372,32 @@ def _log_start(data: _DataPlan, device: torch.device, state: TrainingState, thre
         len(fp.val_cases),
         data.global_batch,
         data.iterations,
-        data.config.epochs,
+        _length(data.config, state),
+        data.config.lr_schedule,
         data.workers,
         threads,
     )
+
+
+def _length(config: TrainConfig, state: TrainingState) -> str:
+    """How long the run may go, for the start line."""
+    cap = f"up to {config.max_epochs} epochs" if config.max_epochs else "no epoch cap"
+    if not config.time_budget:
+        return cap
+    left = max(config.time_budget - state.elapsed, 0.0)
+    return f"time budget {format_duration(config.time_budget)} ({format_duration(left)} left), {cap}"
+
+
+def _with_recorded_budget(config: TrainConfig, resume: dict | None) -> TrainConfig:
+    """A resumed budget run keeps its budget when ``--continue`` is given without ``--time-budget``."""
+    recorded = (resume or {}).get("config", {}).get("time_budget")
+    if config.time_budget is None and recorded:
+        log.info(
+            "continuing with the run's time budget of %s (give --time-budget to change it)",
+            format_duration(float(recorded)),
+        )
+        return config.with_changes(time_budget=float(recorded))
+    return config
 
 
 def _inner_validator(fp: FoldPlan, config: TrainConfig, parts: TrainingParts, ctx: DistContext):
@@ -365,15 +430,25 @@ def run_training(
         device: resolved device (``cuda`` becomes this rank's GPU under torchrun).
         resume_from: ``checkpoint_latest.pth`` to continue from.
     """
+    started = time.perf_counter()  # the time budget counts from here (set-up included)
     ctx = init_distributed(device.type)
     device, threads = _prepare_torch(config, device, ctx)
-    data = _plan_data(fp, config, device, ctx)
     resume = _load_resume(resume_from, fp, config) if resume_from else None
+    config = _with_recorded_budget(config, resume)
+    data = _plan_data(fp, config, device, ctx)
     fresh = resume is None and not config.pretrained_weights
     prior = fresh and config.output_prior
     frequencies = sampled_class_frequencies(data.loader(), fp.plans.num_classes) if prior else None
     parts = build_parts(fp, config, device, ctx, resume, frequencies)
     state = _state_from(resume)
+    planner = EpochPlanner(
+        config.time_budget,
+        config.max_epochs,
+        inner_val_cases=math.ceil(len(fp.inner_val_cases) / ctx.world_size),  # each rank's share of them
+        val_cases=len(fp.val_cases),
+        elapsed_before=state.elapsed,
+        started=started,
+    )
     if ctx.is_main:
         resolved = _resolved(data, device, ctx, threads, parts)
         prepare_run_folder(fp, run_record(fp, config, resolved, state.epoch if resume is not None else None))
@@ -387,12 +462,13 @@ def run_training(
             parts,
             batches,
             state,
-            epochs=config.epochs,
+            epochs=config.max_epochs,
             iterations=data.iterations,
             validate=_inner_validator(fp, config, parts, ctx),
             on_epoch_end=_epoch_writer(fp, parts, config, ctx),
             seed=config.seed,
             ctx=ctx,
+            planner=planner,
         )
     summary = _finish(fp, parts, state, config) if ctx.is_main else None
     return FoldResult(

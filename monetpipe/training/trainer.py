@@ -1,4 +1,4 @@
-"""The training loop: epochs of optimizer steps, inner validation, LR schedule, early stopping.
+"""The training loop: epochs of optimizer steps, inner validation, LR schedule, early stopping, time budget.
 
 Nothing here decides a hyperparameter or a file name: the model, loss, optimizer, batches and what
 to do after an epoch (save checkpoints, write the log) are passed in. :func:`fit` is the loop,
@@ -21,14 +21,16 @@ from tqdm import tqdm
 from monetpipe.errors import MonetError
 from monetpipe.training.data import derive_seed
 from monetpipe.training.distributed import DistContext, all_reduce_sum
+from monetpipe.training.schedule import LR_PLAN_SLACK, EpochPlanner, ProgressSchedule, format_duration
 
 log = logging.getLogger(__name__)
 
 
 class EarlyStopping:
-    """Stop after ``patience`` epochs in a row without a lower monitored value (Keras' ``min_delta=0``)."""
+    """Stop after ``patience`` epochs in a row without a lower monitored value (Keras' ``min_delta=0``);
+    ``patience=None`` never stops (a time-budget run)."""
 
-    def __init__(self, patience: int) -> None:
+    def __init__(self, patience: int | None) -> None:
         self.patience = patience
         self.best = math.inf
         self.bad_epochs = 0
@@ -39,7 +41,7 @@ class EarlyStopping:
             self.best, self.bad_epochs = value, 0
         else:
             self.bad_epochs += 1
-        return self.bad_epochs >= self.patience
+        return self.patience is not None and self.bad_epochs >= self.patience
 
     def state_dict(self) -> dict:
         return {"patience": self.patience, "best": self.best, "bad_epochs": self.bad_epochs}
@@ -61,6 +63,13 @@ class TrainingParts:
     device: torch.device
     amp: bool = False
     channels_last: bool = False
+    lr_schedule: ProgressSchedule | None = None  # poly / cosine: set before every step (else ``scheduler``)
+    autocast_dtype: torch.dtype | None = None  # bfloat16 autocast (--precision bf16); float16 is ``amp``
+
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the forward pass, or None for float32."""
+        return torch.float16 if self.amp else self.autocast_dtype
 
 
 @dataclass
@@ -71,6 +80,7 @@ class TrainingState:
     best_dice: float = -math.inf
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    elapsed: float = 0.0  # seconds of the time budget spent (across --continue)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -105,12 +115,18 @@ def train_epoch(
     """
     parts.model.train()
     total = torch.zeros((), device=parts.device)
+    dtype = parts.compute_dtype
     for i in tqdm(range(iterations), desc=desc, disable=not progress, leave=False, mininterval=1.0):
         batch = next(batches)
         if batch["batch"] != first_batch + i:
             raise RuntimeError(f"data loader returned batch {batch['batch']}, expected {first_batch + i}")
         x, y = _to_device(batch, parts)
-        with torch.autocast(parts.device.type, dtype=torch.float16, enabled=parts.amp):
+        if parts.lr_schedule is not None:
+            lr = parts.lr_schedule.next_lr()
+            for group in parts.optimizer.param_groups:
+                group["lr"] = lr
+        # weights, gradients and the optimizer stay float32; the loss is computed in float32
+        with torch.autocast(parts.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = parts.model(x)
         loss = parts.loss(logits.float(), y)
         parts.optimizer.zero_grad(set_to_none=True)
@@ -126,68 +142,128 @@ def fit(
     batches: Iterator[dict],
     state: TrainingState,
     *,
-    epochs: int,
+    epochs: int | None,
     iterations: int,
     validate: Callable[[], dict],
     on_epoch_end: Callable[[TrainingState, bool], None],
     seed: int,
     ctx: DistContext,
+    planner: EpochPlanner | None = None,
 ) -> TrainingState:
-    """Train from ``state.epoch`` to ``epochs`` (or until early stopping).
+    """Train from ``state.epoch`` until ``epochs``, the time budget, or early stopping ends the run.
 
-    After each epoch: inner validation, ``ReduceLROnPlateau`` and early stopping on the inner-val loss,
-    a log row, then ``on_epoch_end(state, is_best)`` (``is_best``: the inner-val Dice improved).
+    Before each epoch the planner says how many epochs remain (rank 0 decides, every rank follows) and,
+    for ``poly`` / ``cosine``, the LR schedule spreads its remaining decay over their steps. After each
+    epoch: inner validation, ``ReduceLROnPlateau`` (``plateau`` schedule) and early stopping on the
+    inner-val loss, a log row, then ``on_epoch_end(state, is_best)`` (``is_best``: the inner-val Dice
+    improved). Training stops only at an epoch boundary, so the checkpoints stay consistent.
 
     Args:
-        parts: model, loss, optimizer, scheduler, scaler, stopper, device.
+        parts: model, loss, optimizer, scheduler, scaler, stopper, device (and a progress LR schedule).
         batches: the stream of augmented batches, starting at batch ``state.epoch * iterations``.
         state: where the run stands (updated in place and returned).
-        epochs: total epochs of the run.
+        epochs: total epochs of the run (``None``: no cap; then ``planner`` must have a time budget).
         iterations: optimizer steps per epoch.
         validate: computes ``{"val_loss", "val_dice", ...}`` (same numbers on every rank).
         on_epoch_end: saves checkpoints and logs (the caller decides which rank writes).
         seed: run seed; the torch RNG (dropout) is re-seeded from (seed, epoch, rank) every epoch, so a
             resumed run draws what the uninterrupted one would have.
         ctx: distributed context (train losses are averaged over ranks for the log).
+        planner: the time budget (default: ``epochs`` epochs, no budget).
     """
     if state.stopped_early:
         log.info("this run already stopped early after epoch %d", state.epoch)
         return state
-    for epoch in range(state.epoch, epochs):
+    planner = planner or EpochPlanner(None, epochs, elapsed_before=state.elapsed)
+    if planner.budget is None and epochs is None:
+        raise ValueError("fit needs epochs or a time budget")
+    remaining, lr_epochs = _plan(planner, state, ctx, parts.device)
+    while remaining is None or remaining > 0:
+        epoch = state.epoch
         start = time.perf_counter()
         torch.manual_seed(derive_seed(seed, epoch, ctx.rank, 0xD7))
-        lr = current_lr(parts.optimizer)
-        train_loss = _epoch_train_loss(parts, batches, iterations, epoch, epochs, ctx)
+        if parts.lr_schedule is not None:
+            measured = planner.measured(state.history)
+            parts.lr_schedule.plan(lr_epochs * iterations if measured and lr_epochs is not None else None)
+        lr = current_lr(parts.optimizer) if parts.lr_schedule is None else parts.lr_schedule.current_lr()
+        shown = epochs if planner.budget is None else None
+        train_loss = _epoch_train_loss(parts, batches, iterations, epoch, shown, ctx)
+        val_start = time.perf_counter()
         metrics = validate()
-        parts.scheduler.step(metrics["val_loss"])
+        val_seconds = time.perf_counter() - val_start
+        if parts.lr_schedule is None:
+            parts.scheduler.step(metrics["val_loss"])
         stop = parts.stopper.step(metrics["val_loss"])
         is_best = metrics["val_dice"] > state.best_dice  # False for NaN
         if is_best:
             state.best_dice = metrics["val_dice"]
         state.epoch = epoch + 1
-        state.history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "val_loss": metrics["val_loss"],
-                "val_dice": metrics["val_dice"],
-                "lr": lr,
-                "seconds": round(time.perf_counter() - start, 2),
-            }
-        )
-        if ctx.is_main:
-            _log_epoch(state.history[-1], epochs, metrics, is_best)
-        state.stopped_early = stop and state.epoch < epochs
+        state.elapsed = planner.elapsed()
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": metrics["val_loss"],
+            "val_dice": metrics["val_dice"],
+            "lr": lr,
+            "seconds": round(time.perf_counter() - start, 2),
+            "val_seconds": round(val_seconds, 3),
+            "write_seconds": round(planner.write_seconds[-1], 3) if planner.write_seconds else None,
+        }
+        if parts.lr_schedule is not None:
+            row["lr_end"] = current_lr(parts.optimizer)
+        if planner.budget is not None:
+            row["elapsed"] = round(state.elapsed, 1)
+        state.history.append(row)
+        state.stopped_early = stop and (epochs is None or state.epoch < epochs)
+        write_start = time.perf_counter()
         on_epoch_end(state, is_best)
+        planner.write_seconds.append(time.perf_counter() - write_start)
+        remaining, lr_epochs = (0, 0) if state.stopped_early else _plan(planner, state, ctx, parts.device)
+        if ctx.is_main:
+            _log_epoch(row, epochs, metrics, is_best, planner, remaining)
         if state.stopped_early:
             if ctx.is_main:
                 log.info("early stop: the inner-val loss has not improved for %d epochs", parts.stopper.patience)
             break
+    state.elapsed = planner.elapsed()
+    if ctx.is_main and planner.budget is not None and not state.stopped_early:
+        _log_budget_end(parts, state, planner)
     return state
 
 
+def _plan(
+    planner: EpochPlanner, state: TrainingState, ctx: DistContext, device: torch.device
+) -> tuple[int | None, int | None]:
+    """Rank 0's plan on every rank (their clocks differ; their epochs must not): the epochs that remain, and
+    those the LR schedule is spread over (planned with :data:`LR_PLAN_SLACK`; ``None``: no limit)."""
+    plan = (planner.remaining(state.epoch, state.history), planner.remaining(state.epoch, state.history, LR_PLAN_SLACK))
+    if not ctx.enabled:
+        return plan
+    codes = [(-1 if n is None else n) if ctx.is_main else 0 for n in plan]
+    agreed = all_reduce_sum(torch.tensor(codes, dtype=torch.float64, device=device), ctx).tolist()
+    return tuple(None if n < 0 else max(int(n), 0) for n in agreed)  # type: ignore[return-value]
+
+
+def _log_budget_end(parts: TrainingParts, state: TrainingState, planner: EpochPlanner) -> None:
+    log.info(
+        "time budget: stopping after epoch %d at %s of %s (%s kept for the final validation)",
+        state.epoch,
+        format_duration(state.elapsed),
+        format_duration(planner.budget or 0.0),
+        format_duration(planner.reserve(state.history)),
+    )
+    schedule = parts.lr_schedule
+    if schedule is not None and schedule.progress < 1.0:
+        log.warning(
+            "the LR stopped at %.3g, above its floor %.3g: the epochs took longer than planned (or the budget "
+            "held fewer than two); a larger --time-budget gives the schedule room to finish",
+            current_lr(parts.optimizer),
+            schedule.floor,
+        )
+
+
 def _epoch_train_loss(
-    parts: TrainingParts, batches: Iterator[dict], iterations: int, epoch: int, epochs: int, ctx: DistContext
+    parts: TrainingParts, batches: Iterator[dict], iterations: int, epoch: int, epochs: int | None, ctx: DistContext
 ) -> float:
     """One epoch of optimizer steps; its mean training loss over all ranks, refused if not finite."""
     train_loss = train_epoch(
@@ -196,29 +272,40 @@ def _epoch_train_loss(
         iterations,
         epoch * iterations,
         progress=ctx.is_main,
-        desc=f"epoch {epoch + 1}/{epochs}",
+        desc=f"epoch {epoch + 1}" + (f"/{epochs}" if epochs else ""),
     )
     train_loss = float(all_reduce_sum(torch.tensor([train_loss], device=parts.device), ctx)) / ctx.world_size
     if not math.isfinite(train_loss):
         raise MonetError(
             f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr"
             + (" or drop --amp" if parts.amp else "")
+            + (" or use --precision fp32" if parts.autocast_dtype is not None else "")
             + " and start again."
         )
     return train_loss
 
 
-def _log_epoch(row: dict, epochs: int, metrics: dict, is_best: bool) -> None:
+def _log_epoch(
+    row: dict, epochs: int | None, metrics: dict, is_best: bool, planner: EpochPlanner, remaining: int | None
+) -> None:
     per_class = " ".join(f"{d:.3f}" for d in metrics.get("val_dice_per_class", []))
+    lr = f"{row['lr']:.2g}" + (f" -> {row['lr_end']:.2g}" if "lr_end" in row else "")
+    budget = ""
+    if planner.budget is not None:
+        budget = (
+            f", {format_duration(row['elapsed'])} of {format_duration(planner.budget)}, "
+            f"{remaining} more epoch(s) planned"
+        )
     log.info(
-        "epoch %d/%d: train loss %.4f, inner-val loss %.4f, Dice %.4f [%s], lr %.2g, %.1f s%s",
+        "epoch %d%s: train loss %.4f, inner-val loss %.4f, Dice %.4f [%s], lr %s, %.1f s%s%s",
         row["epoch"],
-        epochs,
+        f"/{epochs}" if epochs and planner.budget is None else "",
         row["train_loss"],
         row["val_loss"],
         row["val_dice"],
         per_class,
-        row["lr"],
+        lr,
         row["seconds"],
+        budget,
         " (best)" if is_best else "",
     )
