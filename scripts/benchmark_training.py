@@ -9,6 +9,14 @@ machine shows up as CPU time well below threads x wall time.
 
     python scripts/benchmark_training.py                       # every network, CPU (+ GPU if present)
     python scripts/benchmark_training.py -m monet unet16 --steps 5 --threads 2
+
+``--precisions fp32 bf16`` compares training precisions on the CPU instead (``monet_train --precision``):
+the precisions take turns, ``--steps`` timed steps each, for ``--rounds`` rounds, so a change in the
+machine's load hits both alike; it prints the median seconds per step of each and the ratio to fp32,
+with the load average before and after. MoNet on Task04's slices (64 x 48, batch 32, 3 classes):
+
+    python scripts/benchmark_training.py -m monet --shape 64 48 --cpu-batch 32 --classes 3 --loss dice \
+        --precisions fp32 bf16 --rounds 5 --steps 4 --threads 2 --no-gpu
 """
 
 from __future__ import annotations
@@ -22,6 +30,15 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--models", nargs="+", default=None, help="networks (default: every registered one)")
     p.add_argument("--size", type=int, default=256, help="slice height and width")
+    p.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"), help="slice height and width (overrides --size)")
+    p.add_argument("--loss", default="dice_ce", choices=("dice", "dice_ce"), help="training loss")
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp32", "bf16"),
+        help="CPU only: compare these training precisions, alternating (bf16 = bfloat16 autocast)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="with --precisions: rounds of alternation")
     p.add_argument("--cpu-batch", type=int, default=16, help="CPU batch size")
     p.add_argument("--gpu-batch", type=int, default=32, help="GPU batch size (paper: 32)")
     p.add_argument("--classes", type=int, default=1, help="output channels (1 = sigmoid, as in the paper's tasks)")
@@ -44,12 +61,13 @@ def measure(
     name: str,
     device,
     batch: int,
-    size: int,
+    size: int | tuple[int, int],
     classes: int,
     steps: int,
     warmup: int,
     channels_last: bool,
     amp: bool = False,
+    loss: str = "dice_ce",
 ) -> dict:
     """Time ``steps`` training steps; returns wall seconds per step (median), CPU seconds per step."""
     import torch
@@ -59,12 +77,13 @@ def measure(
 
     torch.manual_seed(0)
     net = build_network(name, 1, classes).to(device)
-    x = torch.randn(batch, 1, size, size, device=device)
-    y = torch.randint(0, max(classes, 2), (batch, size, size), device=device)
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.randn(batch, 1, h, w, device=device)
+    y = torch.randint(0, max(classes, 2), (batch, h, w), device=device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    loss_fn, opt = build_loss("dice_ce"), torch.optim.NAdam(net.parameters(), lr=5e-4)
+    loss_fn, opt = build_loss(loss), torch.optim.NAdam(net.parameters(), lr=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     walls, cpu0 = [], 0.0
@@ -90,6 +109,76 @@ def measure(
     }
 
 
+class _PrecisionRun:
+    """One network training on fixed random slices in one precision, timed a few steps at a time."""
+
+    def __init__(self, name: str, precision: str, args: argparse.Namespace, shape: tuple[int, int]) -> None:
+        import torch
+
+        from monetpipe.networks import build_network
+        from monetpipe.training.losses import build_loss
+
+        torch.manual_seed(0)
+        self.net = build_network(name, 1, args.classes).to(memory_format=torch.channels_last)
+        gen = torch.Generator().manual_seed(1)
+        self.x = torch.randn(args.cpu_batch, 1, *shape, generator=gen).contiguous(memory_format=torch.channels_last)
+        self.y = torch.randint(0, max(args.classes, 2), (args.cpu_batch, *shape), generator=gen)
+        self.loss = build_loss(args.loss)
+        self.opt = torch.optim.NAdam(self.net.parameters(), lr=5e-4)
+        self.dtype = torch.bfloat16 if precision == "bf16" else None
+        self.walls: list[float] = []
+
+    def steps(self, n: int, record: bool = True) -> None:
+        """``n`` training steps as monet_train takes them (autocast forward, float32 loss and optimizer)."""
+        import torch
+
+        for _ in range(n):
+            t = time.perf_counter()
+            with torch.autocast("cpu", dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                logits = self.net(self.x)
+            loss = self.loss(logits.float(), self.y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            if record:
+                self.walls.append(time.perf_counter() - t)
+
+
+def compare_precisions(args: argparse.Namespace, models: list[str]) -> None:
+    """Alternate the precisions on the CPU and print seconds per step and the ratio to fp32."""
+    import os
+
+    from monetpipe.cpu_features import cpu_features
+
+    shape = tuple(args.shape) if args.shape else (args.size, args.size)
+    load_before = os.getloadavg()
+    print(f"CPU: {cpu_features().summary()}", flush=True)
+    print(
+        f"{args.rounds} round(s) of {args.steps} step(s) per precision, batch {args.cpu_batch} of "
+        f"{shape[0]}x{shape[1]}, {args.classes} classes, loss {args.loss}, channels_last",
+        flush=True,
+    )
+    rows = []
+    for name in models:
+        runs = {p: _PrecisionRun(name, p, args, shape) for p in args.precisions}
+        for run in runs.values():
+            run.steps(args.warmup, record=False)
+        for r in range(args.rounds):
+            for p, run in runs.items():
+                run.steps(args.steps)
+                last = statistics.median(run.walls[-args.steps :])
+                print(f"  {name} round {r + 1} {p}: {last:.3f} s/step", flush=True)
+        base = statistics.median(runs["fp32"].walls) if "fp32" in runs else None
+        for p, run in runs.items():
+            med = statistics.median(run.walls)
+            rows.append((name, p, med, args.cpu_batch / med, med / base if base else float("nan")))
+    load_after = os.getloadavg()
+    print(f"\n{'model':<15} {'precision':<9} {'s/step':>8} {'slices/s':>9} {'x fp32':>7}")
+    for name, p, med, rate, ratio in rows:
+        print(f"{name:<15} {p:<9} {med:>8.3f} {rate:>9.1f} {ratio:>7.2f}")
+    print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
+
+
 def main() -> int:
     args = parse_args()
     import torch
@@ -100,6 +189,10 @@ def main() -> int:
     models = args.models or list_networks()
     threads = args.threads or available_cpus()
     torch.set_num_threads(threads)
+    if args.precisions:
+        print(f"{threads} thread(s)")
+        compare_precisions(args, models)
+        return 0
     rows = []
     if not args.no_cpu:
         cl = resolve_channels_last(args.channels_last, "cpu")
