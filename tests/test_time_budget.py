@@ -112,6 +112,27 @@ def test_the_planner_reserves_the_final_validation_from_the_inner_validation_tim
     assert planner.remaining(2, history) == math.floor((600 - 100 - reserve) / 50)
 
 
+def test_the_first_epoch_of_a_budget_run_is_planned_from_its_first_steps(monkeypatch):
+    from monetpipe.training.distributed import DistContext
+    from monetpipe.training.trainer import TrainingState, _first_plan
+
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])  # 0.5 s per step, 20 s per 40-step epoch
+    planner = EpochPlanner(50.0, None, started=0.0)  # two epochs fit (the LR plan allows 15 % slower ones)
+    schedule = ProgressSchedule("poly", 1e-3, 0.0)
+    probe = _first_plan(schedule, planner, TrainingState(), DistContext(), torch.device("cpu"), iterations=40)
+    schedule.plan(None)  # nothing measured yet
+    lrs = []
+    for i in range(80):
+        lrs.append(schedule.next_lr())
+        now[0] += 0.5
+        if i < 40:
+            probe(i)
+    assert lrs[:3] == [1e-3] * 3  # before the plan: --lr
+    assert lrs[40] == pytest.approx(decayed_lr("poly", 0.5, 1e-3, 0.0), rel=0.1)  # half-way after one epoch
+    assert lrs[-1] == 0.0 and all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
 # ---- settings: defaults, recipes, precision -----------------------------------------------------------
 
 

@@ -225,10 +225,13 @@ class EpochPlanner:
             return 0.0
         return final_validation_reserve(float(timed[-1]["val_seconds"]), self.inner_val_cases, self.val_cases)
 
-    def remaining(self, epochs_done: int, history: Sequence[dict], slack: float = 1.0) -> int | None:
+    def remaining(
+        self, epochs_done: int, history: Sequence[dict], slack: float = 1.0, epoch_seconds: float | None = None
+    ) -> int | None:
         """Epochs still to train after ``epochs_done`` (``None``: no limit), with epochs ``slack`` times as
-        long as measured (:data:`LR_PLAN_SLACK` for the LR plan)."""
-        seconds = self.epoch_seconds(history)
+        long as measured (:data:`LR_PLAN_SLACK` for the LR plan); ``epoch_seconds`` replaces the measured
+        length (an estimate from the first steps)."""
+        seconds = epoch_seconds or self.epoch_seconds(history)
         return plan_epochs(
             epochs_done,
             self.max_epochs,

@@ -102,6 +102,7 @@ def train_epoch(
     first_batch: int,
     progress: bool = True,
     desc: str = "",
+    after_step: Callable[[int], None] | None = None,
 ) -> float:
     """Run ``iterations`` optimizer steps; returns this process's mean training loss.
 
@@ -112,6 +113,7 @@ def train_epoch(
         first_batch: global number of the epoch's first batch (checked, so a reordered stream fails loudly).
         progress: show a tqdm bar.
         desc: the bar's label.
+        after_step: called with the step's index after each optimizer step.
     """
     parts.model.train()
     total = torch.zeros((), device=parts.device)
@@ -134,6 +136,8 @@ def train_epoch(
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
         total += loss.detach()
+        if after_step is not None:
+            after_step(i)
     return float(total) / iterations
 
 
@@ -187,7 +191,10 @@ def fit(
             parts.lr_schedule.plan(lr_epochs * iterations if measured and lr_epochs is not None else None)
         lr = current_lr(parts.optimizer) if parts.lr_schedule is None else parts.lr_schedule.current_lr()
         shown = epochs if planner.budget is None else None
-        train_loss = _epoch_train_loss(parts, batches, iterations, epoch, shown, ctx)
+        probe = None
+        if parts.lr_schedule is not None and not planner.measured(state.history):
+            probe = _first_plan(parts.lr_schedule, planner, state, ctx, parts.device, iterations)
+        train_loss = _epoch_train_loss(parts, batches, iterations, epoch, shown, ctx, probe)
         val_start = time.perf_counter()
         metrics = validate()
         val_seconds = time.perf_counter() - val_start
@@ -244,6 +251,40 @@ def _plan(
     return tuple(None if n < 0 else max(int(n), 0) for n in agreed)  # type: ignore[return-value]
 
 
+def _first_plan(
+    schedule: ProgressSchedule,
+    planner: EpochPlanner,
+    state: TrainingState,
+    ctx: DistContext,
+    device: torch.device,
+    iterations: int,
+) -> Callable[[int], None] | None:
+    """The LR plan of a budget run's first epoch, made a few steps into it from their measured time.
+
+    Until then the LR stays where it is (``--lr`` in a fresh run). Step 0 (warm-up) is not timed; the
+    inner validation is not known yet and counted as nothing, so this plan may spread the decay over too
+    many epochs: the plan after the epoch, on its measured time, corrects that.
+    """
+    probe_step = min(max(iterations // 20, 2), 10)
+    if iterations <= probe_step + 1:
+        return None
+    timer: dict[str, float] = {}
+
+    def after_step(i: int) -> None:
+        if i == 0:
+            timer["start"] = time.perf_counter()
+        elif i == probe_step:
+            seconds = (time.perf_counter() - timer["start"]) / i * iterations
+            lr_epochs = planner.remaining(state.epoch, state.history, LR_PLAN_SLACK, epoch_seconds=seconds)
+            if ctx.enabled:
+                agreed = torch.tensor([float(lr_epochs or 0) if ctx.is_main else 0.0], device=device)
+                lr_epochs = int(all_reduce_sum(agreed, ctx).item())
+            if lr_epochs is not None:
+                schedule.plan(max(lr_epochs * iterations - (i + 1), 1))
+
+    return after_step
+
+
 def _log_budget_end(parts: TrainingParts, state: TrainingState, planner: EpochPlanner) -> None:
     log.info(
         "time budget: stopping after epoch %d at %s of %s (%s kept for the final validation)",
@@ -263,7 +304,13 @@ def _log_budget_end(parts: TrainingParts, state: TrainingState, planner: EpochPl
 
 
 def _epoch_train_loss(
-    parts: TrainingParts, batches: Iterator[dict], iterations: int, epoch: int, epochs: int | None, ctx: DistContext
+    parts: TrainingParts,
+    batches: Iterator[dict],
+    iterations: int,
+    epoch: int,
+    epochs: int | None,
+    ctx: DistContext,
+    after_step: Callable[[int], None] | None = None,
 ) -> float:
     """One epoch of optimizer steps; its mean training loss over all ranks, refused if not finite."""
     train_loss = train_epoch(
@@ -273,6 +320,7 @@ def _epoch_train_loss(
         epoch * iterations,
         progress=ctx.is_main,
         desc=f"epoch {epoch + 1}" + (f"/{epochs}" if epochs else ""),
+        after_step=after_step,
     )
     train_loss = float(all_reduce_sum(torch.tensor([train_loss], device=parts.device), ctx)) / ctx.world_size
     if not math.isfinite(train_loss):
