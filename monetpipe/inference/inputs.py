@@ -6,9 +6,11 @@ Two namings are accepted, decided once per folder:
 - **MSD**: one file per case, ``case.nii.gz`` (3D, or 4D with the channels last).
 
 A name ending in ``_XXXX`` is a channel file only when the folder reads as nnU-Net naming: every file
-ends in a channel index below the plan's C and at least one case has all C of them. Then a case missing
-a channel is an error for that case alone. Otherwise every file is a whole case, so MSD names that happen
-to end in four digits (``lung_0001.nii.gz``, ``lung_0002.nii.gz``) are never mistaken for channels.
+ends in a channel index below C and at least one case has all C of them. C is every channel of the
+dataset (``Plans.num_source_channels``): a plan made with ``--channels`` still reads them all and keeps
+its own. Then a case missing a channel is an error for that case alone. Otherwise every file is a whole
+case, so MSD names that happen to end in four digits (``lung_0001.nii.gz``, ``lung_0002.nii.gz``) are
+never mistaken for channels.
 """
 
 from __future__ import annotations
@@ -63,13 +65,15 @@ def detect_naming(files: list[Path], num_channels: int) -> str:
 
 
 def group_input_files(folder: str | Path, num_channels: int) -> tuple[list[InputCase], str]:
-    """Group the NIfTI files of ``folder`` into cases for a model with ``num_channels`` input channels.
+    """Group the NIfTI files of ``folder`` into cases of ``num_channels`` channels each.
 
     Hidden and macOS ``._*`` files and non-NIfTI files are ignored.
 
     Args:
         folder: the input folder.
-        num_channels: the plan's input channels C.
+        num_channels: the channels C of one input case: ``plans.num_source_channels``, every channel of
+            the dataset (not the network's input channels, which ``--channels`` and
+            ``--context-slices`` change).
 
     Returns:
         The cases sorted by id (a case with ``error`` set is reported and skipped, not predicted) and the
