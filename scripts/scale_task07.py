@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -156,10 +155,13 @@ def task_folder(root: Path, source: Path, n: int, tests: int, total: int) -> Pat
 # --- measuring ----------------------------------------------------------------------------------------
 
 
-def _tree_rss(pid: int) -> int:
-    """Summed resident memory (bytes) of ``pid`` and all its descendants, from /proc."""
+def _tree_usage(pid: int) -> tuple[int, dict[int, float]]:
+    """Summed resident memory (bytes) of ``pid`` and all its descendants, and each one's CPU seconds so far
+    (user + system, from /proc/<pid>/stat)."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -167,22 +169,25 @@ def _tree_rss(pid: int) -> int:
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             parents[int(entry)] = int(fields[1])
-            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            rss[int(entry)] = int(fields[21]) * page
+            cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
         except (OSError, IndexError, ValueError):
             continue
-    total, frontier = 0, {pid}
+    total, tree, frontier = 0, {}, {pid}
     while frontier:
         total += sum(rss.get(p, 0) for p in frontier)
+        tree.update({p: cpu[p] for p in frontier if p in cpu})
         frontier = {child for child, parent in parents.items() if parent in frontier}
-    return total
+    return total, tree
 
 
 def run_measured(cmd: list[str], env: dict, log_file: Path) -> tuple[float, int, float]:
-    """Run ``cmd``; return wall seconds, the peak summed RSS of its process tree and the CPU seconds (user +
-    system) of the tree (every process is waited for by its parent, so getrusage(RUSAGE_CHILDREN) counts
-    them all). CPU seconds barely change with the machine's load; wall seconds do. Raises on failure."""
+    """Run ``cmd``; return wall seconds, the peak summed RSS of its process tree and the tree's CPU seconds
+    (user + system of every process, sampled every 0.1 s from /proc: worker pools are not always reaped in
+    a way getrusage would count). CPU seconds barely change with the machine's load; wall seconds do.
+    Raises on failure."""
     peak = 0
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu: dict[int, float] = {}
     t0 = time.perf_counter()
     with open(log_file, "w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -191,7 +196,10 @@ def run_measured(cmd: list[str], env: dict, log_file: Path) -> tuple[float, int,
         def sample() -> None:
             nonlocal peak
             while not done.is_set():
-                peak = max(peak, _tree_rss(proc.pid))
+                rss, seconds = _tree_usage(proc.pid)
+                peak = max(peak, rss)
+                for p, c in seconds.items():
+                    cpu[p] = max(cpu.get(p, 0.0), c)
                 done.wait(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -200,11 +208,9 @@ def run_measured(cmd: list[str], env: dict, log_file: Path) -> tuple[float, int,
         done.set()
         sampler.join()
     seconds = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - used.ru_utime) + (after.ru_stime - used.ru_stime)
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({code}); see {log_file}")
-    return seconds, peak, cpu
+    return seconds, peak, sum(cpu.values())
 
 
 def _du(folder: Path) -> int:
