@@ -190,9 +190,9 @@ class EpochPlanner:
     seconds left (budget - elapsed - the final validation's reserve) / the measured seconds per epoch.
 
     The seconds per epoch are the slowest of the last three epochs (optimizer steps plus inner
-    validation, from the history rows' ``seconds``) plus the time the last epoch's checkpoints took to
-    write (each row records the one before it as ``write_seconds``, for a resumed run): a run on a machine
-    that slows down keeps its end. Nothing is measured before the first
+    validation, from the history rows' ``seconds``) plus the last epoch's time after its inner validation
+    (checkpoints, log, plot; each row records the one before it as ``overhead_seconds``, for a resumed
+    run): a run on a machine that slows down keeps its end. Nothing is measured before the first
     epoch of a fresh run, so it always runs (and its LR is not decayed: see :class:`ProgressSchedule`).
     """
 
@@ -202,21 +202,22 @@ class EpochPlanner:
     val_cases: int = 0
     elapsed_before: float = 0.0
     started: float = field(default_factory=time.perf_counter)
-    write_seconds: list[float] = field(default_factory=list)
+    overhead_seconds: list[float] = field(default_factory=list)
 
-    def elapsed(self) -> float:
-        """Budget seconds spent: those of earlier runs (``--continue``) plus this one's so far."""
-        return self.elapsed_before + time.perf_counter() - self.started
+    def elapsed(self, now: float | None = None) -> float:
+        """Budget seconds spent: those of earlier runs (``--continue``) plus this one's so far (until ``now``,
+        a ``time.perf_counter()`` reading)."""
+        return self.elapsed_before + (time.perf_counter() if now is None else now) - self.started
 
     def epoch_seconds(self, history: Sequence[dict]) -> float | None:
         recent = [float(r["seconds"]) for r in history[-3:] if r.get("seconds") is not None]
         if not recent:
             return None
-        if self.write_seconds:
-            writes = self.write_seconds[-1]
+        if self.overhead_seconds:
+            overhead = self.overhead_seconds[-1]
         else:  # a resumed run: the time the previous run recorded
-            writes = next((float(r["write_seconds"]) for r in reversed(history) if r.get("write_seconds")), 0.0)
-        return max(recent) + writes
+            overhead = next((float(r["overhead_seconds"]) for r in reversed(history) if r.get("overhead_seconds")), 0.0)
+        return max(recent) + overhead
 
     def reserve(self, history: Sequence[dict]) -> float:
         """Seconds kept for the final validation (from the last inner validation's time)."""
@@ -226,7 +227,12 @@ class EpochPlanner:
         return final_validation_reserve(float(timed[-1]["val_seconds"]), self.inner_val_cases, self.val_cases)
 
     def remaining(
-        self, epochs_done: int, history: Sequence[dict], slack: float = 1.0, epoch_seconds: float | None = None
+        self,
+        epochs_done: int,
+        history: Sequence[dict],
+        slack: float = 1.0,
+        epoch_seconds: float | None = None,
+        now: float | None = None,
     ) -> int | None:
         """Epochs still to train after ``epochs_done`` (``None``: no limit), with epochs ``slack`` times as
         long as measured (:data:`LR_PLAN_SLACK` for the LR plan); ``epoch_seconds`` replaces the measured
@@ -236,7 +242,7 @@ class EpochPlanner:
             epochs_done,
             self.max_epochs,
             self.budget,
-            self.elapsed(),
+            self.elapsed(now),
             None if seconds is None else seconds * slack,
             self.reserve(history),
         )

@@ -181,10 +181,11 @@ def fit(
     planner = planner or EpochPlanner(None, epochs, elapsed_before=state.elapsed)
     if planner.budget is None and epochs is None:
         raise ValueError("fit needs epochs or a time budget")
-    remaining, lr_epochs = _plan(planner, state, ctx, parts.device)
+    now = time.perf_counter()  # one clock reading per epoch boundary, so the epochs' times add up exactly
+    remaining, lr_epochs = _plan(planner, state, ctx, parts.device, now)
     while remaining is None or remaining > 0:
         epoch = state.epoch
-        start = time.perf_counter()
+        start = now
         torch.manual_seed(derive_seed(seed, epoch, ctx.rank, 0xD7))
         if parts.lr_schedule is not None:
             measured = planner.measured(state.history)
@@ -197,7 +198,7 @@ def fit(
         train_loss = _epoch_train_loss(parts, batches, iterations, epoch, shown, ctx, probe)
         val_start = time.perf_counter()
         metrics = validate()
-        val_seconds = time.perf_counter() - val_start
+        end = time.perf_counter()
         if parts.lr_schedule is None:
             parts.scheduler.step(metrics["val_loss"])
         stop = parts.stopper.step(metrics["val_loss"])
@@ -205,16 +206,16 @@ def fit(
         if is_best:
             state.best_dice = metrics["val_dice"]
         state.epoch = epoch + 1
-        state.elapsed = planner.elapsed()
+        state.elapsed = planner.elapsed(end)
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
             "val_loss": metrics["val_loss"],
             "val_dice": metrics["val_dice"],
             "lr": lr,
-            "seconds": round(time.perf_counter() - start, 2),
-            "val_seconds": round(val_seconds, 3),
-            "write_seconds": round(planner.write_seconds[-1], 3) if planner.write_seconds else None,
+            "seconds": round(end - start, 2),
+            "val_seconds": round(end - val_start, 3),
+            "overhead_seconds": round(planner.overhead_seconds[-1], 3) if planner.overhead_seconds else None,
         }
         if parts.lr_schedule is not None:
             row["lr_end"] = current_lr(parts.optimizer)
@@ -222,10 +223,10 @@ def fit(
             row["elapsed"] = round(state.elapsed, 1)
         state.history.append(row)
         state.stopped_early = stop and (epochs is None or state.epoch < epochs)
-        write_start = time.perf_counter()
         on_epoch_end(state, is_best)
-        planner.write_seconds.append(time.perf_counter() - write_start)
-        remaining, lr_epochs = (0, 0) if state.stopped_early else _plan(planner, state, ctx, parts.device)
+        now = time.perf_counter()
+        planner.overhead_seconds.append(now - end)
+        remaining, lr_epochs = (0, 0) if state.stopped_early else _plan(planner, state, ctx, parts.device, now)
         if ctx.is_main:
             _log_epoch(row, epochs, metrics, is_best, planner, remaining)
         if state.stopped_early:
@@ -239,11 +240,14 @@ def fit(
 
 
 def _plan(
-    planner: EpochPlanner, state: TrainingState, ctx: DistContext, device: torch.device
+    planner: EpochPlanner, state: TrainingState, ctx: DistContext, device: torch.device, now: float
 ) -> tuple[int | None, int | None]:
     """Rank 0's plan on every rank (their clocks differ; their epochs must not): the epochs that remain, and
     those the LR schedule is spread over (planned with :data:`LR_PLAN_SLACK`; ``None``: no limit)."""
-    plan = (planner.remaining(state.epoch, state.history), planner.remaining(state.epoch, state.history, LR_PLAN_SLACK))
+    plan = (
+        planner.remaining(state.epoch, state.history, now=now),
+        planner.remaining(state.epoch, state.history, LR_PLAN_SLACK, now=now),
+    )
     if not ctx.enabled:
         return plan
     codes = [(-1 if n is None else n) if ctx.is_main else 0 for n in plan]
