@@ -35,6 +35,10 @@ setup(
             "ruff>=0.17,<0.18",
         ],
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
+        # --precision int8 runs in ONNX Runtime (the onnx extra); torchao is only for the PT2E comparison of
+        # monet_benchmark --backend torch_compile --precision int8. Pinned: its quantizer API moves between
+        # releases; 0.18.0 installs without pulling another torch (checked with torch 2.13).
+        "int8": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1", "torchao==0.18.0"],
         "federated": ["flwr>=1.42,<2"],  # the Message API, strategies and deployment runtime used
     },
     entry_points={
