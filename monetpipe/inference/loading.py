@@ -242,6 +242,7 @@ def _check_compatible(ckpt: dict, plans: Plans, path: Path) -> None:
                 f"(spacing, normalization or labels differ). Copy the plans.json that belongs to it."
             )
 
+
 def _check_same_input(ckpt: dict, plans: Plans, path: Path) -> None:
     """Refuse a checkpoint whose stored plans feed the network other channels or context slices than ``plans``."""
     try:
