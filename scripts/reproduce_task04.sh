@@ -11,13 +11,18 @@
 #   WORK/results_budget/Task04_Hippocampus part "budget": every network for the same wall-clock budget
 #   WORK/predictions/<part>/<model>        monet_predict's output for the 60 validation cases
 #   WORK/val_images                        links to those cases' images (monet_predict's input)
+# Each part's results folder gets leaderboard.csv (+ leaderboard.md, the same as a Markdown table),
+# leaderboard.png, overlays/, training_curves.png and inspect/fig5_<case>.png (+ its per-layer CSV),
 # and the pictures are copied to docs/img/ (IMG_DIR) as task04_<part>_*.png.
 #
 # Settings (environment variables):
 #   BIN        folder of the monet_* commands (default .venv/bin)
 #   EPOCHS, ITERS   part "steps": --epochs and --iters-per-epoch (default 2 x 50 = 100 optimizer steps)
 #   BATCH      batch size of both parts (default 8; the plan's is 32)
-#   BUDGET     part "budget": monet_train --time-budget per network (default 5m)
+#   BUDGET     part "budget": monet_train --time-budget per network, final validation included (default 5m)
+#   BUDGET_ITERS  part "budget": steps per epoch (default 25). The budget is checked between epochs and every
+#              epoch ends with an inner validation, so an epoch must be short next to the budget: at the
+#              default 250 steps one U-Net-64 epoch alone takes far longer than 5 minutes on 2 cores.
 #   THREADS    torch threads for training (default 2; on a shared machine 1 stalls less)
 #   PREDICT_MODELS  networks whose validation cases monet_predict also predicts (default monet; monet_train's
 #              final validation has already predicted them for every network, which the leaderboard uses)
@@ -39,6 +44,7 @@ EPOCHS=${EPOCHS:-2}
 ITERS=${ITERS:-50}
 BATCH=${BATCH:-8}
 BUDGET=${BUDGET:-5m}
+BUDGET_ITERS=${BUDGET_ITERS:-25}
 PREDICT_MODELS=${PREDICT_MODELS-monet}
 THREADS=${THREADS:-2}
 NP=${NP:-2}
@@ -105,6 +111,7 @@ run_part() {
   fi
   stamp "$part: leaderboard, box plot, overlays"
   "$BIN/monet_evaluate" -t 4 -np "$NP"
+  "$BIN/python" scripts/leaderboard_table.py "$results/$TASK/leaderboard.csv" >"$results/$TASK/leaderboard.md"
   stamp "$part: activations (Fig. 5) on $CASE"
   "$BIN/monet_inspect" -t 4 -m $MODELS --case "$CASE" -o "$results/$TASK/inspect/fig5_$CASE.png"
   "$BIN/python" scripts/plot_curves.py "$results/$TASK" -o "$results/$TASK/training_curves.png"
@@ -124,5 +131,5 @@ if [ "$PART" != budget ]; then
   run_part steps "$WORK/results" --epochs "$EPOCHS" --iters-per-epoch "$ITERS"
 fi
 if [ "$PART" != steps ]; then
-  run_part budget "$WORK/results_budget" --time-budget "$BUDGET"
+  run_part budget "$WORK/results_budget" --time-budget "$BUDGET" --iters-per-epoch "$BUDGET_ITERS"
 fi
