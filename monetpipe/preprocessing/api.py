@@ -15,7 +15,7 @@ from monetpipe.io.dataset import load_task
 from monetpipe.parallel import map_cases
 from monetpipe.paths import MonetPaths, find_task, looks_like_path
 from monetpipe.preprocessing.fingerprint import compute_fingerprint
-from monetpipe.preprocessing.planner import plan_experiment, select_channels
+from monetpipe.preprocessing.planner import check_size_bounds, plan_experiment, select_channels
 from monetpipe.preprocessing.plans import Plans, plans_name_for
 from monetpipe.preprocessing.slice_cache import CacheLayout, cache_case, case_hash, is_current
 from monetpipe.preprocessing.splits import ensure_splits
@@ -49,6 +49,7 @@ def plan_and_preprocess(
     replan: bool = False,
     channels: list[str] | None = None,
     context_slices: int = 0,
+    min_size: int = 0,
 ) -> PreprocessResult:
     """Fingerprint, plan, cache slices and fix the splits of a raw task.
 
@@ -68,6 +69,8 @@ def plan_and_preprocess(
             (default: all; plans ``monetPlans_ch_<names>``). The cache holds only these.
         context_slices: K > 0 plans 2.5D input, slices z-K .. z+K as channels (plans ``..._ctx<K>``); the
             cache is the same 2D cache, the stacks are assembled when slices are read.
+        min_size: resample slices up until the median slice's longer in-plane side is at least this many
+            pixels (plans ``..._s<N>``; 0: never upsample). MoNet's two stride-2 steps then leave a larger map.
 
     Returns:
         What was written and how long it took. Up-to-date cache entries are skipped.
@@ -81,7 +84,8 @@ def plan_and_preprocess(
     names = tuple(dataset.channel_names[c] for c in chosen) if len(chosen) < dataset.num_channels else None
     if context_slices < 0:
         raise MonetError(f"--context-slices {context_slices}: give 0 (2D) or a positive number of slices per side.")
-    plans_name = plans_name_for(binary, labels, names, context_slices)
+    check_size_bounds(min_size, max_size)
+    plans_name = plans_name_for(binary, labels, names, context_slices, min_size)
     layout = CacheLayout(out_dir, plans_name)
     fix = f"Make it writable or set MONET_preprocessed to a writable folder (now {paths.preprocessed})."
     for folder in (out_dir, layout.slices, layout.gt_segmentations):  # before any work starts
@@ -106,6 +110,7 @@ def plan_and_preprocess(
         max_size=max_size,
         channels=chosen,
         context_slices=context_slices,
+        min_size=min_size,
     )
     plans = planned if replan else keep_existing_plans(planned, layout.plans_file)
     if plans is planned:

@@ -11,6 +11,8 @@ EXAMPLES = """examples:
   monet_plan_and_preprocess -t 7 --binary           # pancreas + tumour merged (plans monetPlans_binary)
   monet_plan_and_preprocess -t 1 --channels FLAIR --context-slices 1
       # BrainTumour: the FLAIR channel only, as 2.5D input of slices z-1, z, z+1 (plans monetPlans_ch_FLAIR_ctx1)
+  monet_plan_and_preprocess -t 4 --min-size 128
+      # Hippocampus resampled up from 64 x 48 to 128 x 96 pixel slices (plans monetPlans_s128)
 """
 
 
@@ -39,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=1, help="1: the paper's 70/30 hold-out (default); K: K-fold CV")
     p.add_argument(
         "--max-size", type=int, default=256, help="largest in-plane slice size after resampling (default 256)"
+    )
+    p.add_argument(
+        "--min-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="resample small slices up (finer in-plane spacing) until the median slice's longer in-plane side "
+        "is at least N pixels, e.g. 128 (default 0: never; plans ..._s<N>)",
     )
     p.add_argument("--overwrite-splits", action="store_true", help="replace an existing, different splits_final.json")
     p.add_argument(
@@ -84,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             replan=args.replan,
             channels=args.channels,
             context_slices=args.context_slices,
+            min_size=args.min_size,
         )
         print(f"plans:  {result.layout.plans_file}")
         print(

@@ -44,6 +44,39 @@ def in_plane_target_spacing(
     return (float(median_spacing_hw[0] * factor), float(median_spacing_hw[1] * factor))
 
 
+def check_size_bounds(min_size: int, max_size: int) -> None:
+    """``--min-size`` / ``--max-size``: both bound the longer in-plane side, so min must not exceed max.
+
+    Raises:
+        MonetError: a bound below 1, or ``min_size > max_size``.
+    """
+    if max_size < 1:
+        raise MonetError(f"--max-size {max_size}: give the largest in-plane slice size in pixels, e.g. 256.")
+    if min_size < 0:
+        raise MonetError(f"--min-size {min_size}: give 0 (no upsampling) or a slice size in pixels, e.g. 128.")
+    if min_size > max_size:
+        raise MonetError(
+            f"--min-size {min_size} is larger than --max-size {max_size}: both bound the longer in-plane side of "
+            f"the median resampled slice. Lower --min-size or raise --max-size."
+        )
+
+
+def upsample_to_min_size(
+    target_hw: tuple[float, float], median_resampled_hw: tuple[float, float], min_size: int
+) -> tuple[float, float]:
+    """``--min-size``: refine ``target_hw`` so the median slice's longer side is ``min_size`` pixels, if shorter.
+
+    ``median_resampled_hw`` is the median slice size at ``target_hw``. Scaling every case's size by one factor
+    scales the median by the same factor, so the median resampled at the returned spacing has its longer side
+    at ``min_size`` (aspect kept); a median already that large is left alone (``target_hw`` returned).
+    """
+    longest = max(median_resampled_hw)
+    if not min_size or longest >= min_size:
+        return target_hw
+    factor = longest / min_size
+    return (float(target_hw[0] * factor), float(target_hw[1] * factor))
+
+
 def round_up(value: float, multiple: int = SIZE_MULTIPLE) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
@@ -191,6 +224,7 @@ def plan_experiment(
     max_size: int = 256,
     channels: tuple[int, ...] | None = None,
     context_slices: int = 0,
+    min_size: int = 0,
 ) -> Plans:
     """Plan a configuration for ``task`` from its fingerprint (docs/preprocessing.md, "The plans").
 
@@ -203,7 +237,10 @@ def plan_experiment(
         max_size: largest in-plane size (pixels) of a resampled slice.
         channels: the dataset channels the network sees (:func:`select_channels`; default all).
         context_slices: K of 2.5D input: the network sees slices z-K .. z+K (0: 2D).
+        min_size: resample slices up (finer in-plane spacing) until the median slice's longer side is at least
+            this many pixels (0: never upsample; see :func:`upsample_to_min_size`).
     """
+    check_size_bounds(min_size, max_size)
     if context_slices < 0:
         raise MonetError(f"--context-slices {context_slices}: give 0 (2D) or a positive number of slices per side.")
     channels = tuple(range(task.num_channels)) if channels is None else tuple(channels)
@@ -219,6 +256,9 @@ def plan_experiment(
     target = in_plane_target_spacing(median_spacing_hw, list(np.median(cropped[:, 1:], axis=0)), max_size)
     resampled = cropped.copy()
     resampled[:, 1:] = cropped[:, 1:] * sp[:, 1:] / np.asarray(target)
+    if min_size:
+        target = upsample_to_min_size(target, tuple(np.median(resampled[:, 1:], axis=0)), min_size)
+        resampled[:, 1:] = cropped[:, 1:] * sp[:, 1:] / np.asarray(target)
     median_shape = tuple(int(round(v)) for v in np.median(resampled, axis=0))
     patch = (round_up(median_shape[1]), round_up(median_shape[2]))
     # nnU-Net's rule: normalize inside the nonzero mask when cropping shrinks the median volume by >= 25 %.
@@ -247,4 +287,5 @@ def plan_experiment(
         source_channels=channels,
         dataset_channel_names=tuple(task.channel_names),
         context_slices=int(context_slices),
+        min_size=int(min_size),
     )

@@ -80,6 +80,9 @@ class Plans:
     dataset_channel_names: tuple[str, ...] = ()
     # 2.5D input (``--context-slices K``): slice z is fed with slices z-K .. z+K (docs/preprocessing.md).
     context_slices: int = 0
+    # ``--min-size N``: slices were resampled up so the median slice's longer side is at least N (0: never
+    # upsampled, as every plan before the option). Only ``target_spacing`` carries its effect on the cache.
+    min_size: int = 0
 
     def __post_init__(self) -> None:
         # Plans written before channel selection existed read every channel: fill that in, so such plans
@@ -209,14 +212,17 @@ def plans_name_for(
     labels: list[int] | None = None,
     channels: tuple[str, ...] | None = None,
     context_slices: int = 0,
+    min_size: int = 0,
 ) -> str:
     """``monetPlans``, ``monetPlans_binary``, ``monetPlans_labels_7_8``, ``monetPlans_ch_FLAIR``,
-    ``monetPlans_ctx1`` or a combination in that order (``monetPlans_binary_ch_FLAIR_ctx1``): each variant has
-    its own plans file, cache and results folders, so none overwrites another.
+    ``monetPlans_s128``, ``monetPlans_ctx1`` or a combination in that order
+    (``monetPlans_binary_ch_FLAIR_s128_ctx1``): each variant has its own plans file, cache and results
+    folders, so none overwrites another.
 
     Args:
         channels: the chosen channel names when ``--channels`` selects fewer than all (``None``: all).
         context_slices: K of 2.5D input (0: 2D).
+        min_size: ``--min-size`` (0: not given).
     """
     if binary and labels:
         raise MonetError("--binary and --labels cannot be combined: --labels already chooses the foreground.")
@@ -227,6 +233,8 @@ def plans_name_for(
         name += "_labels_" + "_".join(str(v) for v in labels)
     if channels:
         name += "_ch_" + "_".join(re.sub(r"[^A-Za-z0-9]", "", c) or "x" for c in channels)
+    if min_size:
+        name += f"_s{min_size}"
     if context_slices:
         name += f"_ctx{context_slices}"
     return name
