@@ -225,3 +225,34 @@ def test_gpu_columns_are_measured_on_the_device_given():
     config = BenchmarkConfig(models=["monet"], slices=2, size=32, repeats=1, warmup=0, train_steps=1)
     row = _gpu_row("monet", model_facts("monet", 1, 1, 32), config, device="cpu")
     assert row["gpu_s_per_batch32"] > 0 and row["gpu_s_150"] > 0 and row["gpu_model"] == "cpu"
+
+
+def test_precisions_are_timed_together_against_their_own_floors(tmp_path, capsys):
+    out = tmp_path / "prec.csv"
+    args = [*TINY, "--size", "32", "--backend", "torch", "--precision", "all", "-o", str(out)]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("CPU: ")  # the feature summary comes first
+    table = pd.read_csv(out)
+    got = sorted(zip(table["backend"], table["precision"], strict=True))
+    # int8 runs only in onnxruntime / torch_compile: not asked for here, so skipped, not faked
+    assert got == [("torch", "bf16"), ("torch", "fp32")]
+    fp32 = table[table["precision"] == "fp32"].iloc[0]
+    bf16 = table[(table["precision"] == "bf16") & (table["backend"] == fp32["backend"])].iloc[0]
+    assert fp32["vs_fp32"] == 1.0 and fp32["floor_ratio"] == pytest.approx(fp32["fp32_floor_ratio"])
+    assert bf16["vs_fp32"] == pytest.approx(bf16["cpu_s_median"] / fp32["cpu_s_median"])
+    # bf16's floor is its own matmul rate: the ratio to it differs from the ratio to the fp32 floor
+    flop_150 = bf16["gflop_per_slice"] * 150
+    assert bf16["floor_ratio"] == pytest.approx(bf16["cpu_s_median"] / (flop_150 / bf16["precision_matmul_gflops"]))
+    assert 0.45 < bf16["precision_mib"] / fp32["precision_mib"] < 0.55
+    assert math.isnan(bf16["dice_diff"])  # random weights: no Dice to compare
+
+
+@pytest.mark.slow
+def test_int8_rows_of_both_int8_paths(tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "int8.csv"
+    assert cli.main([*TINY, "--backend", "onnxruntime", "--precision", "fp32", "int8", "-o", str(out)]) == 0
+    table = pd.read_csv(out).set_index("precision")
+    assert table.loc["int8", "precision_mib"] < 0.4 * table.loc["fp32", "precision_mib"]
+    assert math.isfinite(table.loc["int8", "precision_matmul_gflops"]) and table.loc["int8", "floor_ratio"] > 0

@@ -31,6 +31,18 @@ def select_models(names: Sequence[str]) -> list[str]:
     return models
 
 
+def trained_network_spec(model_folder: str | Path, fold: str | int) -> tuple[str, int, int]:
+    """(network name, input channels, outputs) of a results folder's fold (its final checkpoint)."""
+    from monetpipe.results import ModelFolder, load_checkpoint, parse_fold
+
+    path = ModelFolder(Path(model_folder)).checkpoint(parse_fold(fold), "final")
+    spec = load_checkpoint(path).get("network") or {}
+    try:
+        return str(spec["name"]), int(spec["in_channels"]), int(spec["num_classes"])
+    except (KeyError, TypeError, ValueError):
+        raise MonetError(f"{path}: checkpoint does not describe its network. Is it a monetpipe checkpoint?") from None
+
+
 def export_models(rows: list[dict], config, export_dir: str | Path) -> dict[str, dict]:
     """Write each model's fp16 state_dict and folded ONNX to ``export_dir``; add their sizes and the fp16
     mask agreement (of the untrained network) to the model's rows.

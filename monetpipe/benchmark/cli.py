@@ -20,6 +20,8 @@ EXAMPLES = """examples:
   monet_benchmark -m monet unet16 --slices 32 --repeats 3 -o bench.csv   # a quick CPU comparison
   monet_benchmark -m all --backend torch torch_compile onnxruntime --batch-size 2 --workers 2
   monet_benchmark -m all --update-leaderboard 4     # cpu_s_150 column of monet_evaluate -t 4
+  monet_benchmark -m monet --precision all --backend torch onnxruntime --batch-size 2 --workers 2
+  monet_benchmark --model-folder $MONET_results/Task04_Hippocampus/monet__monetPlans -f 0 --precision all
 """
 
 
@@ -67,6 +69,22 @@ def _add_what_to_measure(p: argparse.ArgumentParser) -> None:
         metavar="BACKEND",
         help=f"CPU inference backends to compare: {', '.join(BACKENDS)} (default torch)",
     )
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=("fp32", "bf16", "int8", "all"),
+        metavar="PRECISION",
+        help="fp32, bf16, int8 or all (default fp32); each runs with the backends it supports (int8: "
+        "onnxruntime = ONNX Runtime QDQ, torch_compile = PT2E; bf16: torch, torch_compile, eager); "
+        "a reduced precision's floor is its own matmul rate",
+    )
+    p.add_argument(
+        "--model-folder",
+        help="time a trained <model>__<plans>/ folder's fold (-f) instead of random weights; int8 uses its "
+        "prepared model (monet_predict --prepare-precision int8) and the Dice difference of that check is shown",
+    )
+    p.add_argument("-f", "--fold", default="0", help="fold of --model-folder (default 0)")
     p.add_argument("--no-matmul", action="store_true", help="skip the matmul reference (no floor ratio)")
     p.add_argument(
         "--matmul-size",
@@ -134,11 +152,15 @@ def _add_outputs(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from monetpipe.benchmark.api import select_models
+    from monetpipe.benchmark.api import select_models, trained_network_spec
     from monetpipe.benchmark.runner import BenchmarkConfig, resolve_devices
 
+    models, in_channels, num_classes = select_models(args.models), args.in_channels, args.num_classes
+    if args.model_folder:
+        name, in_channels, num_classes = trained_network_spec(args.model_folder, args.fold)
+        models = [name]
     return BenchmarkConfig(
-        models=select_models(args.models),
+        models=models,
         backends=args.backend,
         batch_sizes=args.batch_size,
         workers=args.workers,
@@ -149,10 +171,13 @@ def _config(args: argparse.Namespace):
         devices=resolve_devices(args.device),
         threads=args.threads,
         channels_last=args.channels_last,
-        in_channels=args.in_channels,
-        num_classes=args.num_classes,
+        in_channels=in_channels,
+        num_classes=num_classes,
         train_steps=args.train_steps,
         matmul_size=0 if args.no_matmul else args.matmul_size,
+        precisions=["fp32", "bf16", "int8"] if "all" in args.precision else list(dict.fromkeys(args.precision)),
+        model_folder=args.model_folder,
+        fold=args.fold,
     )
 
 
@@ -174,8 +199,10 @@ def _run(args: argparse.Namespace) -> int:
     from monetpipe.benchmark import api
     from monetpipe.benchmark.runner import run_benchmark
     from monetpipe.benchmark.tables import format_table, write_csv
+    from monetpipe.cpu_features import cpu_features
 
     config = _config(args)
+    print(f"CPU: {cpu_features().summary()}")
     if args.profile:
         _print_profiles(api.profile_models(config, args.matmul_size))
         return 0

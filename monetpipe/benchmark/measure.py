@@ -60,6 +60,68 @@ def matmul_gflops(n: int = 4096, repeats: int = 3, device: str | torch.device = 
     return 2 * n**3 / best / 1e9
 
 
+#: n of the reduced-precision reference matmuls: emulated bfloat16 runs below 1 GFLOP/s on CPUs without
+#: native bf16, where a 4096 product would take minutes.
+REDUCED_MATMUL_SIZE = 1024
+
+
+def _int8_matmul_gflops(n: int, repeats: int) -> float:
+    """uint8 x int8 -> int32 products of two n x n matrices with ONNX Runtime's ``MatMulInteger``: the int8
+    kernel (MLAS) that ``--precision int8`` runs its convolutions on, at ``torch.get_num_threads()`` threads."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        "int8_matmul",
+        [
+            helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+            helper.make_tensor_value_info("b", TensorProto.INT8, [n, n]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8), "b": rng.integers(-128, 128, (n, n), dtype=np.int8)}
+    session.run(None, feed)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def precision_matmul_gflops(precision: str, n: int = REDUCED_MATMUL_SIZE, repeats: int = 3) -> float:
+    """The dense matmul rate of ``precision`` on the CPU: the floor its network time is compared with.
+
+    ``fp32``: :func:`matmul_gflops`; ``bf16``: ``torch.matmul`` of bfloat16 matrices (oneDNN; native only
+    with AVX-512 BF16 / AMX); ``int8``: ONNX Runtime's ``MatMulInteger`` (uint8 x int8, the kernel of the
+    int8 path), counted as 2 n^3 operations like the float rates. NaN when ONNX Runtime is missing.
+    """
+    if precision == "fp32":
+        return matmul_gflops(n, repeats)
+    if precision == "int8":
+        try:
+            return _int8_matmul_gflops(n, repeats)
+        except ImportError:
+            return float("nan")
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).bfloat16()
+    b = torch.randn(n, n, generator=gen).bfloat16()
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
 def make_slices(slices: int, size: int, in_channels: int = 1, seed: int = 0) -> torch.Tensor:
     """A reproducible ``(slices, C, size, size)`` float32 batch of z-scored noise (the timed input)."""
     gen = torch.Generator().manual_seed(seed)

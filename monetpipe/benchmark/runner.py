@@ -52,6 +52,9 @@ class BenchmarkConfig:
     num_classes: int = 1
     train_steps: int = 10
     matmul_size: int = 4096  # n of the reference matmul; 0 skips it (no floor ratio)
+    precisions: Sequence[str] = ("fp32",)  # inference.precision: fp32, bf16, int8
+    model_folder: str | None = None  # a trained <model>__<plans>/ folder: its weights instead of random ones
+    fold: int | str = 0  # the fold of model_folder
 
 
 def resolve_devices(device: str) -> list[str]:
@@ -92,30 +95,108 @@ def model_facts(name: str, in_channels: int, num_classes: int, size: int) -> dic
     }
 
 
-def _cpu_rows(name: str, facts: dict, config: BenchmarkConfig, log: Callable[[str], None]) -> list[dict]:
-    from monetpipe.inference.backends import make_inference_model, set_threads
+def _network(name: str, config: BenchmarkConfig) -> torch.nn.Module:
+    """The network to time: ``config.model_folder``'s trained fold, or a freshly built (random) one."""
     from monetpipe.networks import build_network
 
-    threads = set_threads(config.threads)
-    model = build_network(name, config.in_channels, config.num_classes).eval()
-    x = make_slices(config.slices, config.size, config.in_channels)
+    if config.model_folder is None:
+        return build_network(name, config.in_channels, config.num_classes).eval()
+    from monetpipe.inference.loading import network_from_checkpoint
+    from monetpipe.results import ModelFolder, load_checkpoint
+
+    path = ModelFolder(Path(config.model_folder)).checkpoint(config.fold, "final")
+    return network_from_checkpoint(load_checkpoint(path), path)
+
+
+class _Int8Models:
+    """The int8 forms' inputs, made once per model: the ONNX Runtime QDQ file and PT2E's calibration slices.
+
+    With a trained model folder the fold's prepared int8 model is used (``monet_predict
+    --prepare-precision int8``); otherwise the network is calibrated on the timed kind of input (noise).
+    """
+
+    def __init__(self, model: torch.nn.Module, config: BenchmarkConfig, folder: Path) -> None:
+        self.model, self.config, self.folder = model, config, folder
+        self.calibration = make_slices(32, config.size, config.in_channels, seed=1)
+        self._file: Path | None = None
+
+    def onnx_file(self) -> Path:
+        from monetpipe.inference.precision import PrecisionFiles, quantize_onnx_int8
+
+        if self._file is None:
+            if self.config.model_folder is not None:
+                fold_dir = Path(self.config.model_folder) / f"fold_{self.config.fold}"
+                files = PrecisionFiles(fold_dir, "final")
+                if not files.int8_current():
+                    raise MonetError(
+                        f"{files.int8_model}: no int8 model for this checkpoint. Prepare it first: monet_predict "
+                        f"--prepare-precision int8 --model-folder {self.config.model_folder} -f {self.config.fold}"
+                    )
+                self._file = files.int8_model
+            else:
+                self._file = quantize_onnx_int8(self.model, self.calibration, self.folder / "int8.onnx")
+        return self._file
+
+
+def _variants(model, config: BenchmarkConfig, threads: int, int8: _Int8Models, log) -> list[Variant]:
+    from monetpipe.inference.backends import make_inference_model
+    from monetpipe.inference.precision import BACKENDS_FOR
+
     variants = []
     for backend in config.backends:
-        for workers in config.workers:
-            fn = None
-            for batch in config.batch_sizes:
-                if fn is None or backend == "torch_compile":  # compiled code is specialised to one batch size
-                    fn = make_inference_model(
-                        model,
-                        backend,
-                        device="cpu",
-                        threads=threads,
-                        channels_last=config.channels_last,
-                        workers=workers,
-                    )
-                label = f"{backend}/b{batch}" + (f"/w{workers}" if workers > 1 else "")
-                variants.append(Variant(label, fn, batch, threads=max(1, threads // workers)))
-    set_threads(threads)
+        for precision in config.precisions:
+            if backend not in BACKENDS_FOR[precision]:
+                log(f"skipped {backend}/{precision}: {precision} runs with {', '.join(BACKENDS_FOR[precision])}")
+                continue
+            for workers in config.workers:
+                fn = None
+                for batch in config.batch_sizes:
+                    if fn is None or backend == "torch_compile":  # compiled code is specialised to one batch size
+                        fn = make_inference_model(
+                            model,
+                            backend,
+                            device="cpu",
+                            threads=threads,
+                            channels_last=config.channels_last,
+                            workers=workers,
+                            precision=precision,
+                            int8_model=int8.onnx_file() if (precision, backend) == ("int8", "onnxruntime") else None,
+                            calibration=int8.calibration if precision == "int8" else None,
+                        )
+                    label = f"{backend}/{precision}/b{batch}" + (f"/w{workers}" if workers > 1 else "")
+                    variants.append(Variant(label, fn, batch, threads=max(1, threads // workers)))
+    return variants
+
+
+def _precision_rates(precisions: Sequence[str], threads: int, matmul_size: int) -> dict[str, float]:
+    """bf16 / int8 matmul rates at ``threads``, n = the fp32 reference's, at most REDUCED_MATMUL_SIZE."""
+    from monetpipe.benchmark.measure import REDUCED_MATMUL_SIZE, precision_matmul_gflops
+
+    torch.set_num_threads(threads)
+    n = min(matmul_size, REDUCED_MATMUL_SIZE)
+    return {p: precision_matmul_gflops(p, n) for p in precisions if p != "fp32"}
+
+
+def _cpu_rows(name: str, facts: dict, config: BenchmarkConfig, log: Callable[[str], None]) -> list[dict]:
+    import tempfile
+
+    from monetpipe.inference.backends import set_threads
+
+    threads = set_threads(config.threads)
+    model = _network(name, config)
+    x = make_slices(config.slices, config.size, config.in_channels)
+    with tempfile.TemporaryDirectory(prefix="monet_bench_") as tmp:
+        int8 = _Int8Models(model, config, Path(tmp))
+        variants = _variants(model, config, threads, int8, log)
+        set_threads(threads)
+        before = _precision_rates(config.precisions, threads, config.matmul_size) if config.matmul_size else {}
+        rows = _time_variants(name, facts, config, variants, x, threads, log)
+        after = _precision_rates(config.precisions, threads, config.matmul_size) if config.matmul_size else {}
+        sizes = _precision_sizes(model, facts, int8)
+    return _precision_columns(rows, before, after, sizes, config)
+
+
+def _time_variants(name, facts, config, variants, x, threads, log) -> list[dict]:
     rates = time_interleaved(
         variants,
         x,
@@ -130,7 +211,7 @@ def _cpu_rows(name: str, facts: dict, config: BenchmarkConfig, log: Callable[[st
     flop_150 = facts["gflop_per_slice"] * PAPER_SLICES
     rows = []
     for v in variants:
-        backend = v.label.split("/")[0]
+        backend, precision = v.label.split("/")[:2]
         per_150 = [t * scale for t in v.times]
         mean, sd = mean_sd(per_150)
         median = statistics.median(per_150)
@@ -140,6 +221,7 @@ def _cpu_rows(name: str, facts: dict, config: BenchmarkConfig, log: Callable[[st
                 **facts,
                 "device": "cpu",
                 "backend": backend,
+                "precision": precision,
                 "channels_last": v.fn.channels_last,
                 "batch_size": v.batch_size,
                 "workers": v.fn.workers,
@@ -158,6 +240,45 @@ def _cpu_rows(name: str, facts: dict, config: BenchmarkConfig, log: Callable[[st
                 "cpu_times": " ".join(f"{t:.3f}" for t in per_150),
             }
         )
+    return rows
+
+
+def _precision_sizes(model, facts: dict, int8: _Int8Models) -> dict[str, float]:
+    """MiB of each precision's stored model: fp32 / bf16 state_dict, the int8 ONNX file."""
+    sizes = {"fp32": facts["size_mib_fp32"], "bf16": serialized_size_mib(model, torch.bfloat16)}
+    if int8._file is not None:
+        sizes["int8"] = int8._file.stat().st_size / 2**20
+    return sizes
+
+
+def _dice_differences(config: BenchmarkConfig) -> dict[str, float]:
+    """fp32 minus reduced mean foreground Dice from the fold's precision check (trained model only)."""
+    if config.model_folder is None:
+        return {}
+    from monetpipe.inference.precision import PrecisionFiles
+
+    fold_dir = Path(config.model_folder) / f"fold_{config.fold}"
+    entries = PrecisionFiles(fold_dir, "final").read_validation().get("precisions", {})
+    return {p: e["difference"] for p, e in entries.items()} | {"fp32": 0.0}
+
+
+def _precision_columns(rows, before: dict, after: dict, sizes: dict, config: BenchmarkConfig) -> list[dict]:
+    """Per row: the precision's own floor and ratio to it, the ratio to fp32, size, Dice difference."""
+    dice = _dice_differences(config)
+    fp32 = {(r["backend"], r["batch_size"], r["workers"]): r["cpu_s_median"] for r in rows if r["precision"] == "fp32"}
+    best_fp32 = min(fp32.values(), default=float("nan"))
+    for r in rows:
+        p = r["precision"]
+        fp32_floor = r["floor_s"]
+        if p != "fp32":
+            rate = statistics.median([before.get(p, float("nan")), after.get(p, float("nan"))])
+            r["floor_s"] = r["gflop_per_slice"] * PAPER_SLICES / rate if before else float("nan")
+            r["floor_ratio"] = r["cpu_s_median"] / r["floor_s"]
+            r["precision_matmul_gflops"] = rate
+        r["fp32_floor_ratio"] = r["cpu_s_median"] / fp32_floor
+        r["vs_fp32"] = r["cpu_s_median"] / fp32.get((r["backend"], r["batch_size"], r["workers"]), best_fp32)
+        r["precision_mib"] = sizes.get(p, float("nan"))
+        r["dice_diff"] = dice.get(p, float("nan"))
     return rows
 
 

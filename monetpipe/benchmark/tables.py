@@ -30,6 +30,12 @@ COLUMNS = (
 RUN_COLUMNS = (
     "device",
     "backend",
+    "precision",
+    "vs_fp32",
+    "fp32_floor_ratio",
+    "precision_matmul_gflops",
+    "precision_mib",
+    "dice_diff",
     "channels_last",
     "batch_size",
     "workers",
@@ -64,6 +70,10 @@ def _fmt(value: object, spec: str) -> str:
     return format(value, spec)
 
 
+def _text(value: object) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def _cpu_time(r: Mapping) -> str:
     if _fmt(r.get("cpu_s_mean"), ".2f") == "-":
         return "-"
@@ -79,6 +89,7 @@ def _paper_time(r: Mapping) -> str:
 _TABLE = (
     ("model", -15, lambda r: str(r["model"])),
     ("backend", -13, lambda r: str(r.get("backend", "-"))),
+    ("prec", -4, lambda r: _text(r.get("precision"))),
     ("batch", 5, lambda r: _fmt(r.get("batch_size"), "")),
     ("wk", 2, lambda r: _fmt(r.get("workers"), "")),
     ("params", 11, lambda r: _fmt(r["params_trainable"], ",")),
@@ -90,6 +101,9 @@ _TABLE = (
     ("GFLOP/s", 7, lambda r: _fmt(r.get("achieved_gflops"), ".1f")),
     ("mm GF/s", 7, lambda r: _fmt(r.get("matmul_gflops"), ".1f")),
     ("floor x", 7, lambda r: _fmt(r.get("floor_ratio"), ".2f")),
+    ("vs fp32", 7, lambda r: _fmt(r.get("vs_fp32"), ".2f")),
+    ("MiB", 6, lambda r: _fmt(r.get("precision_mib"), ".2f")),
+    ("dDice", 7, lambda r: _fmt(r.get("dice_diff"), ".4f")),
     ("gpu s/b32", 9, lambda r: _fmt(r.get("gpu_s_per_batch32"), ".4f")),
     ("|", 1, lambda r: "|"),
     ("paper s/150", 13, _paper_time),

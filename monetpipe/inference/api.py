@@ -139,6 +139,7 @@ def predict_folder(
     overlap: bool = True,
     backend: str = "torch",
     workers: int | None = None,
+    precision: str = "auto",
 ) -> PredictionSummary:
     """Segment every case in ``input_dir`` with ``model_folder``'s model into ``output_dir/<case>.nii.gz``.
 
@@ -161,6 +162,8 @@ def predict_folder(
         backend: ``torch`` (default), ``torch_compile``, ``onnxruntime`` or ``eager`` (see docs/performance.md).
         workers: slice-parallel workers on CPU, each with ``num_threads // workers`` threads (default:
             :func:`~monetpipe.inference.loading.default_workers`: 2 when there are 2 or more threads).
+        precision: ``auto`` (default: fp32 unless a reduced precision was prepared, validated and measured
+            faster for every fold, and the CPU has it), ``fp32``, ``bf16`` or ``int8`` (docs/inference.md).
 
     Returns:
         The summary; ``summary.failed`` maps each failed case to its error (the run itself does not raise).
@@ -175,7 +178,9 @@ def predict_folder(
     check_folders(input_dir, output_dir)
     check_writable(output_dir)
     with cpu_workers(device, num_threads, workers) as workers:
-        loaded = load_models(model_folder, folds, checkpoint, device, backend=backend, workers=workers)
+        loaded = load_models(
+            model_folder, folds, checkpoint, device, backend=backend, workers=workers, precision=precision
+        )
         summary = _predict_input_folder(
             input_dir,
             output_dir,

@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("eager", "torch", "torch_compile", "onnxruntime")
 DEFAULT_BACKEND = "torch"
+#: Environment variable Inductor reads for its on-disk cache (compiled kernels, FX graphs).
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 #: Held while Inductor's process-wide config is patched to compile a new input shape. Patching it from
 #: several worker threads at once can interleave the saves and restores and leave ``freezing`` /
@@ -65,6 +67,7 @@ class InferenceModel:
             ``onnxruntime`` add their per-shape compile / export time here on first use.
         module: the prepared PyTorch module (``eager`` / ``torch``; ``None`` otherwise), for profiling.
         workers: slice-parallel workers (1: each call runs in the calling thread).
+        precision: ``fp32``, ``bf16`` or ``int8`` (:mod:`monetpipe.inference.precision`).
         in_channels, num_classes, size_divisor, model_name: copied from the network.
     """
 
@@ -78,8 +81,10 @@ class InferenceModel:
         setup_s: float,
         module: nn.Module | None = None,
         workers: int = 1,
+        precision: str = "fp32",
     ) -> None:
         self.backend = backend
+        self.precision = precision
         self.workers = workers
         self.module = module
         self._run = run
@@ -98,7 +103,10 @@ class InferenceModel:
         return self
 
     def __repr__(self) -> str:
-        return f"InferenceModel({self.model_name!r}, backend={self.backend!r}, device={self.device})"
+        return (
+            f"InferenceModel({self.model_name!r}, backend={self.backend!r}, precision={self.precision!r}, "
+            f"device={self.device})"
+        )
 
 
 def set_threads(threads: int | None) -> int:
@@ -112,6 +120,36 @@ def set_threads(threads: int | None) -> int:
             raise MonetError(f"--threads must be positive, got {threads}")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def compile_cache_dir() -> Path:
+    """Where ``torch_compile`` keeps what it compiled, so each slice shape compiles once per machine.
+
+    ``$TORCHINDUCTOR_CACHE_DIR`` when set; else ``$XDG_CACHE_HOME/monetpipe/inductor`` (default
+    ``~/.cache/monetpipe/inductor``). Inductor's own default lies under ``/tmp``, which is emptied on reboot.
+    """
+    if os.environ.get(INDUCTOR_CACHE_ENV):
+        return Path(os.environ[INDUCTOR_CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "monetpipe" / "inductor"
+
+
+def use_compile_cache() -> Path:
+    """Point Inductor's on-disk cache at :func:`compile_cache_dir` (unless the user set one) and return it.
+
+    Inductor reads the variable when it first caches something in a process, so this runs before the
+    first compilation. An unwritable folder leaves Inductor's default in place (with a warning).
+    """
+    folder = compile_cache_dir()
+    if os.environ.get(INDUCTOR_CACHE_ENV):
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        logger.warning("%s: cannot create the compile cache (%s); using Inductor's default", folder, exc)
+        return folder
+    os.environ[INDUCTOR_CACHE_ENV] = str(folder)
+    return folder
 
 
 def available_backends() -> list[str]:
@@ -176,8 +214,18 @@ def _exp_elus(model: nn.Module) -> int:
     return len(names)
 
 
-def prepared_module(model: nn.Module, device: torch.device, channels_last: bool, exp_elu: bool = False) -> nn.Module:
-    """Folded, Dropout-free, in-place-activation copy of ``model`` on ``device`` (not modified)."""
+def prepared_module(
+    model: nn.Module,
+    device: torch.device,
+    channels_last: bool,
+    exp_elu: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> nn.Module:
+    """Folded, Dropout-free, in-place-activation copy of ``model`` on ``device`` (not modified).
+
+    ``dtype`` (e.g. ``torch.bfloat16``) casts the folded weights: BatchNorm is folded in float64 first,
+    so the reduced-precision weights are rounded once.
+    """
     from monetpipe.networks import fuse_for_inference
 
     fused = fuse_for_inference(model)
@@ -186,6 +234,8 @@ def prepared_module(model: nn.Module, device: torch.device, channels_last: bool,
     else:
         _inplace_activations(fused)
     fused = fused.to(device)
+    if dtype != torch.float32:
+        fused = fused.to(dtype)
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
     for p in fused.parameters():
@@ -193,17 +243,19 @@ def prepared_module(model: nn.Module, device: torch.device, channels_last: bool,
     return fused.eval()
 
 
-def _as_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device=device, dtype=torch.float32)
+def _as_input(
+    x: torch.Tensor, device: torch.device, channels_last: bool, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    x = x.to(device=device, dtype=dtype)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
 
 def _module_runner(
-    module: nn.Module, device: torch.device, channels_last: bool
+    module: nn.Module, device: torch.device, channels_last: bool, dtype: torch.dtype = torch.float32
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return module(_as_input(x, device, channels_last)).contiguous()
+            return module(_as_input(x, device, channels_last, dtype)).to(torch.float32).contiguous()
 
     return run
 
@@ -268,11 +320,19 @@ class _SliceParallel:
 
 
 def _compiled(
-    model: nn.Module, device: torch.device, channels_last: bool, holder: list[InferenceModel], workers: int = 1
+    model: nn.Module,
+    device: torch.device,
+    channels_last: bool,
+    holder: list[InferenceModel],
+    workers: int = 1,
+    dtype: torch.dtype = torch.float32,
+    prepared: nn.Module | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     import torch._inductor.config as inductor_config
 
-    prepared = prepared_module(model, device, channels_last, exp_elu=True)
+    use_compile_cache()
+    if prepared is None:
+        prepared = prepared_module(model, device, channels_last, exp_elu=True, dtype=dtype)
     try:
         compiled = torch.compile(prepared, dynamic=False)
     except Exception as exc:  # torch.compile raises many types when no backend is usable
@@ -287,16 +347,16 @@ def _compiled(
     compiled_shapes: set[tuple[int, ...]] = set()
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        x = _as_input(x, device, channels_last)
+        x = _as_input(x, device, channels_last, dtype)
         key = tuple(x.shape)
         if key not in compiled_shapes:
             # A new shape compiles with the options, under the lock; the config is restored on leaving.
             with COMPILE_LOCK, torch.no_grad(), inductor_config.patch(**options):
                 out = compiled(x)
                 compiled_shapes.add(key)
-            return out.contiguous()
+            return out.to(torch.float32).contiguous()
         with torch.no_grad():  # compiled already: the graph no longer reads the config
-            return compiled(x).contiguous()
+            return compiled(x).to(torch.float32).contiguous()
 
     def first_use(seconds: float) -> None:
         holder[0].setup_s += seconds
@@ -360,6 +420,30 @@ def _onnxruntime(
     return run
 
 
+def _int8(
+    model: nn.Module,
+    key: str,
+    device: torch.device,
+    channels_last: bool,
+    threads: int | None,
+    workers: int,
+    int8_model: str | os.PathLike | None,
+    calibration: torch.Tensor | None,
+    holder: list[InferenceModel],
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+    """The int8 runner of ``key`` (onnxruntime: QDQ file; torch_compile: PT2E) and its memory format."""
+    from monetpipe.inference import precision
+
+    if key == "onnxruntime":
+        if int8_model is None:
+            raise MonetError("int8 with onnxruntime needs the quantized model (precision.quantize_onnx_int8)")
+        return precision.onnx_int8_runner(Path(int8_model), threads), False
+    if calibration is None:
+        raise MonetError("int8 with torch_compile (PT2E) needs calibration slices")
+    prepared = precision.pt2e_int8_module(model, calibration, channels_last)
+    return _compiled(model, device, channels_last, holder, workers, prepared=prepared), channels_last
+
+
 def _checked_backend(backend: str, device: torch.device, workers: int) -> str:
     """``backend`` as a :data:`BACKENDS` key, after refusing what cannot run on ``device``."""
     key = backend.strip().lower()
@@ -383,6 +467,9 @@ def make_inference_model(
     threads: int | None = None,
     cache_dir: str | os.PathLike | None = None,
     workers: int = 1,
+    precision: str = "fp32",
+    int8_model: str | os.PathLike | None = None,
+    calibration: torch.Tensor | None = None,
 ) -> InferenceModel:
     """Prepare ``model`` for fast inference with the chosen backend.
 
@@ -400,6 +487,12 @@ def make_inference_model(
             ``threads // workers`` (at least 1) intra-op threads; PyTorch's thread count is set to that
             process-wide. 1 (default): the whole batch in the calling thread with ``threads`` threads.
             CPU only.
+        precision: ``fp32`` (default: the forms above), ``bf16`` (weights and activations in bfloat16,
+            with ``eager``, ``torch`` or ``torch_compile``) or ``int8`` (``onnxruntime``: the quantized ONNX
+            file ``int8_model``; ``torch_compile``: PyTorch's PT2E quantization calibrated on
+            ``calibration``, needs torchao). See :mod:`monetpipe.inference.precision`.
+        int8_model: a QDQ ONNX file from :func:`monetpipe.inference.precision.quantize_onnx_int8`.
+        calibration: ``(N, C, H, W)`` slices for PT2E calibration.
 
     Returns:
         An :class:`InferenceModel`; ``f(x)`` returns logits like ``model.eval()(x)``.
@@ -407,8 +500,12 @@ def make_inference_model(
     Raises:
         MonetError: unknown backend, or a backend that is not installed / not usable on ``device``.
     """
+    from monetpipe.inference.precision import check_backend_precision
+
     device = torch.device(device)
     key = _checked_backend(backend, device, workers)
+    precision = check_backend_precision(key, precision, device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     total = set_threads(threads)
     if workers > 1:
         threads = set_threads(max(1, total // workers))
@@ -417,29 +514,32 @@ def make_inference_model(
     start = time.perf_counter()
     holder: list[InferenceModel] = []
     module = None
-    if key == "eager":
-        module = copy.deepcopy(model).to(device).eval()
+    if precision == "int8":
+        run, channels_last = _int8(model, key, device, channels_last, threads, workers, int8_model, calibration, holder)
+    elif key == "eager":
+        module = copy.deepcopy(model).to(device).to(dtype).eval()
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
-        run = _module_runner(module, device, channels_last)
+        run = _module_runner(module, device, channels_last, dtype)
     elif key == "torch":
-        module = prepared_module(model, device, channels_last)
-        run = _module_runner(module, device, channels_last)
+        module = prepared_module(model, device, channels_last, dtype=dtype)
+        run = _module_runner(module, device, channels_last, dtype)
     elif key == "torch_compile":
-        run = _compiled(model, device, channels_last, holder, workers)
+        run = _compiled(model, device, channels_last, holder, workers, dtype)
     else:
         run = _onnxruntime(model, threads, Path(cache_dir) if cache_dir else None, holder)
         channels_last = False
     if workers > 1:
         run = _SliceParallel(run, workers, torch.get_num_threads())
     inference_model = InferenceModel(
-        key, run, model, device, channels_last, time.perf_counter() - start, module, workers
+        key, run, model, device, channels_last, time.perf_counter() - start, module, workers, precision
     )
     holder.append(inference_model)
     logger.info(
-        "prepared %s for inference: backend %s on %s%s, %d thread(s)%s",
+        "prepared %s for inference: backend %s, %s on %s%s, %d thread(s)%s",
         inference_model.model_name,
         key,
+        precision,
         device,
         ", channels_last" if channels_last else "",
         torch.get_num_threads(),

@@ -33,6 +33,7 @@ class LoadedModels:
     device: object  # torch.device
     channels_last: bool
     workers: int = 1  # slice-parallel workers per model (backends.make_inference_model)
+    precision: str = "fp32"  # what the models compute in (inference.precision)
 
 
 def default_workers(device, threads: int) -> int:
@@ -142,18 +143,37 @@ def prepare_for_inference(model, device, channels_last: bool = False):
     return prepared_module(model, torch.device(device), channels_last)
 
 
-def inference_form(network, device, channels_last: bool, backend: str = "torch", workers: int = 1):
+def inference_form(
+    network,
+    device,
+    channels_last: bool,
+    backend: str = "torch",
+    workers: int = 1,
+    precision: str = "fp32",
+    int8_model: Path | None = None,
+):
     """The form ``monet_predict`` runs ``network`` in (an eval-mode CPU network, as from a checkpoint).
 
-    ``torch`` with one worker: :func:`prepare_for_inference`; otherwise
-    :func:`~monetpipe.inference.backends.make_inference_model`. Training's final validation calls this
-    too, so both run the same network form.
+    ``torch`` with one worker in fp32: :func:`prepare_for_inference`; otherwise
+    :func:`~monetpipe.inference.backends.make_inference_model` (``int8_model``: the fold's quantized
+    model, :mod:`monetpipe.inference.precision`). Training's final validation calls this too, so both
+    run the same network form.
     """
-    if backend == "torch" and workers == 1:
+    if backend == "torch" and workers == 1 and precision == "fp32":
         return prepare_for_inference(network, device, channels_last)
     from monetpipe.inference.backends import make_inference_model
 
-    return make_inference_model(network, backend, device=device, channels_last=channels_last, workers=workers)
+    if precision == "int8":
+        channels_last = False  # ONNX Runtime takes NCHW
+    return make_inference_model(
+        network,
+        backend,
+        device=device,
+        channels_last=channels_last,
+        workers=workers,
+        precision=precision,
+        int8_model=int8_model,
+    )
 
 
 def default_channels_last(device) -> bool:
@@ -169,6 +189,7 @@ def load_models(
     channels_last: bool | None = None,
     backend: str = "torch",
     workers: int = 1,
+    precision: str = "fp32",
 ) -> LoadedModels:
     """Load every requested fold's checkpoint of a results folder as an inference-ready ensemble.
 
@@ -183,13 +204,20 @@ def load_models(
         channels_last: NHWC memory format (default: on CPU only).
         workers: slice-parallel workers per model (CPU; :func:`default_workers` is what
             ``monet_predict`` uses); PyTorch's thread count becomes ``threads // workers``.
+        precision: ``fp32`` (default), ``bf16``, ``int8`` (the folds' prepared int8 models) or ``auto``
+            (the fastest precision this CPU has and every fold validated; see
+            :mod:`monetpipe.inference.precision`). A precision whose backend differs (int8 runs in ONNX
+            Runtime) overrides ``backend``.
 
     Returns:
         The models, the plans and the folds/files they came from.
 
     Raises:
-        MonetError: a missing or unloadable checkpoint, plans, or checkpoints that disagree with each other.
+        MonetError: a missing or unloadable checkpoint, plans, or checkpoints that disagree with each
+            other; int8 without a prepared model, or a reduced precision that failed its check.
     """
+    from monetpipe.inference.precision import PrecisionFiles, check_validated, predict_backend, resolve_precision
+
     folder = folder if isinstance(folder, ModelFolder) else ModelFolder(Path(folder))
     if not folder.root.is_dir():
         raise MonetError(f"{folder.root}: model folder not found. Pass a results folder <model>__<plans>/.")
@@ -197,25 +225,35 @@ def load_models(
     torch_device = resolve_device(device)
     if channels_last is None:
         channels_last = default_channels_last(torch_device)
+    fold_dirs = [folder.fold_dir(f) for f in chosen]
+    precision = resolve_precision(precision, fold_dirs, checkpoint, torch_device)
+    check_validated(precision, fold_dirs, checkpoint)
+    if precision != "fp32":
+        backend = predict_backend(precision, backend)
     files = [folder.checkpoint(f, checkpoint) for f in chosen]
     checkpoints = [load_checkpoint(p) for p in files]
     plans = load_plans(folder, checkpoints[0])
     models, names = [], set()
-    for path, ckpt in zip(files, checkpoints, strict=True):
+    for path, ckpt, fold_dir in zip(files, checkpoints, fold_dirs, strict=True):
         _check_compatible(ckpt, plans, path)
         names.add(ckpt["network"]["name"])
         network = network_from_checkpoint(ckpt, path)
-        models.append(inference_form(network, torch_device, channels_last, backend, workers))
+        int8_model = PrecisionFiles(fold_dir, checkpoint).int8_model
+        models.append(inference_form(network, torch_device, channels_last, backend, workers, precision, int8_model))
+    channels_last = bool(getattr(models[0], "channels_last", channels_last))
     log.info(
-        "loaded %s fold(s) %s (checkpoint_%s) on %s%s%s",
+        "loaded %s fold(s) %s (checkpoint_%s) on %s, %s%s%s",
         "/".join(sorted(names)),
         ", ".join(map(str, chosen)),
         checkpoint,
         torch_device,
+        precision,
         ", channels_last" if channels_last else "",
         f", {workers} slice-parallel workers" if workers > 1 else "",
     )
-    return LoadedModels(models, plans, chosen, files, "/".join(sorted(names)), torch_device, channels_last, workers)
+    return LoadedModels(
+        models, plans, chosen, files, "/".join(sorted(names)), torch_device, channels_last, workers, precision
+    )
 
 
 def _check_compatible(ckpt: dict, plans: Plans, path: Path) -> None:

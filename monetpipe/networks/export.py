@@ -21,6 +21,14 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 
 
+def _dynamic_dims(divisor: int, dynamic_size: bool) -> dict:
+    dims: dict = {0: torch.export.Dim("batch", min=1)}
+    if dynamic_size:  # H = divisor * h_blocks: the exporter must know every size divides
+        dims[2] = divisor * torch.export.Dim("h_blocks", min=1, max=1024)
+        dims[3] = divisor * torch.export.Dim("w_blocks", min=1, max=1024)
+    return dims
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -28,6 +36,7 @@ def export_onnx(
     height: int,
     width: int,
     opset_version: int | None = None,
+    dynamic_size: bool = False,
 ) -> Path:
     """Write ``model`` in eval mode as a single ONNX file; the batch size is free at run time.
 
@@ -41,6 +50,8 @@ def export_onnx(
         height: H, a multiple of ``model.size_divisor``.
         width: W, likewise.
         opset_version: ONNX opset; default: the exporter's.
+        dynamic_size: also leave H and W free (any multiple of ``model.size_divisor``), so one file
+            serves every slice size (the int8 model of ``monet_predict --precision int8``).
 
     Returns:
         The written path.
@@ -72,7 +83,7 @@ def export_onnx(
             str(tmp),
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            dynamic_shapes=(_dynamic_dims(divisor, dynamic_size),),
             opset_version=opset_version,
             external_data=False,
             dynamo=True,
