@@ -350,3 +350,24 @@ def test_model_all_gives_each_network_the_same_budget(roots, monkeypatch):
     for model, result in zip(("monet", "unet16"), results, strict=True):
         rows = read_log_csv(_fold(roots, model) / "training_log.csv")
         assert result.epochs >= 1 and rows[-1]["elapsed"] <= 4.0
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_stop_after_the_same_epoch(roots):
+    """Two gloo processes with a budget: rank 0's plan is everybody's (a rank that stopped alone would leave
+    the other waiting in an all-reduce until the timeout)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "monetpipe.training", "-t", "901", "-m", "monet", "--time-budget", "25s", "--iters-per-epoch", "8"]
+    cmd += ["--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--no-output-prior"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_log_csv(_fold(roots) / "training_log.csv")
+    assert rows and rows[-1]["elapsed"] <= 25 and rows[-1]["lr_end"] < rows[0]["lr"]
+    assert proc.stdout.count("validation foreground Dice") == 1
