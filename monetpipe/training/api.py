@@ -233,7 +233,9 @@ def train_models(
     continue_from: str = "latest",
 ) -> list[FoldResult]:
     """:func:`train_fold` for every model and fold, one after another (``-m all`` trains every network
-    of :func:`monetpipe.networks.list_networks` on the same split)."""
+    of :func:`monetpipe.networks.list_networks` on the same split). Each (model, fold) gets the same
+    ``config``, so a ``time_budget`` is each one's whole budget: ``-m all --time-budget 15m`` gives every
+    network the same 15 minutes."""
     from monetpipe.networks import list_networks
 
     names = list_networks() if models in (["all"], "all") else list(models)
