@@ -1,0 +1,109 @@
+"""scripts/ablate_task04.py: its rows are one change from the baseline, and a rerun skips finished rows."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ablate_task04.py"
+
+
+@pytest.fixture(scope="module")
+def ablate():
+    spec = importlib.util.spec_from_file_location("ablate_task04", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def _work(ablate, tmp_path, budget="60m"):
+    return ablate.Work(tmp_path / "out", tmp_path / "data", budget, Path("/bin"))
+
+
+def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate):
+    def settings(flags):  # {"--schedule": "poly", "--mirror": True, ...}
+        flags = list(flags)
+        out = {}
+        for i, flag in enumerate(flags):
+            if flag.startswith("--"):
+                has_value = i + 1 < len(flags) and not flags[i + 1].startswith("--")
+                out[flag] = flags[i + 1] if has_value else True
+        return out
+
+    def all_settings(row):
+        return {**settings(row.plan_flags), **settings(row.train_flags), **settings(("--predict", *row.predict))}
+
+    base = all_settings(ablate.ROWS["baseline"])
+    for name in ("plateau", "cosine", "dice_ce", "mirror", "batch16", "batch64", "s128", "s256", "ctx1", "bf16", "tta"):
+        row = all_settings(ablate.ROWS[name])
+        changed = {k for k in base.keys() | row.keys() if base.get(k) != row.get(k)}
+        assert len(changed) == 1, (name, changed)
+    assert ablate.ROWS["cosine"].train_flags == ("--loss", "dice", "--schedule", "cosine")
+    assert ablate.ROWS["s128"].plans == "monetPlans_s128" and ablate.ROWS["ctx1"].plans == "monetPlans_ctx1"
+    assert ablate.ROWS["paper"].train_flags == ("--recipe", "paper")  # the preset, not overridden by the baseline's
+
+
+def test_commands_train_to_the_budget_and_tta_predicts_with_the_baselines_model(ablate, tmp_path):
+    work = _work(ablate, tmp_path, "3m")
+    steps = dict(work.commands(ablate.ROWS["s128"]))
+    assert steps["plan"][-2:] == ["--min-size", "128"]
+    train = steps["train"]
+    assert train[train.index("--time-budget") + 1] == "3m" and "--continue" in train
+    assert train[train.index("-p") + 1] == "monetPlans_s128"
+    assert work.env(ablate.ROWS["s128"])["MONET_results"] == str(work.out / "rows" / "s128" / "results")
+
+    tta, base = dict(work.commands(ablate.ROWS["tta"])), dict(work.commands(ablate.ROWS["baseline"]))
+    assert tta["train"] == base["train"] and work.env(ablate.ROWS["tta"]) == work.env(ablate.ROWS["baseline"])
+    assert "--tta" in tta["predict"] and "--tta" not in base["predict"]
+    folder = tta["predict"][tta["predict"].index("--model-folder") + 1]
+    assert folder == str(work.out / "rows" / "baseline" / "results" / "Task04_Hippocampus" / "monet__monetPlans")
+    assert tta["predict"][tta["predict"].index("-o") + 1] == str(work.out / "rows" / "tta" / "predictions")
+
+
+def test_steps_and_seconds_per_step_come_from_the_log_and_config(ablate, tmp_path):
+    fold = tmp_path / "fold_0"
+    fold.mkdir()
+    config = {"config": {"loss": "dice", "mirror": False}, "resolved": {"iterations_per_epoch": 25}}
+    config["resolved"] |= {"schedule": "poly", "batch_size": 32, "patch_size": [64, 48]}
+    (fold / "config.json").write_text(json.dumps(config))
+    (fold / "training_log.csv").write_text(
+        "epoch,train_loss,val_loss,val_dice,lr,seconds,val_seconds,lr_end,elapsed\n"
+        "1,0.9,0.8,0.1,0.0005,30,5,0.0003,31\n2,0.7,0.6,0.3,0.0003,27,2,0.000005,60\n"
+    )
+    numbers = ablate.training_numbers(fold)
+    assert numbers["epochs"] == 2 and numbers["steps"] == 50
+    assert numbers["sec_per_step"] == pytest.approx(50 / 50)  # (30 - 5 + 27 - 2) s of training / 50 steps
+    assert numbers["final_lr"] == 0.000005 and numbers["patch_size"] == "64x48"
+
+
+def test_finished_rows_are_skipped_and_tabled(ablate, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset.json").write_text("{}")
+    out = tmp_path / "out"
+    for i, name in enumerate(("baseline", "cosine")):
+        values = {"row": name, "change": "x", "dice_fg": 0.8 + i / 100, "dice_Anterior": 0.81, "hd95_fg_mm": 2.0}
+        values |= {"epochs": 3, "steps": 75, "sec_per_step": 0.9, "predict_s": 12.0, "load_start": 9, "load_end": 10}
+        (out / "rows" / name).mkdir(parents=True)
+        (out / "rows" / name / "row.json").write_text(json.dumps(values))
+
+    def never(*args):
+        raise AssertionError("a finished row ran again")
+
+    monkeypatch.setattr(ablate, "run_row", never)
+    assert ablate.main(["--data", str(data), "--out", str(out), "--rows", "cosine", "baseline"]) == 0
+    assert "baseline: finished before" in capsys.readouterr().out
+    with open(out / "ablation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["row"] for r in rows] == ["baseline", "cosine"]  # table order, not --rows order
+    table = (out / "ablation.md").read_text()
+    assert "| cosine | x | 0.8100 | 0.8100 | 2.00 | 3 | 75 |" in table
