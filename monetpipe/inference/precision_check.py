@@ -145,6 +145,9 @@ def prepare_fold(
         entry["calibration"] = _calibrate_int8(files, network, layout, split["train"], calibration_count)
         int8_file = files.int8_model
     files.folder.mkdir(parents=True, exist_ok=True)
+    for stale in files.folder.glob(".check_*"):  # left by a killed check (a running one is younger)
+        if time.time() - stale.stat().st_mtime > 6 * 3600:
+            shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=".check_", dir=files.folder))
     try:
         cases = raw_validation_cases(paths.raw / task, list(split["val"]), work, layout)
