@@ -371,3 +371,20 @@ def test_torchrun_ranks_stop_after_the_same_epoch(roots):
     rows = read_log_csv(_fold(roots) / "training_log.csv")
     assert rows and rows[-1]["elapsed"] <= 25 and rows[-1]["lr_end"] < rows[0]["lr"]
     assert proc.stdout.count("validation foreground Dice") == 1
+
+
+def test_monet_train_precision_bf16_runs_and_is_recorded(roots, caplog, monkeypatch):
+    from monetpipe.results import load_checkpoint
+    from monetpipe.training import train_fold
+
+    monkeypatch.setenv("MONETPIPE_CPU_FLAGS", "avx2")  # no native bf16: it runs, emulated, with a warning
+    with caplog.at_level("WARNING"):
+        result = train_fold("901", "monet", 0, TINY.with_changes(epochs=1, precision="bf16"), paths=roots)
+    assert "no native bfloat16" in caplog.text
+    record = json.loads((result.fold_dir / "config.json").read_text())
+    assert record["config"]["precision"] == "bf16" and record["resolved"]["precision"] == "bf16"
+    state = load_checkpoint(result.fold_dir / "checkpoint_final.pth")["model_state"]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
+    monkeypatch.setenv("MONETPIPE_CPU_FLAGS", "")
+    auto = train_fold("901", "unet16", 0, TINY.with_changes(epochs=1, precision="auto"), paths=roots)
+    assert json.loads((auto.fold_dir / "config.json").read_text())["resolved"]["precision"] == "fp32"
