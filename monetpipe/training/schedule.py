@@ -193,7 +193,8 @@ class EpochPlanner:
     validation, from the history rows' ``seconds``) plus the last epoch's time after its inner validation
     (checkpoints, log, plot; each row records the one before it as ``overhead_seconds``, for a resumed
     run): a run on a machine that slows down keeps its end. Nothing is measured before the first
-    epoch of a fresh run, so it always runs (and its LR is not decayed: see :class:`ProgressSchedule`).
+    epoch of a fresh run, so it always runs (its LR is planned from its first timed steps, by the
+    training loop).
     """
 
     budget: float | None
