@@ -388,3 +388,26 @@ def test_monet_train_precision_bf16_runs_and_is_recorded(roots, caplog, monkeypa
     monkeypatch.setenv("MONETPIPE_CPU_FLAGS", "")
     auto = train_fold("901", "unet16", 0, TINY.with_changes(epochs=1, precision="auto"), paths=roots)
     assert json.loads((auto.fold_dir / "config.json").read_text())["resolved"]["precision"] == "fp32"
+
+
+def test_inner_validation_runs_in_the_training_precision(roots):
+    """--precision bf16 scores the inner validation as training runs the network (bfloat16 autocast), and the
+    numbers stay close to float32's."""
+    from monetpipe.networks import build_network
+    from monetpipe.training import plan_fold
+    from monetpipe.training.distributed import DistContext
+    from monetpipe.training.inner_validation import inner_validation
+
+    fp = plan_fold("901", "monet", 0, paths=roots)
+    torch.manual_seed(0)
+    net = build_network("monet", fp.plans.num_input_channels, fp.plans.num_classes)
+    seen: list[torch.dtype] = []
+    net.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    cpu, ctx = torch.device("cpu"), DistContext()
+    args = (net, fp.layout, fp.inner_val_cases, "dice", fp.plans.num_classes, cpu, ctx)
+    fp32 = inner_validation(*args)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    bf16 = inner_validation(*args, autocast_dtype=torch.bfloat16)
+    assert set(seen) == {torch.bfloat16}
+    assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], abs=0.02)

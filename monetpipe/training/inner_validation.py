@@ -38,6 +38,7 @@ def inner_validation(
     batch_size: int = 32,
     amp: bool = False,
     context_slices: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict:
     """Loss and hard Dice of ``model`` on every slice of the inner validation cases.
 
@@ -51,6 +52,8 @@ def inner_validation(
         ctx: distributed context.
         batch_size: slices per forward pass.
         amp: autocast to float16 (CUDA).
+        autocast_dtype: autocast to this dtype instead (bfloat16 for ``--precision bf16``), so the
+            check sees the network as training runs it.
         context_slices: the plans' K of 2.5D input (default: read from ``layout``'s plans file).
 
     Each rank evaluates its share of the cases; the sums are added over ranks, so every rank gets
@@ -79,7 +82,9 @@ def inner_validation(
             x = torch.from_numpy(stack_context(data, np.arange(start, stop), context_slices).astype(np.float32))
             x, pad = pad_to_multiple(x.to(device), divisor)
             y = torch.from_numpy(seg[start : start + batch_size].astype(np.int64)).to(device)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(
+                device.type, dtype=autocast_dtype or torch.float16, enabled=amp or autocast_dtype is not None
+            ):
                 logits = net(x)
             logits = logits.float()[..., pad[2] : pad[2] + y.shape[1], pad[0] : pad[0] + y.shape[2]]
             stats, conf = dice_statistics(logits, y).double(), hard_confusion(logits, y)
