@@ -238,3 +238,20 @@ def test_bad_worker_counts_are_refused(keep_threads):
         make_inference_model(model, "torch", workers=0)
     with pytest.raises(MonetError, match="CPU"):
         make_inference_model(model, "torch", device="meta", workers=2)
+
+
+def test_compile_cache_is_persistent_and_respects_the_users_choice(tmp_path, monkeypatch):
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from monetpipe.inference.backends import INDUCTOR_CACHE_ENV, compile_cache_dir, use_compile_cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    # importing torch._inductor writes its /tmp default into the environment: that is not a user's choice
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, default_cache_dir())
+    assert use_compile_cache() == tmp_path / "xdg" / "monetpipe" / "inductor"
+    assert os.environ[INDUCTOR_CACHE_ENV] == str(tmp_path / "xdg" / "monetpipe" / "inductor")
+    assert (tmp_path / "xdg" / "monetpipe" / "inductor").is_dir()
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, str(tmp_path / "mine"))
+    assert use_compile_cache() == compile_cache_dir() == tmp_path / "mine"

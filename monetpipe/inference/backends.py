@@ -128,10 +128,24 @@ def compile_cache_dir() -> Path:
     ``$TORCHINDUCTOR_CACHE_DIR`` when set; else ``$XDG_CACHE_HOME/monetpipe/inductor`` (default
     ``~/.cache/monetpipe/inductor``). Inductor's own default lies under ``/tmp``, which is emptied on reboot.
     """
-    if os.environ.get(INDUCTOR_CACHE_ENV):
-        return Path(os.environ[INDUCTOR_CACHE_ENV])
+    chosen = _user_cache_dir()
+    if chosen:
+        return Path(chosen)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "monetpipe" / "inductor"
+
+
+def _user_cache_dir() -> str | None:
+    """``$TORCHINDUCTOR_CACHE_DIR`` unless it is Inductor's own default, which importing
+    ``torch._inductor.config`` writes into the environment."""
+    value = os.environ.get(INDUCTOR_CACHE_ENV)
+    if not value:
+        return None
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:
+        return value
+    return None if os.path.abspath(value) == os.path.abspath(default_cache_dir()) else value
 
 
 def use_compile_cache() -> Path:
@@ -141,7 +155,7 @@ def use_compile_cache() -> Path:
     first compilation. An unwritable folder leaves Inductor's default in place (with a warning).
     """
     folder = compile_cache_dir()
-    if os.environ.get(INDUCTOR_CACHE_ENV):
+    if _user_cache_dir():
         return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
