@@ -143,9 +143,20 @@ def test_monet_inspect_feeds_a_25d_model_its_stack(ctx_run, tmp_path):
     mp = pytest.MonkeyPatch()
     for n in ("raw", "preprocessed", "results"):
         mp.setenv(f"MONET_{n}", str(root / n))
+    import monetpipe.evaluation.activations as activations
+
+    drawn = []
+    real_draw = activations.draw_figure
+    mp.setattr(activations, "draw_figure", lambda ins, out, *a, **k: (drawn.extend(ins), real_draw(ins, out, *a, **k)))
     try:
         args = ["-t", "901", "-m", "monet", "-p", "monetPlans_ctx1", "--case", case, "-o", str(tmp_path / "a.png")]
         assert inspect_main(args) == 0
     finally:
         mp.undo()
     assert (tmp_path / "a.png").is_file()
+    # the "input" panel is the inspected slice itself (block K of the stack), not its neighbour z-K
+    cache = root / "preprocessed" / TASK / "monetPlans_ctx1_slices"
+    data, seg = np.load(cache / f"{case}_data.npy"), np.load(cache / f"{case}_seg.npy")
+    (ins,) = drawn
+    shown = [z for z in range(seg.shape[0]) if np.array_equal(seg[z], ins.target)]
+    assert any(np.allclose(data[0, z], ins.image) for z in shown)

@@ -126,16 +126,19 @@ class Inspection:
     """One model's activations on one slice, ready to draw."""
 
     model: str
-    image: np.ndarray  # (H, W), the first input channel
+    image: np.ndarray  # (H, W), the input channel shown (the first channel of the slice itself)
     target: np.ndarray  # (H, W) class map
     prediction: np.ndarray  # (H, W) class map
     activations: list[LayerActivation]
 
 
-def inspect_slice(model_name: str, model: nn.Module, image: np.ndarray, target: np.ndarray) -> Inspection:
+def inspect_slice(
+    model_name: str, model: nn.Module, image: np.ndarray, target: np.ndarray, shown_channel: int = 0
+) -> Inspection:
     """Activations of ``model`` on one preprocessed slice ``image`` (C, H, W) with class map ``target``.
 
     The slice is zero-padded to a multiple of 16 as in prediction and the maps are cropped back.
+    ``shown_channel`` is the input channel drawn as "input" (for 2.5D input the slice itself, not z-K).
     """
     from monetpipe.inference.predictor import pad_to_multiple
 
@@ -145,7 +148,7 @@ def inspect_slice(model_name: str, model: nn.Module, image: np.ndarray, target: 
     h, w = image.shape[-2:]
     pred = (logits[0, 0] > 0).long() if logits.shape[1] == 1 else logits[0].argmax(0)
     pred = pred[top : top + h, left : left + w].numpy()
-    return Inspection(model_name, np.asarray(image[0], np.float32), np.asarray(target), pred, acts)
+    return Inspection(model_name, np.asarray(image[shown_channel], np.float32), np.asarray(target), pred, acts)
 
 
 def draw_figure(inspections: list[Inspection], output: Path, channels: int = 16) -> Path:

@@ -91,7 +91,8 @@ def inspect_models(
     for model_name in models:
         folder = ModelFolder.for_run(paths.results, name, model_name.lower(), plans_name)
         model, _ = load_model(folder, fold, checkpoint)
-        ins = inspect_slice(folder.model, model, image, target)
+        # 2.5D stacks are slice-major (z-K .. z+K, each with every channel): the slice itself is block K
+        ins = inspect_slice(folder.model, model, image, target, shown_channel=context * data.shape[0])
         inspections.append(ins)
         rows += [{"model": folder.model, **row} for row in layer_statistics(ins.activations)]
         log.info("%s: %d activation layers on %s slice %d", folder.model, len(ins.activations), case_id, z)
