@@ -76,7 +76,7 @@ class Row:
 ROWS = {
     r.name: r
     for r in (
-        Row("baseline", "defaults, poly schedule, Dice loss, plans monetPlans (64 x 48), batch 32"),
+        Row("baseline", "the default recipe, poly schedule, Dice loss, plans monetPlans (64 x 48)"),
         Row("plateau", "the paper's schedule: ReduceLROnPlateau on the inner-val loss", ("--schedule", "plateau")),
         Row("cosine", "cosine decay to the LR floor at the budget's end", ("--schedule", "cosine")),
         Row("dice_ce", "loss Dice + cross-entropy", ("--loss", "dice_ce")),
@@ -272,16 +272,19 @@ def write_tables(work: Work, rows: list[dict]) -> tuple[Path, Path]:
         writer.writeheader()
         writer.writerows(rows)
     dice_labels = [c for c in columns if c.startswith("dice_") and c != "dice_fg"]
-    head = ["row", "change", "Dice (fg mean)", *[c[5:] for c in dice_labels], "HD95 mm", "epochs", "steps"]
-    head += ["s / step", "predict s (60 cases)", "load start / end"]
+    head = ["row", "change", "Dice (fg mean)", *[c[5:] for c in dice_labels], "HD95 mm", "patch", "batch"]
+    head += ["epochs", "steps", "s / step", "predict s (60 cases)", "load start / end"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["row"], r["change"], f"{r['dice_fg']:.4f}", *[f"{r[c]:.4f}" for c in dice_labels]]
-        cells += [f"{r['hd95_fg_mm']:.2f}", str(r["epochs"]), str(r["steps"]), f"{r['sec_per_step']}"]
+        change = ROWS[r["row"]].change if r["row"] in ROWS else r["change"]
+        cells = [r["row"], change, f"{r['dice_fg']:.4f}", *[f"{r[c]:.4f}" for c in dice_labels]]
+        cells += [f"{r['hd95_fg_mm']:.2f}", str(r.get("patch_size")), str(r.get("batch_size"))]
+        cells += [str(r["epochs"]), str(r["steps"]), f"{r['sec_per_step']}"]
         cells += [f"{r['predict_s']:.1f}", f"{r['load_start']:.1f} / {r['load_end']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     with atomic_path(md_file) as tmp:
-        tmp.write_text(f"Budget {work.budget} per row, fold 0 of {TASK}.\n\n" + "\n".join(lines) + "\n")
+        extra = f"; every row also ran monet_train {shlex.join(work.extra_train)}" if work.extra_train else ""
+        tmp.write_text(f"Budget {work.budget} per row, fold 0 of {TASK}{extra}.\n\n" + "\n".join(lines) + "\n")
     return csv_file, md_file
 
 

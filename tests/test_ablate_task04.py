@@ -106,4 +106,4 @@ def test_finished_rows_are_skipped_and_tabled(ablate, tmp_path, monkeypatch, cap
         rows = list(csv.DictReader(f))
     assert [r["row"] for r in rows] == ["baseline", "cosine"]  # table order, not --rows order
     table = (out / "ablation.md").read_text()
-    assert "| cosine | x | 0.8100 | 0.8100 | 2.00 | 3 | 75 |" in table
+    assert "| cosine | cosine decay to the LR floor at the budget's end | 0.8100 | 0.8100 | 2.00 |" in table
