@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -116,6 +117,21 @@ def test_predictions_have_the_input_grid_and_only_the_dataset_labels(upsampled_r
         assert g_out == g_in  # size, spacing, origin, direction
         assert labels.shape == image.shape[1:]
         assert set(np.unique(labels).tolist()) <= dataset_labels
+
+
+def test_an_upsampled_model_with_the_default_plans_is_refused(upsampled_run, tmp_path, capsys):
+    root, _, _ = upsampled_run
+    copied = tmp_path / "monet__monetPlans"
+    shutil.copytree(root / "results" / TASK / f"monet__monetPlans_s{MIN_SIZE}", copied)
+    shutil.copyfile(root / "preprocessed" / TASK / "monetPlans.json", copied / "plans.json")
+    images = root / "raw" / TASK / "imagesTs"
+    code = predict_main(["-i", str(images), "-o", str(tmp_path / "out"), "--model-folder", str(copied)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err  # not predicted at the wrong spacing
+    assert str(copied / "fold_0" / "checkpoint_final.pth") in err and "different preprocessing" in err
+    assert Plans.load(root / "preprocessed" / TASK / f"monetPlans_s{MIN_SIZE}.json").input_flags() == (
+        f" --min-size {MIN_SIZE}"
+    )
 
 
 def test_a_min_size_above_max_size_is_one_line(tmp_path, monkeypatch, capsys):

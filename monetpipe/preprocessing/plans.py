@@ -118,6 +118,7 @@ class Plans:
     def input_flags(self) -> str:
         """The ``monet_plan_and_preprocess`` options that plan this input (``""`` for the default)."""
         flags = " --channels " + " ".join(self.channel_names) if self.selects_channels else ""
+        flags += f" --min-size {self.min_size}" if self.min_size else ""
         return flags + (f" --context-slices {self.context_slices}" if self.context_slices else "")
 
     def describe_input(self) -> str:
