@@ -9,6 +9,14 @@ and the share spent outside the network.
     python scripts/benchmark_predict.py                      # 1 case, sequential stages
     python scripts/benchmark_predict.py --cases 3 --overlap  # read/write overlapped with the network
     python scripts/benchmark_predict.py --formats            # network only: contiguous vs channels_last
+    python scripts/benchmark_predict.py --variants torch torch_compile onnxruntime/int8 --rounds 2
+                                      # end to end per backend/precision, alternating, compile time included
+
+``--variants`` runs the whole folder once per variant per round, the variants taking turns; the first
+round of ``torch_compile`` includes its compilation (from Inductor's on-disk cache if it holds the
+shape: ``monetpipe.inference.backends.compile_cache_dir``; point ``TORCHINDUCTOR_CACHE_DIR`` at an empty
+folder to time a cold compile). ``/int8`` variants use an int8 model calibrated on noise slices (random
+weights: timing only).
 """
 
 from __future__ import annotations
@@ -122,6 +130,61 @@ def compare_formats(folder: Path, slices: int, batch_sizes: list[int], repeats: 
         print(f"{name:<16}{b:>6}{best:>9.2f}{best / slices:>10.3f}{gflop * slices / best:>9.1f}")
 
 
+def write_int8_model(folder: Path) -> None:
+    """fold_0's int8 model, calibrated on noise (the network has random weights; for timing only)."""
+    import json
+
+    import torch
+
+    from monetpipe.inference.loading import load_checkpoint, network_from_checkpoint
+    from monetpipe.inference.precision import PrecisionFiles, file_sha1, quantize_onnx_int8
+
+    files = PrecisionFiles(folder / "fold_0")
+    if files.int8_current():
+        return
+    network = network_from_checkpoint(load_checkpoint(files.checkpoint_file), files.checkpoint_file)
+    quantize_onnx_int8(
+        network, torch.randn(16, 1, 256, 256, generator=torch.Generator().manual_seed(0)), files.int8_model
+    )
+    files.int8_record.write_text(json.dumps({"checkpoint_sha1": file_sha1(files.checkpoint_file), "slices": 16}))
+
+
+def compare_variants(inp: Path, work: Path, folder: Path, args, threads: int) -> None:
+    """End-to-end seconds per case for each ``backend[/precision]``, the variants taking turns per round."""
+    from monetpipe.inference.api import predict_folder
+
+    variants = [v.split("/") + ["fp32"] if "/" not in v else v.split("/") for v in args.variants]
+    if any(p == "int8" for _, p in variants):
+        write_int8_model(folder)
+    walls: dict = {tuple(v): [] for v in variants}
+    networks: dict = {tuple(v): [] for v in variants}
+    for r in range(args.rounds):
+        for backend, precision in variants:
+            summary = predict_folder(
+                inp,
+                work / "out",
+                folder,
+                device="cpu",
+                overwrite=True,
+                num_threads=threads,
+                overlap=args.overlap,
+                workers=args.workers,
+                backend=backend,
+                precision=precision,
+            )
+            if not summary.ok:
+                raise SystemExit(summary.report())
+            walls[(backend, precision)].append(summary.seconds / len(summary.predicted))
+            networks[(backend, precision)].append(summary.stage_seconds()["network"] / len(summary.predicted))
+            print(f"round {r + 1}: {backend}/{precision} {walls[(backend, precision)][-1]:.2f} s/case", flush=True)
+    base = walls[tuple(variants[0])]
+    print(f"\n{'variant':<22}{'round 1 s/case':>15}{'later rounds':>14}{'network':>9}{'vs first':>9}")
+    for key, ts in walls.items():
+        later = min(ts[1:]) if len(ts) > 1 else float("nan")
+        ratio = later / min(base[1:]) if len(ts) > 1 else ts[0] / base[0]
+        print(f"{'/'.join(key):<22}{ts[0]:>15.2f}{later:>14.2f}{min(networks[key]):>9.2f}{ratio:>9.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", type=int, default=1)
@@ -143,6 +206,14 @@ def main() -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8, 16, 32], help="for --formats")
     p.add_argument("--repeats", type=int, default=3, help="repeats for --formats")
     p.add_argument("--workdir", type=Path, default=None, help="keep inputs and outputs here (default: a temp dir)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="BACKEND[/PRECISION]",
+        help="compare these end to end, alternating (e.g. torch torch_compile onnxruntime/int8 torch/bf16)",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="rounds for --variants (default 2)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -150,6 +221,7 @@ def main() -> None:
 
     from monetpipe.devices import configure_threads
     from monetpipe.inference.api import STAGES, predict_folder
+    from monetpipe.inference.backends import compile_cache_dir
 
     threads = configure_threads(args.threads)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="monet_bench_"))
@@ -163,6 +235,8 @@ def main() -> None:
     if args.formats:
         compare_formats(folder, args.slices, args.batch_sizes, args.repeats)
         return
+    if args.variants:
+        print(f"compile cache: {compile_cache_dir()}")
 
     inp = work / "in"
     inp.mkdir(parents=True, exist_ok=True)
@@ -173,6 +247,9 @@ def main() -> None:
             image.SetSpacing((0.8, 0.8, 2.5))
             image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
             sitk.WriteImage(image, str(path), True)
+    if args.variants:
+        compare_variants(inp, work, folder, args, threads)
+        return
     summary = predict_folder(
         inp,
         work / "out",
