@@ -277,7 +277,8 @@ def _precision_columns(rows, before: dict, after: dict, sizes: dict, config: Ben
             r["precision_matmul_gflops"] = rate
         r["fp32_floor_ratio"] = r["cpu_s_median"] / fp32_floor
         r["vs_fp32"] = r["cpu_s_median"] / fp32.get((r["backend"], r["batch_size"], r["workers"]), best_fp32)
-        r["precision_mib"] = sizes.get(p, float("nan"))
+        stored = not (p == "int8" and r["backend"] != "onnxruntime")  # PT2E keeps no file
+        r["precision_mib"] = sizes.get(p, float("nan")) if stored else float("nan")
         r["dice_diff"] = dice.get(p, float("nan"))
     return rows
 
