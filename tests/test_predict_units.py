@@ -403,3 +403,15 @@ def test_an_unknown_network_is_refused_and_only_model_folders_are_listed(monet_r
         resolve_model_folder("901", "MoNet", paths=monet_roots)  # case-insensitive, as monet_train
     assert "monet__monetPlans: no trained model" in str(info.value) and "overlays" not in str(info.value)
     assert "unet16__monetPlans" in str(info.value)
+
+
+def test_fold_flag_reads_as_in_monet_train():
+    """-f / --fold / --folds name the same trained folds; 'all' is monet_train -f all's model."""
+    from monetpipe.inference.cli import build_parser
+
+    parser = build_parser()
+    base = ["-i", "in", "-o", "out", "-t", "4", "-m", "monet"]
+    assert parser.parse_args(base + ["-f", "all"]).folds == ["all"]
+    assert parser.parse_args(base + ["--fold", "0", "1"]).folds == ["0", "1"]
+    assert parser.parse_args(base + ["--folds", "2"]).folds == ["2"]
+    assert "monet_train -f all" in " ".join(parser.format_help().split())

@@ -32,10 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-f",
         "--folds",
+        "--fold",
+        dest="folds",
         nargs="+",
         default=None,
         metavar="FOLD",
-        help="folds to ensemble, e.g. 0 1 2 or 'all' (default: every fold with the checkpoint)",
+        help="trained fold(s) to ensemble, e.g. 0 1 2; 'all' is the model monet_train -f all trained on every "
+        "case, as in monet_train (default: every fold with the checkpoint)",
     )
     p.add_argument(
         "--checkpoint",
