@@ -49,15 +49,23 @@ def matmul_gflops(n: int = 4096, repeats: int = 3, device: str | torch.device = 
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device)
     b = torch.randn(n, n, generator=gen).to(device)
-    torch.matmul(a, b)
-    _sync(device)
+
+    def product() -> None:
+        torch.matmul(a, b)
+        _sync(device)
+
+    return 2 * n**3 / _best_seconds(product, repeats) / 1e9
+
+
+def _best_seconds(run: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``run``, after one untimed warm-up call."""
+    run()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.matmul(a, b)
-        _sync(device)
+        run()
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return best
 
 
 #: n of the reduced-precision reference matmuls: emulated bfloat16 runs below 1 GFLOP/s on CPUs without
@@ -87,13 +95,7 @@ def _int8_matmul_gflops(n: int, repeats: int) -> float:
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feed = {"a": rng.integers(0, 256, (n, n), dtype=np.uint8), "b": rng.integers(-128, 128, (n, n), dtype=np.int8)}
-    session.run(None, feed)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / _best_seconds(lambda: session.run(None, feed), repeats) / 1e9
 
 
 def precision_matmul_gflops(precision: str, n: int = REDUCED_MATMUL_SIZE, repeats: int = 3) -> float:
@@ -113,13 +115,7 @@ def precision_matmul_gflops(precision: str, n: int = REDUCED_MATMUL_SIZE, repeat
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).bfloat16()
     b = torch.randn(n, n, generator=gen).bfloat16()
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / _best_seconds(lambda: torch.matmul(a, b), repeats) / 1e9
 
 
 def make_slices(slices: int, size: int, in_channels: int = 1, seed: int = 0) -> torch.Tensor:
