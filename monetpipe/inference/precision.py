@@ -18,6 +18,7 @@ the tolerance is refused (:class:`~monetpipe.errors.MonetError`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -203,6 +204,14 @@ def calibration_slices(
 
 
 def file_sha1(path: Path) -> str:
+    """SHA-1 of a file's content; hashed once per (path, size, modification time) in a process, since
+    resolving ``auto`` and checking a precision both read the same checkpoints' records."""
+    st = os.stat(path)
+    return _sha1(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha1(path: str, _size: int, _mtime_ns: int) -> str:
     digest = hashlib.sha1()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
