@@ -216,6 +216,7 @@ def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
             device,
             ctx,
             settings.val_batch_size,
+            context_slices=fp.plans.context_slices,
         )
         is_best = run.end_round(server_round, round_rows, len(messages), metrics, settings, time.perf_counter() - start)
         _save_round(fp, settings, net, train_config, record, run, is_best)

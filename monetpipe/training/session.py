@@ -414,6 +414,7 @@ def _inner_validator(fp: FoldPlan, config: TrainConfig, parts: TrainingParts, ct
             ctx,
             config.val_batch_size,
             parts.amp,
+            context_slices=fp.plans.context_slices,
             autocast_dtype=parts.autocast_dtype,
         )
 
