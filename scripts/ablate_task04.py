@@ -53,6 +53,7 @@ class Row:
     predict: tuple[str, ...] = ()  # monet_predict flags
     model_of: str = ""  # predict with this row's trained model instead of training one (TTA)
     replace_baseline: bool = False  # the row's flags replace BASELINE_TRAIN (a whole recipe)
+    model: str = MODEL  # monet_train -m (a reference row trains another network at the same budget)
 
     @property
     def plan_flags(self) -> tuple[str, ...]:
@@ -104,6 +105,7 @@ ROWS = {
             ("--recipe", "paper"),
             replace_baseline=True,
         ),
+        Row("unet16", "reference, not an ablation: U-Net-16 with the baseline's flags and budget", model="unet16"),
     )
 }
 
@@ -143,7 +145,7 @@ class Work:
 
     def model_folder(self, row: Row) -> Path:
         trained = ROWS[row.model_of] if row.model_of else row
-        return self.results(row) / TASK / f"{MODEL}__{trained.plans}"
+        return self.results(row) / TASK / f"{trained.model}__{trained.plans}"
 
     def env(self, row: Row) -> dict[str, str]:
         return {
@@ -156,7 +158,7 @@ class Work:
         """The row's steps in order: (step, command). TTA's training step is its model's (a no-op once done)."""
         trained = ROWS[row.model_of] if row.model_of else row
         plan = [str(self.bin / "monet_plan_and_preprocess"), "-t", "4", "-np", str(self.num_processes)]
-        train = [str(self.bin / "monet_train"), "-t", "4", "-m", MODEL, "-f", "0", "-p", trained.plans]
+        train = [str(self.bin / "monet_train"), "-t", "4", "-m", trained.model, "-f", "0", "-p", trained.plans]
         train += ["--time-budget", self.budget, "--continue", *trained.train_flags, *self.extra_train]
         predictions = self.row_dir(row.name) / "predictions"
         predict = [str(self.bin / "monet_predict"), "-i", str(self.val_images), "-o", str(predictions)]
