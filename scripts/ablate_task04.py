@@ -210,7 +210,7 @@ def training_numbers(fold: Path) -> dict:
     with open(fold / "training_log.csv", newline="") as f:
         epochs = list(csv.DictReader(f))
     iterations = int(config["resolved"]["iterations_per_epoch"])
-    steps = iterations * len(epochs)
+    steps = sum(int(float(e.get("steps") or iterations)) for e in epochs)  # a cut first epoch has fewer
     train_s = sum(float(e["seconds"]) - float(e.get("val_seconds") or 0) for e in epochs)
     settings = config["config"]
     return {

@@ -115,13 +115,13 @@ def test_the_planner_reserves_the_final_validation_from_the_inner_validation_tim
 
 def test_the_first_epoch_of_a_budget_run_is_planned_from_its_first_steps(monkeypatch):
     from monetpipe.training.distributed import DistContext
-    from monetpipe.training.trainer import TrainingState, _first_plan
+    from monetpipe.training.trainer import FirstEpochPlan, TrainingState
 
     now = [0.0]
     monkeypatch.setattr(time, "perf_counter", lambda: now[0])  # 0.5 s per step, 20 s per 40-step epoch
     planner = EpochPlanner(50.0, None, started=0.0)  # two epochs fit (the LR plan allows 15 % slower ones)
     schedule = ProgressSchedule("poly", 1e-3, 0.0)
-    probe = _first_plan(schedule, planner, TrainingState(), DistContext(), torch.device("cpu"), iterations=40)
+    probe = FirstEpochPlan(schedule, planner, TrainingState(), DistContext(), torch.device("cpu"), iterations=40)
     schedule.plan(None)  # nothing measured yet
     lrs = []
     for i in range(80):
@@ -299,6 +299,27 @@ def test_a_budget_run_ends_with_the_lr_at_its_floor(roots, ticking):
     assert all(a["lr_end"] >= b["lr_end"] for a, b in zip(rows, rows[1:], strict=False))
     final = load_checkpoint(_fold(roots) / "checkpoint_final.pth")
     assert final["lr_schedule"]["progress"] == 1.0 and final["optimizer"]["param_groups"][0]["lr"] == config.lr_floor
+
+
+def test_a_first_epoch_longer_than_the_budget_is_cut_and_ends_at_the_lr_floor(roots, ticking, caplog):
+    """A large task on a CPU: one epoch takes longer than the whole budget. The epoch is cut at the step
+    its first timed steps say fits, the LR reaches the floor there, and the run stops instead of running
+    the epoch out."""
+    from monetpipe.results import load_checkpoint
+    from monetpipe.training import train_fold
+
+    config = TINY.with_changes(time_budget=8.0, iters_per_epoch=40, batch_size=2)
+    with caplog.at_level("WARNING"):
+        result = train_fold("901", "monet", 0, config, paths=roots)
+    iterations = json.loads((_fold(roots) / "config.json").read_text())["resolved"]["iterations_per_epoch"]
+    rows = read_log_csv(_fold(roots) / "training_log.csv")
+    # 0.25 s per step on the ticking clock: the whole epoch would take 7-10 s of the 8 s budget
+    assert iterations >= 30 and result.epochs == 1 and len(rows) == 1
+    assert 3 <= rows[0]["steps"] < iterations and rows[0]["elapsed"] <= 8.0
+    assert rows[0]["lr_end"] == pytest.approx(config.lr_floor)
+    assert "this epoch is cut after" in caplog.text and result.validation is not None
+    final = load_checkpoint(_fold(roots) / "checkpoint_final.pth")
+    assert final["lr_schedule"]["progress"] == 1.0
 
 
 def test_continue_keeps_the_budget_across_both_runs(roots, ticking, monkeypatch):

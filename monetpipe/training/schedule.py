@@ -19,7 +19,10 @@ is stored in the checkpoint, so ``--continue`` goes on from there.
 The time budget counts wall-clock seconds of training across ``--continue`` (stored in the checkpoint as
 ``elapsed_seconds``): set-up, optimizer steps, inner validation and checkpoint writing. The final
 validation's time is reserved out of it (:func:`final_validation_reserve`). Training stops at an epoch
-boundary, when the next epoch would not fit any more.
+boundary, when the next epoch would not fit any more. The one exception is a first epoch longer than the
+whole budget (a large task on a CPU, e.g. 250 steps of 256 x 256 slices): it is cut at the step that uses
+:data:`FIRST_EPOCH_TRAIN_SHARE` of what is left, planned from its first timed steps, and the LR schedule
+reaches its floor at that step.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ FINAL_VALIDATION_MARGIN_S = 2.0
 # epoch up to 15 % slower than planned still ends the run at the LR floor (at the cost of, at most, one
 # last epoch run at the floor when the timing holds).
 LR_PLAN_SLACK = 1.15
+# A first epoch that would not fit the budget trains for this share of the time left; the rest is for what
+# nothing has measured yet: its inner validation, the checkpoints and the final validation.
+FIRST_EPOCH_TRAIN_SHARE = 0.7
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([smh])")
 DURATION_EXAMPLES = "90s, 45m, 1.5h or 1h30m"

@@ -21,7 +21,13 @@ from tqdm import tqdm
 from monetpipe.errors import MonetError
 from monetpipe.training.data import derive_seed
 from monetpipe.training.distributed import DistContext, all_reduce_sum
-from monetpipe.training.schedule import LR_PLAN_SLACK, EpochPlanner, ProgressSchedule, format_duration
+from monetpipe.training.schedule import (
+    FIRST_EPOCH_TRAIN_SHARE,
+    LR_PLAN_SLACK,
+    EpochPlanner,
+    ProgressSchedule,
+    format_duration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +108,10 @@ def train_epoch(
     first_batch: int,
     progress: bool = True,
     desc: str = "",
-    after_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int], bool | None] | None = None,
 ) -> float:
-    """Run ``iterations`` optimizer steps; returns this process's mean training loss.
+    """Run ``iterations`` optimizer steps (fewer if ``after_step`` ends the epoch); returns this process's
+    mean training loss over the steps taken.
 
     Args:
         parts: model, loss, optimizer, scaler, device.
@@ -113,11 +120,13 @@ def train_epoch(
         first_batch: global number of the epoch's first batch (checked, so a reordered stream fails loudly).
         progress: show a tqdm bar.
         desc: the bar's label.
-        after_step: called with the step's index after each optimizer step.
+        after_step: called with the step's index after each optimizer step; returning True ends the epoch
+            there (every rank must return the same).
     """
     parts.model.train()
     total = torch.zeros((), device=parts.device)
     dtype = parts.compute_dtype
+    taken = 0
     for i in tqdm(range(iterations), desc=desc, disable=not progress, leave=False, mininterval=1.0):
         batch = next(batches)
         if batch["batch"] != first_batch + i:
@@ -136,9 +145,10 @@ def train_epoch(
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
         total += loss.detach()
-        if after_step is not None:
-            after_step(i)
-    return float(total) / iterations
+        taken = i + 1
+        if after_step is not None and after_step(i):
+            break
+    return float(total) / max(taken, 1)
 
 
 def fit(
@@ -194,8 +204,9 @@ def fit(
         shown = epochs if planner.budget is None else None
         probe = None
         if parts.lr_schedule is not None and not planner.measured(state.history):
-            probe = _first_plan(parts.lr_schedule, planner, state, ctx, parts.device, iterations)
+            probe = FirstEpochPlan(parts.lr_schedule, planner, state, ctx, parts.device, iterations)
         train_loss = _epoch_train_loss(parts, batches, iterations, epoch, shown, ctx, probe)
+        cut = probe.cut if probe is not None else None
         val_start = time.perf_counter()
         metrics = validate()
         end = time.perf_counter()
@@ -216,6 +227,7 @@ def fit(
             "seconds": round(end - start, 2),
             "val_seconds": round(end - val_start, 3),
             "overhead_seconds": round(planner.overhead_seconds[-1], 3) if planner.overhead_seconds else None,
+            "steps": cut or iterations,
         }
         if parts.lr_schedule is not None:
             row["lr_end"] = current_lr(parts.optimizer)
@@ -226,7 +238,9 @@ def fit(
         on_epoch_end(state, is_best)
         now = time.perf_counter()
         planner.overhead_seconds.append(now - end)
-        remaining, lr_epochs = (0, 0) if state.stopped_early else _plan(planner, state, ctx, parts.device, now)
+        # after a cut epoch the batch stream is not at an epoch boundary: the run ends (its budget is spent)
+        ended = state.stopped_early or cut is not None
+        remaining, lr_epochs = (0, 0) if ended else _plan(planner, state, ctx, parts.device, now)
         if ctx.is_main:
             _log_epoch(row, epochs, metrics, is_best, planner, remaining)
         if state.stopped_early:
@@ -255,38 +269,70 @@ def _plan(
     return tuple(None if n < 0 else max(int(n), 0) for n in agreed)  # type: ignore[return-value]
 
 
-def _first_plan(
-    schedule: ProgressSchedule,
-    planner: EpochPlanner,
-    state: TrainingState,
-    ctx: DistContext,
-    device: torch.device,
-    iterations: int,
-) -> Callable[[int], None] | None:
-    """The LR plan of a budget run's first epoch, made a few steps into it from their measured time.
+class FirstEpochPlan:
+    """The LR plan of a budget run's first epoch, made a few steps into it from their measured time; called
+    after every step of that epoch (``after_step`` of :func:`train_epoch`).
 
-    Until then the LR stays where it is (``--lr`` in a fresh run). Step 0 (warm-up) is not timed; the
+    Until the plan the LR stays where it is (``--lr`` in a fresh run). Step 0 (warm-up) is not timed; the
     inner validation is not known yet and counted as nothing, so this plan may spread the decay over too
-    many epochs: the plan after the epoch, on its measured time, corrects that.
+    many epochs: the plan after the epoch, on its measured time, corrects that. When the whole epoch would
+    take more than :data:`FIRST_EPOCH_TRAIN_SHARE` of the budget left, it is cut at the step that uses that
+    share (:attr:`cut`, the same on every rank) and the LR reaches its floor there.
     """
-    probe_step = min(max(iterations // 20, 2), 10)
-    if iterations <= probe_step + 1:
-        return None
-    timer: dict[str, float] = {}
 
-    def after_step(i: int) -> None:
+    def __init__(
+        self,
+        schedule: ProgressSchedule,
+        planner: EpochPlanner,
+        state: TrainingState,
+        ctx: DistContext,
+        device: torch.device,
+        iterations: int,
+    ) -> None:
+        self.schedule, self.planner, self.state = schedule, planner, state
+        self.ctx, self.device, self.iterations = ctx, device, iterations
+        self.probe_step = min(max(iterations // 20, 2), 10)
+        self.cut: int | None = None  # steps the epoch is cut to
+        self._start = 0.0
+
+    def __call__(self, i: int) -> bool:
+        """After step ``i``: True when the epoch ends here."""
+        if self.iterations <= self.probe_step + 1:
+            return False
         if i == 0:
-            timer["start"] = time.perf_counter()
-        elif i == probe_step:
-            seconds = (time.perf_counter() - timer["start"]) / i * iterations
-            lr_epochs = planner.remaining(state.epoch, state.history, LR_PLAN_SLACK, epoch_seconds=seconds)
-            if ctx.enabled:
-                agreed = torch.tensor([float(lr_epochs or 0) if ctx.is_main else 0.0], device=device)
-                lr_epochs = int(all_reduce_sum(agreed, ctx).item())
-            if lr_epochs is not None:
-                schedule.plan(max(lr_epochs * iterations - (i + 1), 1))
+            self._start = time.perf_counter()
+        elif i == self.probe_step:
+            self._plan(i, (time.perf_counter() - self._start) / i)
+        return self.cut is not None and i + 1 >= self.cut
 
-    return after_step
+    def _plan(self, i: int, step_seconds: float) -> None:
+        planner = self.planner
+        lr_epochs = planner.remaining(
+            self.state.epoch, self.state.history, LR_PLAN_SLACK, epoch_seconds=step_seconds * self.iterations
+        )
+        steps = self.iterations
+        if planner.budget is not None:
+            left = (planner.budget - planner.elapsed()) * FIRST_EPOCH_TRAIN_SHARE
+            steps = min(self.iterations, max(i + 1, math.floor(left / max(step_seconds, 1e-9))))
+        if self.ctx.enabled:  # rank 0's numbers on every rank
+            mine = [float(lr_epochs if lr_epochs is not None else -1), float(steps)] if self.ctx.is_main else [0.0, 0.0]
+            agreed = all_reduce_sum(torch.tensor(mine, dtype=torch.float64, device=self.device), self.ctx).tolist()
+            lr_epochs, steps = (None if agreed[0] < 0 else int(agreed[0])), int(agreed[1])
+        if steps < self.iterations:
+            self.cut = steps
+            if self.ctx.is_main:
+                log.warning(
+                    "time budget: one epoch of %d steps would take %s, more than the %s left; this epoch is cut "
+                    "after %d steps, and the run ends there (a larger --time-budget or a smaller "
+                    "--iters-per-epoch gives more than one epoch)",
+                    self.iterations,
+                    format_duration(step_seconds * self.iterations),
+                    format_duration((planner.budget or 0.0) - planner.elapsed()),
+                    steps,
+                )
+            self.schedule.plan(max(steps - (i + 1), 1))
+        elif lr_epochs is not None:
+            self.schedule.plan(max(lr_epochs * self.iterations - (i + 1), 1))
 
 
 def _log_budget_end(parts: TrainingParts, state: TrainingState, planner: EpochPlanner) -> None:
@@ -314,7 +360,7 @@ def _epoch_train_loss(
     epoch: int,
     epochs: int | None,
     ctx: DistContext,
-    after_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int], bool | None] | None = None,
 ) -> float:
     """One epoch of optimizer steps; its mean training loss over all ranks, refused if not finite."""
     train_loss = train_epoch(
