@@ -21,6 +21,7 @@ the intensity statistics stay CT-like.
 
     python scripts/scale_task07.py --root /data/scale                     # everything, 20/70/140/281
     python scripts/scale_task07.py --root /tmp/scale --steps 10 20 --cases 20 --no-train --no-predict
+    python scripts/scale_task07.py --root /data/scale --steps 281 --one-changed-only   # incremental rerun only
 """
 
 from __future__ import annotations
@@ -247,18 +248,40 @@ def measure_preprocessing(root: Path, source: Path, args: argparse.Namespace) ->
             "rerun_cpu_s": round(again_cpu, 2),
         }
         if n == max(args.steps):
-            before = _mtimes(pre / TASK)
-            changed = _case_file(raw, 1, "image")  # replace the link by a changed copy (the source stays)
-            changed.unlink()
-            write_case((raw, 1, args.bases, 1))
-            one, _, one_cpu = run_measured(cmd, env, root / f"preprocess_{n}_one_changed.log")
-            after = _mtimes(pre / TASK)
-            row["one_changed_s"] = round(one, 1)
-            row["one_changed_cpu_s"] = round(one_cpu, 1)
-            row["rewritten_cases"] = sum(after[k] != before.get(k) for k in after)
+            row.update(measure_one_changed(raw, pre, cmd, env, args.bases, root / f"preprocess_{n}_one_changed.log"))
         rows.append(row)
         log.info("%s", row)
     return rows
+
+
+def measure_one_changed(raw: Path, pre: Path, cmd: list[str], env: dict, bases: int, log_file: Path) -> dict:
+    """Replace case 1's image by a copy with new noise (the source stays) and rerun: the command's time and
+    the cases whose cache files were rewritten. The noise seed is new on every call, so the file changes
+    even where an earlier run already replaced it."""
+    before = _mtimes(pre / TASK)
+    changed = _case_file(raw, 1, "image")
+    changed.unlink()
+    write_case((raw, 1, bases, time.time_ns() % 2**32 or 1))
+    one, _, one_cpu = run_measured(cmd, env, log_file)
+    after = _mtimes(pre / TASK)
+    rewritten = {Path(k).stem.split(".")[0] for k in after if after[k] != before.get(k)}
+    return {"one_changed_s": round(one, 1), "one_changed_cpu_s": round(one_cpu, 1), "rewritten_cases": len(rewritten)}
+
+
+def measure_one_changed_only(root: Path, n: int, args: argparse.Namespace) -> dict:
+    """``--one-changed-only``: on an existing ``preprocessed_<n>``, a rerun to bring it up to date (e.g. after
+    a fingerprint format change; timed too), then one changed case."""
+    raw = root / f"raw_{n}" / TASK
+    pre = root / f"preprocessed_{n}"
+    env = {**os.environ, "MONET_raw": str(raw.parent), "MONET_preprocessed": str(pre)}
+    cmd = [_bin("monet_plan_and_preprocess"), "-t", str(raw), "-np", str(args.processes)]
+    settle, _, settle_cpu = run_measured(cmd, env, root / f"preprocess_{n}_settle.log")
+    row = {"cases": n, "settle_s": round(settle, 1), "settle_cpu_s": round(settle_cpu, 1)}
+    row["load_1min_at_start"] = round(os.getloadavg()[0], 1)
+    row.update(measure_one_changed(raw, pre, cmd, env, args.bases, root / f"preprocess_{n}_one_changed.log"))
+    row["load_1min_at_end"] = round(os.getloadavg()[0], 1)
+    log.info("%s", row)
+    return row
 
 
 def measure_training(root: Path, n: int, args: argparse.Namespace) -> dict:
@@ -321,12 +344,22 @@ def main() -> None:
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--no-predict", action="store_true")
     p.add_argument("--only-generate", action="store_true")
+    p.add_argument(
+        "--one-changed-only",
+        action="store_true",
+        help="only measure a rerun after one changed case, on the existing cache of the largest --steps",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     root = args.root.resolve()
     source = root / "source" / TASK
     make_source(source, args.cases, args.tests, args.bases, args.processes)
     if args.only_generate:
+        return
+    if args.one_changed_only:
+        row = measure_one_changed_only(root, max(args.steps), args)
+        (root / "one_changed.json").write_text(json.dumps(row, indent=1))
+        print(json.dumps(row, indent=1))
         return
     results: dict = {"preprocessing": measure_preprocessing(root, source, args)}
     if not args.no_train:

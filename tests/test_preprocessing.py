@@ -173,6 +173,48 @@ def test_changed_intensities_keep_the_plans_and_rebuild_one_case_unless_replan(c
     assert third.num_built == 6
 
 
+def test_fingerprint_reads_only_new_or_changed_cases_and_equals_a_full_recompute(ct_task, monkeypatch):
+    import SimpleITK as sitk
+
+    from monetpipe.io.dataset import load_task
+    from monetpipe.preprocessing import fingerprint as fp
+
+    first = plan_and_preprocess("901", num_processes=1)
+    samples_dir = first.task_dir / fp.SAMPLES_FOLDER
+    assert sorted(p.stem for p in samples_dir.glob("*.npy")) == sorted(
+        first.splits[0]["train"] + first.splits[0]["val"]
+    )
+    read = []
+    original = fp._fingerprint_case
+    monkeypatch.setattr(fp, "_fingerprint_case", lambda args: read.append(args[0].case_id) or original(args))
+
+    raw = ct_task.raw / "Task901_SyntheticCT"
+    image_file = raw / "imagesTr" / "synct_002.nii.gz"
+    img = sitk.ReadImage(str(image_file))
+    brighter = sitk.GetImageFromArray(sitk.GetArrayFromImage(img) + np.int16(80))
+    brighter.CopyInformation(img)
+    sitk.WriteImage(brighter, str(image_file), True)
+    (samples_dir / "synct_004.npy").write_bytes(b"not numpy")  # a damaged sample file: that case is read again
+    second = plan_and_preprocess("901", num_processes=1)
+    assert sorted(read) == ["synct_002", "synct_004"] and second.num_built == 1
+
+    incremental = read_json(first.task_dir / "dataset_fingerprint.json")
+    full = fp.compute_fingerprint(load_task(raw), num_processes=1)
+    assert incremental["foreground_intensity"] == full["foreground_intensity"]
+    assert incremental["cases"] == full["cases"]
+
+    # a removed case: nothing is read, its samples go, the statistics are the remaining cases'
+    read.clear()
+    for f in (raw / "imagesTr" / "synct_005.nii.gz", raw / "labelsTr" / "synct_005.nii.gz"):
+        f.unlink()
+    dataset = json.loads((raw / "dataset.json").read_text())
+    dataset["training"] = [t for t in dataset["training"] if "synct_005" not in t["label"]]
+    dataset["numTraining"] = len(dataset["training"])
+    (raw / "dataset.json").write_text(json.dumps(dataset))
+    fp.compute_fingerprint(load_task(raw), 1, incremental, samples_dir)
+    assert read == [] and not (samples_dir / "synct_005.npy").exists()
+
+
 def test_a_raw_task_folder_outside_monet_raw_is_read_from_its_path(monet_roots, tmp_path):
     from monetpipe.paths import find_task
 

@@ -14,9 +14,9 @@ from monetpipe.io.atomic import atomic_path, ensure_writable_dir, read_json, wri
 from monetpipe.io.dataset import load_task
 from monetpipe.parallel import map_cases
 from monetpipe.paths import MonetPaths, find_task, looks_like_path
-from monetpipe.preprocessing.fingerprint import compute_fingerprint
+from monetpipe.preprocessing.fingerprint import SAMPLES_FOLDER, compute_fingerprint
 from monetpipe.preprocessing.planner import check_size_bounds, plan_experiment, select_channels
-from monetpipe.preprocessing.plans import Plans, plans_name_for
+from monetpipe.preprocessing.plans import DEFAULT_MAX_SIZE, Plans, plans_name_for
 from monetpipe.preprocessing.slice_cache import CacheLayout, cache_case, case_hash, is_current
 from monetpipe.preprocessing.splits import ensure_splits
 
@@ -44,7 +44,7 @@ def plan_and_preprocess(
     binary: bool = False,
     labels: list[int] | None = None,
     folds: int = 1,
-    max_size: int = 256,
+    max_size: int = DEFAULT_MAX_SIZE,
     overwrite_splits: bool = False,
     replan: bool = False,
     channels: list[str] | None = None,
@@ -85,7 +85,7 @@ def plan_and_preprocess(
     if context_slices < 0:
         raise MonetError(f"--context-slices {context_slices}: give 0 (2D) or a positive number of slices per side.")
     check_size_bounds(min_size, max_size)
-    plans_name = plans_name_for(binary, labels, names, context_slices, min_size)
+    plans_name = plans_name_for(binary, labels, names, context_slices, min_size, max_size)
     layout = CacheLayout(out_dir, plans_name)
     fix = f"Make it writable or set MONET_preprocessed to a writable folder (now {paths.preprocessed})."
     for folder in (out_dir, layout.slices, layout.gt_segmentations):  # before any work starts
@@ -97,7 +97,7 @@ def plan_and_preprocess(
 
     fp_file = out_dir / "dataset_fingerprint.json"
     previous = read_json(fp_file) if fp_file.is_file() else None
-    fingerprint = compute_fingerprint(dataset, num_processes, previous)
+    fingerprint = compute_fingerprint(dataset, num_processes, previous, out_dir / SAMPLES_FOLDER)
     if fingerprint is not previous:
         write_json(fingerprint, fp_file)
 

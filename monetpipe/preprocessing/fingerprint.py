@@ -4,6 +4,10 @@ Per case: spacing, shape, shape after cropping to the nonzero region, channel co
 present, and a content hash of each source file (so a changed file rebuilds exactly its cache entry).
 Per channel: foreground intensity statistics from voxels where the label is > 0.
 Reading a case also validates it; every problem names the file and the fix.
+
+The fingerprint is incremental: each case's intensity samples are kept beside it (one ``.npy`` per case in
+``dataset_fingerprint_samples/``, drawn with a seed made from the case id), so when files change only the
+cases they belong to are read again, and the statistics are pooled from the stored samples.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from monetpipe.errors import DatasetError
+from monetpipe.io.atomic import atomic_path
 from monetpipe.io.dataset import Case, TaskDataset
 from monetpipe.io.image import Geometry, read_label, read_volume
 from monetpipe.parallel import map_cases
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT_VERSION = 1
+# 2: the sampling seed comes from the case id (it was the case's index), and samples are stored per case.
+FINGERPRINT_VERSION = 2
 _SAMPLES_PER_CASE = 10_000
+SAMPLES_FOLDER = "dataset_fingerprint_samples"
 
 
 def file_hash(path: Path, cache: dict | None = None) -> str:
@@ -84,18 +91,21 @@ def load_training_case(case: Case, task: TaskDataset) -> tuple[np.ndarray, np.nd
     return image, label, geometry
 
 
-def _fingerprint_case(args: tuple[Case, TaskDataset, int]) -> dict:
-    case, task, seed = args
+def case_seed(case_id: str) -> int:
+    """The sampling seed of a case: from its id, so adding or removing other cases leaves it unchanged."""
+    return int.from_bytes(hashlib.blake2b(case_id.encode(), digest_size=8).digest(), "little")
+
+
+def _fingerprint_case(args: tuple[Case, TaskDataset]) -> dict:
+    case, task = args
     image, label, geometry = load_training_case(case, task)
     box = nonzero_bbox(image)
     fg = label > 0
-    rng = np.random.default_rng(seed)
-    samples = []
-    for c in range(image.shape[0]):
-        values = image[c][fg]
-        if values.size > _SAMPLES_PER_CASE:
-            values = rng.choice(values, _SAMPLES_PER_CASE, replace=False)
-        samples.append(values.astype(np.float32))
+    # The same voxels in every channel, so a case's samples are one (channels, n) array.
+    samples = np.stack([image[c][fg] for c in range(image.shape[0])]).astype(np.float32, copy=False)
+    if samples.shape[1] > _SAMPLES_PER_CASE:
+        rng = np.random.default_rng(case_seed(case.case_id))
+        samples = samples[:, np.sort(rng.choice(samples.shape[1], _SAMPLES_PER_CASE, replace=False))]
     return {
         "case_id": case.case_id,
         "spacing": list(geometry.spacing_zyx),
@@ -107,44 +117,87 @@ def _fingerprint_case(args: tuple[Case, TaskDataset, int]) -> dict:
     }
 
 
-def compute_fingerprint(task: TaskDataset, num_processes: int = 2, previous: dict | None = None) -> dict:
+def compute_fingerprint(
+    task: TaskDataset,
+    num_processes: int = 2,
+    previous: dict | None = None,
+    samples_dir: Path | None = None,
+) -> dict:
     """Fingerprint every training case of ``task`` (validating it on the way).
 
     Args:
         task: the loaded task folder.
         num_processes: worker processes.
         previous: an earlier fingerprint; when every source file's hash is unchanged it is returned as is.
+        samples_dir: where each case's intensity samples are kept (``<case_id>.npy``). With ``previous``,
+            a case whose files are unchanged and whose samples are stored there is not read again; only
+            new and changed cases are. Without it every case is read.
 
     Returns:
         The fingerprint as a JSON-ready dict (see ``docs/preprocessing.md``).
     """
     hash_cache = (previous or {}).get("source_files", {})
     sources: dict[str, dict] = {}
+    case_sources: dict[str, dict[str, dict]] = {}
     for case in task.training:
-        sources.update(case_source_hash(case, hash_cache))
-    if previous and previous.get("version") == FINGERPRINT_VERSION and _same_sources(previous, sources):
+        case_sources[case.case_id] = case_source_hash(case, hash_cache)
+        sources.update(case_sources[case.case_id])
+    current = previous is not None and previous.get("version") == FINGERPRINT_VERSION
+    if current and _same_sources(previous, sources):
         log.info("Fingerprint is up to date (no source file changed).")
         return previous
 
-    jobs = [(case, task, i) for i, case in enumerate(task.training)]
-    per_case = map_cases(_fingerprint_case, jobs, num_processes, desc="Fingerprint")
-    channels = []
-    for c in range(task.num_channels):
-        values = np.concatenate([r["_samples"][c] for r in per_case])
-        channels.append(_intensity_stats(values))
-    for r in per_case:
-        del r["_samples"]
+    per_case: dict[str, dict] = {}
+    samples: dict[str, np.ndarray] = {}
+    if current and samples_dir is not None:
+        for case in task.training:
+            if (kept := _reusable(case.case_id, case_sources[case.case_id], previous, samples_dir)) is not None:
+                per_case[case.case_id], samples[case.case_id] = kept
+    jobs = [(case, task) for case in task.training if case.case_id not in per_case]
+    if per_case:
+        log.info("Fingerprint: %d case(s) unchanged, reading %d new or changed", len(per_case), len(jobs))
+    for r in map_cases(_fingerprint_case, jobs, num_processes, desc="Fingerprint"):
+        case_id, case_samples = r.pop("case_id"), r.pop("_samples")
+        per_case[case_id], samples[case_id] = r, case_samples
+        if samples_dir is not None:
+            samples_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(samples_dir / f"{case_id}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, case_samples)
+    if samples_dir is not None and samples_dir.is_dir():
+        for stale in set(p.stem for p in samples_dir.glob("*.npy")) - set(per_case):
+            (samples_dir / f"{stale}.npy").unlink(missing_ok=True)
+    order = [case.case_id for case in task.training]
+    channels = [_intensity_stats(np.concatenate([samples[i][c] for i in order])) for c in range(task.num_channels)]
     return {
         "version": FINGERPRINT_VERSION,
         "task": task.folder.name,
         "dialect": task.dialect,
         "channel_names": list(task.channel_names),
         "labels": {str(k): v for k, v in task.labels.items()},
-        "num_cases": len(per_case),
+        "num_cases": len(order),
         "foreground_intensity": channels,
-        "cases": {r.pop("case_id"): r for r in per_case},
+        "cases": {i: per_case[i] for i in order},
         "source_files": sources,
     }
+
+
+def _reusable(
+    case_id: str, files: dict[str, dict], previous: dict, samples_dir: Path
+) -> tuple[dict, np.ndarray] | None:
+    """The previous entry and stored samples of a case whose files all have their previous hashes, else None."""
+    old_files = previous.get("source_files", {})
+    if case_id not in previous.get("cases", {}) or any(
+        old_files.get(f, {}).get("hash") != v["hash"] for f, v in files.items()
+    ):
+        return None
+    try:
+        stored = np.load(samples_dir / f"{case_id}.npy", allow_pickle=False)
+    except (OSError, ValueError):  # missing or unreadable: read the case again
+        return None
+    entry = previous["cases"][case_id]
+    if stored.ndim != 2 or stored.shape[0] != entry.get("num_channels"):
+        return None
+    return dict(entry), stored
 
 
 def _same_sources(previous: dict, sources: dict) -> bool:
