@@ -40,6 +40,7 @@ def test_size_bounds_are_refused_with_the_fix():
 def test_upsampled_plans_have_their_own_name():
     assert plans_name_for(min_size=128) == "monetPlans_s128"
     assert plans_name_for(min_size=0) == "monetPlans"
+    assert plans_name_for(max_size=128) == "monetPlans_max128" and plans_name_for(max_size=256) == "monetPlans"
     assert plans_name_for(binary=True, channels=("FLAIR",), context_slices=1, min_size=256) == (
         "monetPlans_binary_ch_FLAIR_s256_ctx1"
     )

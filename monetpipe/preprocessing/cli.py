@@ -40,7 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--folds", type=int, default=1, help="1: the paper's 70/30 hold-out (default); K: K-fold CV")
     p.add_argument(
-        "--max-size", type=int, default=256, help="largest in-plane slice size after resampling (default 256)"
+        "--max-size",
+        type=int,
+        default=256,
+        help="largest in-plane slice size after resampling (default 256; another value plans monetPlans_max<N>)",
     )
     p.add_argument(
         "--min-size",

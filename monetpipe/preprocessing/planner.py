@@ -12,7 +12,7 @@ import numpy as np
 
 from monetpipe.errors import DatasetError, MonetError
 from monetpipe.io.dataset import TaskDataset
-from monetpipe.preprocessing.plans import ChannelNormalization, Plans
+from monetpipe.preprocessing.plans import DEFAULT_MAX_SIZE, ChannelNormalization, Plans
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def plan_experiment(
     plans_name: str,
     binary: bool = False,
     labels: list[int] | None = None,
-    max_size: int = 256,
+    max_size: int = DEFAULT_MAX_SIZE,
     channels: tuple[int, ...] | None = None,
     context_slices: int = 0,
     min_size: int = 0,

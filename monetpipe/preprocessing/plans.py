@@ -17,6 +17,7 @@ from monetpipe.io.atomic import read_json, write_json
 
 PLANS_VERSION = 1
 DEFAULT_PLANS = "monetPlans"
+DEFAULT_MAX_SIZE = 256  # --max-size: the paper's 256 x 256 slices
 
 
 @dataclass(frozen=True)
@@ -214,9 +215,10 @@ def plans_name_for(
     channels: tuple[str, ...] | None = None,
     context_slices: int = 0,
     min_size: int = 0,
+    max_size: int = DEFAULT_MAX_SIZE,
 ) -> str:
     """``monetPlans``, ``monetPlans_binary``, ``monetPlans_labels_7_8``, ``monetPlans_ch_FLAIR``,
-    ``monetPlans_s128``, ``monetPlans_ctx1`` or a combination in that order
+    ``monetPlans_s128``, ``monetPlans_max128``, ``monetPlans_ctx1`` or a combination in that order
     (``monetPlans_binary_ch_FLAIR_s128_ctx1``): each variant has its own plans file, cache and results
     folders, so none overwrites another.
 
@@ -224,6 +226,7 @@ def plans_name_for(
         channels: the chosen channel names when ``--channels`` selects fewer than all (``None``: all).
         context_slices: K of 2.5D input (0: 2D).
         min_size: ``--min-size`` (0: not given).
+        max_size: ``--max-size`` (named only when it is not the default 256).
     """
     if binary and labels:
         raise MonetError("--binary and --labels cannot be combined: --labels already chooses the foreground.")
@@ -236,6 +239,8 @@ def plans_name_for(
         name += "_ch_" + "_".join(re.sub(r"[^A-Za-z0-9]", "", c) or "x" for c in channels)
     if min_size:
         name += f"_s{min_size}"
+    if max_size != DEFAULT_MAX_SIZE:
+        name += f"_max{max_size}"
     if context_slices:
         name += f"_ctx{context_slices}"
     return name
