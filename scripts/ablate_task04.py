@@ -98,7 +98,8 @@ ROWS = {
             "bfloat16 autocast of the forward pass (a gain only on a CPU with native bf16)",
             ("--precision", "bf16"),
         ),
-        Row("tta", "the baseline's model, mirror test-time augmentation", predict=("--tta",), model_of="baseline"),
+        # Mirror TTA needs a model trained with flips (monet_predict refuses it otherwise): the mirror row's.
+        Row("tta", "the mirror row's model, mirror test-time augmentation", predict=("--tta",), model_of="mirror"),
         Row(
             "paper",
             "the paper's preset (--recipe paper: several changes)",

@@ -40,19 +40,24 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
         return out
 
     def all_settings(row):
-        return {**settings(row.plan_flags), **settings(row.train_flags), **settings(("--predict", *row.predict))}
+        trained = ablate.ROWS[row.model_of] if row.model_of else row
+        flags = (*trained.plan_flags, *trained.train_flags, "--model", trained.model)
+        return {**settings(flags), **settings(("--predict", *row.predict))}
 
     base = all_settings(ablate.ROWS["baseline"])
-    for name in ("plateau", "cosine", "dice_ce", "mirror", "batch16", "batch64", "s128", "s256", "ctx1", "bf16", "tta"):
+    for name in ("plateau", "cosine", "dice_ce", "mirror", "batch16", "batch64", "s128", "s256", "ctx1", "bf16"):
         row = all_settings(ablate.ROWS[name])
         changed = {k for k in base.keys() | row.keys() if base.get(k) != row.get(k)}
         assert len(changed) == 1, (name, changed)
+    # TTA is one change from the mirror row, whose model it predicts with
+    tta, mirror = all_settings(ablate.ROWS["tta"]), all_settings(ablate.ROWS["mirror"])
+    assert {k for k in tta.keys() | mirror.keys() if tta.get(k) != mirror.get(k)} == {"--tta"}
     assert ablate.ROWS["cosine"].train_flags == ("--loss", "dice", "--schedule", "cosine")
     assert ablate.ROWS["s128"].plans == "monetPlans_s128" and ablate.ROWS["ctx1"].plans == "monetPlans_ctx1"
     assert ablate.ROWS["paper"].train_flags == ("--recipe", "paper")  # the preset, not overridden by the baseline's
 
 
-def test_commands_train_to_the_budget_and_tta_predicts_with_the_baselines_model(ablate, tmp_path):
+def test_commands_train_to_the_budget_and_tta_predicts_with_the_mirror_rows_model(ablate, tmp_path):
     work = _work(ablate, tmp_path, "3m")
     steps = dict(work.commands(ablate.ROWS["s128"]))
     assert steps["plan"][-2:] == ["--min-size", "128"]
@@ -61,11 +66,11 @@ def test_commands_train_to_the_budget_and_tta_predicts_with_the_baselines_model(
     assert train[train.index("-p") + 1] == "monetPlans_s128"
     assert work.env(ablate.ROWS["s128"])["MONET_results"] == str(work.out / "rows" / "s128" / "results")
 
-    tta, base = dict(work.commands(ablate.ROWS["tta"])), dict(work.commands(ablate.ROWS["baseline"]))
-    assert tta["train"] == base["train"] and work.env(ablate.ROWS["tta"]) == work.env(ablate.ROWS["baseline"])
-    assert "--tta" in tta["predict"] and "--tta" not in base["predict"]
+    tta, mirror = dict(work.commands(ablate.ROWS["tta"])), dict(work.commands(ablate.ROWS["mirror"]))
+    assert tta["train"] == mirror["train"] and work.env(ablate.ROWS["tta"]) == work.env(ablate.ROWS["mirror"])
+    assert "--mirror" in tta["train"] and "--tta" in tta["predict"] and "--tta" not in mirror["predict"]
     folder = tta["predict"][tta["predict"].index("--model-folder") + 1]
-    assert folder == str(work.out / "rows" / "baseline" / "results" / "Task04_Hippocampus" / "monet__monetPlans")
+    assert folder == str(work.out / "rows" / "mirror" / "results" / "Task04_Hippocampus" / "monet__monetPlans")
     assert tta["predict"][tta["predict"].index("-o") + 1] == str(work.out / "rows" / "tta" / "predictions")
 
 

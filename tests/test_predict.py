@@ -74,8 +74,11 @@ def make_model(plans: Plans, slices_dir: Path, seed: int, train_steps: int = 0) 
     return net.eval()
 
 
-def save_results(folder: Path, plans: Plans, nets: dict, name: str = "monet", checkpoint: str = "final") -> Path:
-    """Write ``folder/plans.json`` and ``fold_<k>/checkpoint_<checkpoint>.pth`` as docs/training.md documents."""
+def save_results(
+    folder: Path, plans: Plans, nets: dict, name: str = "monet", checkpoint: str = "final", config: dict | None = None
+) -> Path:
+    """Write ``folder/plans.json`` and ``fold_<k>/checkpoint_<checkpoint>.pth`` as docs/training.md documents
+    (``config``: the training settings the checkpoint records, e.g. ``{"mirror": True}``)."""
     folder.mkdir(parents=True, exist_ok=True)
     plans.save(folder / "plans.json")
     for fold, net in nets.items():
@@ -90,6 +93,7 @@ def save_results(folder: Path, plans: Plans, nets: dict, name: str = "monet", ch
                 "model_state": net.state_dict(),
                 "plans": plans.to_dict(),
                 "epoch": 1,
+                **({"config": config} if config is not None else {}),
             },
             folder / f"fold_{fold}" / f"checkpoint_{checkpoint}.pth",
         )
@@ -530,7 +534,6 @@ def test_model_folder_alone_with_no_data_roots(ct_env, tmp_path, monkeypatch):
             "--model-folder",
             str(hospital / "monet__monetPlans"),
             "--largest-component",
-            "--tta",
             "--batch-size",
             "3",
         ]
@@ -538,6 +541,23 @@ def test_model_folder_alone_with_no_data_roots(ct_env, tmp_path, monkeypatch):
     assert code == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in images.iterdir())
     assert not (tmp_path / "nope_raw").exists() and not (tmp_path / "monet_data").exists()
+
+
+def test_tta_is_refused_for_a_model_trained_without_mirroring(ct_env, tmp_path, capsys):
+    """Flipped slices show anatomy where training never put it; averaging them in made Task04 worse
+    (docs/inference.md), so --tta needs every fold trained with --mirror."""
+    net = make_model(ct_env["plans"], ct_env["slices"], seed=0)
+    plain = save_results(tmp_path / "plain" / "monet__monetPlans", ct_env["plans"], {0: net})
+    mirrored = save_results(
+        tmp_path / "mirrored" / "monet__monetPlans", ct_env["plans"], {0: net}, config={"mirror": True}
+    )
+    args = ["-i", str(ct_env["images"]), "--tta", "--batch-size", "3"]
+    assert main([*args, "-o", str(tmp_path / "out_plain"), "--model-folder", str(plain)]) == 1
+    err = capsys.readouterr().err
+    assert str(plain) in err and "trained without --mirror" in err and "Drop --tta" in err and "Traceback" not in err
+    assert not list((tmp_path / "out_plain").glob("*.nii.gz"))
+    assert main([*args, "-o", str(tmp_path / "out_mirrored"), "--model-folder", str(mirrored)]) == 0
+    assert len(list((tmp_path / "out_mirrored").glob("*.nii.gz"))) == len(list(ct_env["images"].iterdir()))
 
 
 # --- real CT --------------------------------------------------------------------------------------

@@ -150,7 +150,8 @@ def predict_folder(
         folds: folds to ensemble (default: every numbered fold with the checkpoint; ``"all"`` selects
             the model trained on all cases).
         checkpoint: ``final``, ``best`` or ``latest``.
-        tta: average over horizontal, vertical and both flips (4x the network time).
+        tta: average over horizontal, vertical and both flips (4x the network time); only for models
+            trained with ``--mirror`` (others are refused: see :func:`~monetpipe.inference.loading.check_tta`).
         save_probabilities: also write ``<case>.npz`` with key ``probabilities``: float16
             ``(K incl. background, Z, Y, X)`` on the original grid.
         largest_component: keep only the largest connected component of each label.
@@ -172,7 +173,7 @@ def predict_folder(
         MonetError: unusable folders or model (nothing is predicted), e.g. ``output_dir`` in ``input_dir``
             or not writable; checked before the model is loaded.
     """
-    from monetpipe.inference.loading import load_models
+    from monetpipe.inference.loading import check_tta, load_models
 
     options = PredictOptions(tta, save_probabilities, largest_component, batch_size, overwrite, overlap)
     check_folders(input_dir, output_dir)
@@ -181,6 +182,7 @@ def predict_folder(
         loaded = load_models(
             model_folder, folds, checkpoint, device, backend=backend, workers=workers, precision=precision
         )
+        check_tta(tta, loaded, Path(model_folder))
         summary = _predict_input_folder(
             input_dir,
             output_dir,

@@ -46,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="final",
         help="which checkpoint of each fold (default final)",
     )
-    p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (4x slower)")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="mirror test-time augmentation (4x slower; models trained with --mirror only)",
+    )
     p.add_argument(
         "--save-probabilities",
         action="store_true",

@@ -34,6 +34,28 @@ class LoadedModels:
     channels_last: bool
     workers: int = 1  # slice-parallel workers per model (backends.make_inference_model)
     precision: str = "fp32"  # what the models compute in (inference.precision)
+    mirrored: bool = False  # every fold was trained with random flips (--mirror): mirror TTA applies
+
+
+def trained_with_mirroring(ckpt: dict) -> bool:
+    """Whether a checkpoint's training flipped its slices (``--mirror``; the paper's recipe does not)."""
+    return bool((ckpt.get("config") or {}).get("mirror", False))
+
+
+def check_tta(tta: bool, loaded: LoadedModels, folder: Path) -> None:
+    """Refuse mirror TTA for networks that never saw a flipped slice.
+
+    Flipping a slice moves asymmetric anatomy (Task04: the anterior hippocampus above the posterior one)
+    where training never put it; the flipped predictions then disagree with the plain one, and their
+    average is worse than either (docs/inference.md, "Test-time augmentation"). nnU-Net mirrors at test
+    time only along the axes it mirrored in training, for the same reason.
+    """
+    if tta and not loaded.mirrored:
+        raise MonetError(
+            f"{folder}: --tta averages over flipped slices, but this model was trained without --mirror, "
+            f"so it never saw a flipped slice and the average is worse than no TTA. Drop --tta, or train "
+            f"with monet_train ... --mirror to use it."
+        )
 
 
 def default_workers(device, threads: int) -> int:
@@ -251,8 +273,9 @@ def load_models(
         ", channels_last" if channels_last else "",
         f", {workers} slice-parallel workers" if workers > 1 else "",
     )
+    mirrored = all(trained_with_mirroring(c) for c in checkpoints)
     return LoadedModels(
-        models, plans, chosen, files, "/".join(sorted(names)), torch_device, channels_last, workers, precision
+        models, plans, chosen, files, "/".join(sorted(names)), torch_device, channels_last, workers, precision, mirrored
     )
 
 
