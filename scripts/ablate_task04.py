@@ -266,8 +266,48 @@ def run_row(work: Work, row: Row) -> dict:
     return values
 
 
+def case_dice(summary_file: Path) -> dict[str, float]:
+    """Each case's mean foreground Dice (over the labels other than 0), by case id, from a summary.json."""
+    out = {}
+    for case in read_json(summary_file)["metric_per_case"]:
+        values = [m["Dice"] for label, m in case["metrics"].items() if label != "0" and m.get("Dice") is not None]
+        out[Path(case["reference_file"]).name.split(".")[0]] = sum(values) / len(values)
+    return out
+
+
+def paired(row_file: Path, reference_file: Path) -> dict:
+    """The row's Dice minus its reference row's, paired by case: mean, standard error, cases better / worse.
+
+    A difference smaller than about two standard errors is not evidence of a setting's effect: the
+    cases differ far more from each other than the settings do, and pairing removes that.
+    """
+    a, b = case_dice(row_file), case_dice(reference_file)
+    diffs = [a[c] - b[c] for c in sorted(a.keys() & b.keys())]
+    if len(diffs) < 2:
+        return {}
+    mean = sum(diffs) / len(diffs)
+    se = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+    return {
+        "paired_diff": round(mean, 4),
+        "paired_se": round(se, 4),
+        "better": sum(d > 0 for d in diffs),
+        "worse": sum(d < 0 for d in diffs),
+    }
+
+
+def reference_of(name: str) -> str:
+    """The row a row is compared with: the one whose model it predicts with (tta: mirror), else baseline."""
+    return ROWS[name].model_of if name in ROWS and ROWS[name].model_of else "baseline"
+
+
 def write_tables(work: Work, rows: list[dict]) -> tuple[Path, Path]:
-    """OUT/ablation.csv (every collected value) and OUT/ablation.md, in row order."""
+    """OUT/ablation.csv (every collected value, with the paired comparison to each row's reference row where
+    both summaries exist) and OUT/ablation.md, in row order."""
+    for r in rows:
+        ref = reference_of(r["row"])
+        files = work.row_dir(r["row"]) / "summary.json", work.row_dir(ref) / "summary.json"
+        if r["row"] != ref and all(f.is_file() for f in files):
+            r.update({"paired_with": ref, **paired(*files)})
     columns = list(dict.fromkeys(k for r in rows for k in r))
     csv_file, md_file = work.out / "ablation.csv", work.out / "ablation.md"
     with atomic_path(csv_file) as tmp, open(tmp, "w", newline="") as f:
@@ -277,6 +317,7 @@ def write_tables(work: Work, rows: list[dict]) -> tuple[Path, Path]:
     dice_labels = [c for c in columns if c.startswith("dice_") and c != "dice_fg"]
     head = ["row", "change", "Dice (fg mean)", *[c[5:] for c in dice_labels], "HD95 mm", "patch", "batch"]
     head += ["epochs", "steps", "s / step", "predict s (60 cases)", "load start / end"]
+    head += ["paired Dice diff +- s.e. (better / worse cases)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         change = ROWS[r["row"]].change if r["row"] in ROWS else r["change"]
@@ -284,6 +325,11 @@ def write_tables(work: Work, rows: list[dict]) -> tuple[Path, Path]:
         cells += [f"{r['hd95_fg_mm']:.2f}", str(r.get("patch_size")), str(r.get("batch_size"))]
         cells += [str(r["epochs"]), str(r["steps"]), f"{r['sec_per_step']}"]
         cells += [f"{r['predict_s']:.1f}", f"{r['load_start']:.1f} / {r['load_end']:.1f}"]
+        if "paired_diff" in r:
+            diff = (
+                f"{r['paired_diff']:+.4f} +- {r['paired_se']:.4f} vs {r['paired_with']} ({r['better']} / {r['worse']})"
+            )
+        cells.append(diff if "paired_diff" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
     with atomic_path(md_file) as tmp:
         extra = f"; every row also ran monet_train {shlex.join(work.extra_train)}" if work.extra_train else ""

@@ -112,3 +112,33 @@ def test_finished_rows_are_skipped_and_tabled(ablate, tmp_path, monkeypatch, cap
     assert [r["row"] for r in rows] == ["baseline", "cosine"]  # table order, not --rows order
     table = (out / "ablation.md").read_text()
     assert "| cosine | cosine decay to the LR floor at the budget's end | 0.8100 | 0.8100 | 2.00 |" in table
+
+
+def test_each_row_is_compared_case_by_case_with_its_reference_row(ablate, tmp_path):
+    """Paired by case: the mean difference, its standard error and the cases better / worse; tta is compared
+    with the mirror row whose model it uses."""
+    work = _work(ablate, tmp_path)
+
+    def summary(name, dice_by_case):
+        cases = [
+            {"reference_file": f"/labels/{case}.nii.gz", "metrics": {"1": {"Dice": d}, "2": {"Dice": d - 0.1}}}
+            for case, d in dice_by_case.items()
+        ]
+        (work.row_dir(name)).mkdir(parents=True, exist_ok=True)
+        (work.row_dir(name) / "summary.json").write_text(json.dumps({"metric_per_case": cases}))
+
+    summary("baseline", {"a": 0.80, "b": 0.70, "c": 0.90})
+    summary("cosine", {"a": 0.82, "b": 0.73, "c": 0.89})  # +0.02, +0.03, -0.01
+    summary("mirror", {"a": 0.80, "b": 0.70, "c": 0.90})
+    summary("tta", {"a": 0.81, "b": 0.71, "c": 0.91})
+    common = {"change": "x", "dice_fg": 0.8, "hd95_fg_mm": 2.0, "epochs": 3, "steps": 75, "sec_per_step": 0.9}
+    common |= {"predict_s": 12.0, "load_start": 1, "load_end": 1}
+    rows = [{"row": name, **common} for name in ("baseline", "cosine", "mirror", "tta")]
+    ablate.write_tables(work, rows)
+    by_row = {r["row"]: r for r in rows}
+    assert "paired_diff" not in by_row["baseline"]
+    assert by_row["cosine"]["paired_diff"] == pytest.approx(0.0133, abs=1e-4)
+    assert by_row["cosine"]["paired_se"] == pytest.approx(0.0120, abs=1e-4)  # sd 0.0208 / sqrt(3)
+    assert (by_row["cosine"]["better"], by_row["cosine"]["worse"]) == (2, 1)
+    assert by_row["tta"]["paired_with"] == "mirror" and by_row["tta"]["better"] == 3
+    assert "+0.0133 +- 0.0120 vs baseline (2 / 1)" in (work.out / "ablation.md").read_text()
