@@ -95,7 +95,7 @@ def test_run_folder_is_self_contained_and_records_everything(finished_run):
     assert (fold / "progress.png").read_bytes()[:4] == b"\x89PNG"
     log = read_log_csv(fold / "training_log.csv")
     assert [r["epoch"] for r in log] == [1, 2]
-    assert set(log[0]) == {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds"}
+    assert set(log[0]) == {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "val_seconds", "steps"}
     record = json.loads((fold / "config.json").read_text())
     assert record["config"] == TINY.with_changes(num_workers=1).to_dict()
     assert record["resolved"]["iterations_per_epoch"] == 2 and record["resolved"]["num_workers"] == 1
