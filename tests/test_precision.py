@@ -4,6 +4,7 @@ calibration stored beside the checkpoint and reused, and fp32 results identical 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,17 @@ def test_auto_follows_the_cpu_and_the_record(fold_dir, monkeypatch):
     assert resolve_precision("bf16", [fold_dir], "final", "cpu") == "bf16"  # an explicit choice stays
 
 
+def test_auto_picks_the_precision_measured_faster_when_both_passed(fold_dir, monkeypatch):
+    monkeypatch.setenv("MONETPIPE_CPU_FLAGS", "avx2,avx512_vnni,avx512_bf16")
+    _record(fold_dir, {"int8": _entry() | {"network_s": 9.0}, "bf16": _entry() | {"network_s": 7.5}})
+    assert resolve_precision("auto", [fold_dir], "final", "cpu") == "bf16"
+    _record(fold_dir, {"int8": _entry() | {"network_s": 6.0}, "bf16": _entry() | {"network_s": 7.5}})
+    assert resolve_precision("auto", [fold_dir], "final", "cpu") == "int8"
+    monkeypatch.setenv("MONETPIPE_CPU_FLAGS", "avx2,avx512_vnni")  # no native bf16: int8 however it timed
+    _record(fold_dir, {"int8": _entry() | {"network_s": 9.0}, "bf16": _entry() | {"network_s": 7.5}})
+    assert resolve_precision("auto", [fold_dir], "final", "cpu") == "int8"
+
+
 def test_auto_ignores_a_precision_that_failed_was_slower_or_is_stale(fold_dir, monkeypatch):
     monkeypatch.setenv("MONETPIPE_CPU_FLAGS", "avx2,avx512_vnni,avx512_bf16")
     _record(fold_dir, {"int8": _entry(passed=False, difference=0.02), "bf16": _entry(faster=False)})
@@ -134,9 +146,52 @@ def trained(tmp_path_factory):
     paths = MonetPaths(root / "raw", root / "preprocessed", root / "results")
     make_synthetic_task(paths.raw, kind="ct", num_cases=6, seed=0, shape=(48, 40, 10))
     plan_and_preprocess("901", paths, num_processes=1)
-    config = TrainConfig(epochs=3, iters_per_epoch=10, batch_size=8, num_workers=0, num_threads=1)
+    config = TrainConfig(
+        epochs=3, iters_per_epoch=10, batch_size=8, num_workers=0, num_threads=1, prepare_precision="none"
+    )
     result = train_fold("901", "monet", 0, config, paths=paths)
     return paths, result.fold_dir.parent
+
+
+def test_training_checks_the_native_precisions_of_the_cpu():
+    from monetpipe.cpu_features import cpu_features
+    from monetpipe.inference.precision_check import precisions_to_prepare
+
+    both = cpu_features(["avx2", "avx512_bf16", "avx512_vnni"])
+    assert precisions_to_prepare("auto", "cpu", cpu_features(["avx2"])) == []  # nothing changes on such a CPU
+    assert precisions_to_prepare("auto", "cpu", cpu_features(["avx2", "avx512_bf16"])) == ["bf16"]
+    assert precisions_to_prepare("auto", "cpu", both) == ["bf16", "int8"]  # onnxruntime is a test extra
+    assert precisions_to_prepare("auto", "cuda", both) == []  # trained on a GPU: ask for it by name
+    assert precisions_to_prepare("int8", "cuda") == ["int8"] and precisions_to_prepare("none") == []
+    assert precisions_to_prepare("all") == ["bf16", "int8"]
+    with pytest.raises(MonetError, match="--prepare-precision"):
+        precisions_to_prepare("fp16")
+
+
+def test_monet_train_prepares_bf16_and_a_failed_check_does_not_fail_it(monet_roots, monkeypatch, caplog):
+    from monetpipe.inference import precision_check
+    from monetpipe.preprocessing import plan_and_preprocess
+    from monetpipe.synthetic import make_synthetic_task
+    from monetpipe.training import train_fold
+    from monetpipe.training.config import TrainConfig
+
+    make_synthetic_task(monet_roots.raw, kind="ct", num_cases=5, seed=1, shape=(40, 32, 8))
+    plan_and_preprocess("901", monet_roots, num_processes=1)
+    quick = dict(epochs=1, iters_per_epoch=4, batch_size=8, num_workers=0, num_threads=1)
+    result = train_fold("901", "monet", 0, TrainConfig(**quick, prepare_precision="bf16"), paths=monet_roots)
+    record = json.loads(PrecisionFiles(result.fold_dir).validation.read_text())
+    entry = record["precisions"]["bf16"]
+    assert entry["cases"] == 2 and {"dice_fp32", "dice", "difference", "passed", "faster"} <= set(entry)
+    assert record["checkpoint_sha1"] == file_sha1(result.fold_dir / "checkpoint_final.pth")
+
+    def refuse(*args, **kwargs):
+        raise MonetError("bf16: mean foreground Dice dropped by 0.2")
+
+    monkeypatch.setattr(precision_check, "prepare_precision", refuse)
+    elsewhere = replace(monet_roots, results=monet_roots.results.parent / "results2")
+    again = train_fold("901", "monet", 0, TrainConfig(**quick, prepare_precision="bf16"), paths=elsewhere)
+    assert (again.fold_dir / "checkpoint_final.pth").is_file() and again.validation is not None
+    assert "bf16 inference not enabled for fold 0" in caplog.text and "dropped by 0.2" in caplog.text
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from monetpipe.cpu_features import PRECISIONS, auto_precision, cpu_features
+from monetpipe.cpu_features import PRECISIONS, auto_precision, cpu_features, supported_precisions
 from monetpipe.errors import MonetError
 from monetpipe.io.atomic import read_json
 
@@ -282,10 +283,29 @@ def resolve_precision(requested: str, fold_dirs: Sequence[Path], checkpoint: str
     if key != "auto":
         return key
     validated = set(PRECISIONS)
+    seconds: dict[str, float] = {}
     for fold_dir in fold_dirs:
-        validated &= PrecisionFiles(Path(fold_dir), checkpoint).validated()
+        files = PrecisionFiles(Path(fold_dir), checkpoint)
+        validated &= files.validated()
+        for name, entry in files.read_validation().get("precisions", {}).items():
+            seconds[name] = seconds.get(name, 0.0) + float(entry.get("network_s", math.nan))
     chosen = auto_precision(validated, cpu_features(), getattr(device, "type", str(device)))
+    # Two reduced precisions both passed and both ran faster than fp32: the one measured faster on these
+    # folds' validation cases wins (auto_precision's order by CPU features is only the fallback).
+    usable = [p for p in ("bf16", "int8") if p in validated and auto_precision({p}, cpu_features(), "cpu") == p]
+    if chosen != "fp32" and len(usable) == 2 and all(math.isfinite(seconds.get(p, math.nan)) for p in usable):
+        chosen = min(usable, key=lambda p: seconds[p])
     log.info("--precision auto: %s (validated: %s; %s)", chosen, ", ".join(sorted(validated)), cpu_features().summary())
+    untried = [p for p in supported_precisions() if p != "fp32" and p not in seconds]
+    if chosen == "fp32" and untried and getattr(device, "type", str(device)) == "cpu" and fold_dirs:
+        folder = Path(fold_dirs[0]).parent
+        log.info(
+            "this CPU also runs %s; to let auto use it, check it against fp32 once: monet_predict "
+            "--prepare-precision %s --model-folder %s (models trained on such a CPU are checked by monet_train)",
+            " and ".join(untried),
+            untried[0],
+            folder,
+        )
     return chosen
 
 

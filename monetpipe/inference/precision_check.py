@@ -250,3 +250,61 @@ def prepare_precision(
         for fold in chosen:
             results[fold] = prepare_fold(folder, fold, key, checkpoint, tolerance, calibration_count, paths, n_workers)
     return results
+
+
+def precisions_to_prepare(requested: str, device_type: str = "cpu", features=None) -> list[str]:
+    """The reduced precisions ``monet_train --prepare-precision REQUESTED`` checks after training.
+
+    ``auto``: only when training ran on the CPU (where the model is likely to be used), the precisions this
+    CPU computes natively: bf16 with avx512_bf16 / AMX, int8 with VNNI / AMX when ONNX Runtime is installed.
+    A CPU without them gets none, so training there does exactly what it did before. ``all`` is both.
+    """
+    if requested == "none":
+        return []
+    if requested in ("bf16", "int8"):
+        return [requested]
+    if requested == "all":
+        return ["bf16", "int8"]
+    if requested != "auto":
+        raise MonetError(f"--prepare-precision must be auto, none, bf16, int8 or all, got {requested!r}")
+    if device_type != "cpu":
+        return []
+    from monetpipe.inference.backends import available_backends
+
+    f = features or cpu_features()
+    chosen = ["bf16"] if f.bf16 else []
+    if f.vnni and "onnxruntime" in available_backends():
+        chosen.append("int8")
+    return chosen
+
+
+def prepare_after_training(
+    model_folder: str | Path,
+    fold: int | str,
+    requested: str,
+    paths: MonetPaths,
+    device_type: str = "cpu",
+) -> dict[str, dict]:
+    """``monet_train``'s last step: :func:`prepare_precision` for each of :func:`precisions_to_prepare`.
+
+    A precision that fails its check (or cannot be prepared: no ONNX Runtime, no raw images) is logged and
+    left out; it never fails the training, whose checkpoints and validation are already written.
+    Returns ``{precision: the fold's entry, or {"error": message}}``.
+    """
+    results: dict[str, dict] = {}
+    for precision in precisions_to_prepare(requested, device_type):
+        start = time.perf_counter()
+        try:
+            entry = next(iter(prepare_precision(model_folder, precision, folds=[fold], paths=paths).values()))
+        except MonetError as exc:
+            log.warning("%s inference not enabled for fold %s: %s", precision, fold, exc)
+            results[precision] = {"error": str(exc)}
+            continue
+        log.info(
+            "%s inference checked in %.0f s: monet_predict --precision auto may use it for fold %s",
+            precision,
+            time.perf_counter() - start,
+            fold,
+        )
+        results[precision] = entry
+    return results

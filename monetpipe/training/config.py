@@ -23,6 +23,7 @@ from monetpipe.training.schedule import SCHEDULES, parse_duration, resolve_sched
 
 LOSSES = ("dice", "dice_ce")
 TRAIN_PRECISIONS = ("fp32", "bf16", "auto")
+PREPARE_PRECISIONS = ("auto", "none", "bf16", "int8", "all")  # checked after training for monet_predict
 DEFAULT_EPOCHS = 100  # the cap without --time-budget
 DEFAULT_EARLY_STOP_PATIENCE = 10  # the paper's; off with --time-budget unless given
 # The paper's recipe (Knolle et al. 2021), pinned: what the paper specifies, so later changes of the defaults
@@ -182,6 +183,15 @@ class TrainConfig:
         None, "start from the matching weights of this checkpoint", "run", metavar="CKPT"
     )
     val_batch_size: int = setting(32, "slices per forward pass when validating", "run")
+    prepare_precision: str = setting(
+        "auto",
+        "after the final validation, check reduced-precision inference against fp32 on the fold's validation "
+        "cases (as monet_predict --prepare-precision does), so that monet_predict --precision auto may use it: "
+        "auto = what this CPU runs natively when training on the CPU (bf16 with avx512_bf16 / AMX; int8 with "
+        "VNNI / AMX and onnxruntime installed), none, bf16, int8 or all",
+        "run",
+        choices=PREPARE_PRECISIONS,
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -197,6 +207,10 @@ class TrainConfig:
             problems.append(f"--lr-floor must lie in [0, --lr) for poly / cosine, got {self.lr_floor} (--lr {self.lr})")
         if self.early_stop_patience is not None and self.early_stop_patience < 1:
             problems.append(f"--early-stop-patience must be >= 1, got {self.early_stop_patience}")
+        if self.prepare_precision not in PREPARE_PRECISIONS:
+            problems.append(
+                f"--prepare-precision must be one of {', '.join(PREPARE_PRECISIONS)}, got {self.prepare_precision!r}"
+            )
         if self.precision not in TRAIN_PRECISIONS:
             problems.append(f"--precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.precision!r}")
         if self.amp and self.precision == "bf16":

@@ -277,7 +277,7 @@ def _finish(fp: FoldPlan, parts: TrainingParts, state: TrainingState, config: Tr
         return None
     from monetpipe.training.validation import validate_fold
 
-    return validate_fold(
+    summary = validate_fold(
         unwrap(parts.model),
         fp.layout,
         fp.plans,
@@ -286,6 +286,21 @@ def _finish(fp: FoldPlan, parts: TrainingParts, state: TrainingState, config: Tr
         parts.device,
         raw_dir=fp.raw_dir,
     )
+    _prepare_precisions(fp, config, parts.device)
+    return summary
+
+
+def _prepare_precisions(fp: FoldPlan, config: TrainConfig, device: torch.device) -> None:
+    """Check reduced-precision inference on the validation cases (``--prepare-precision``), never failing."""
+    from monetpipe.inference.precision_check import precisions_to_prepare
+
+    if not precisions_to_prepare(config.prepare_precision, device.type) or fp.raw_dir is None:
+        return
+    from monetpipe.inference.precision_check import prepare_after_training
+    from monetpipe.paths import MonetPaths
+
+    paths = MonetPaths(fp.raw_dir.parent, fp.layout.task_dir.parent, fp.folder.root.parent.parent)
+    prepare_after_training(fp.folder.root, fp.fold, config.prepare_precision, paths, device.type)
 
 
 @dataclass(frozen=True)
