@@ -13,7 +13,6 @@ from monetpipe.inference.backends import (
     InferenceModel,
     _SliceParallel,
     _StaticBatchRunner,
-    _Tiered,
     available_backends,
     make_inference_model,
 )
@@ -128,62 +127,6 @@ def test_static_batch_runner_pads_short_and_splits_long_batches():
     assert set(seen) == {4} and len(firsts) == 1  # one shape only: nothing to recompile
 
 
-def test_auto_compiles_a_shape_only_once_it_has_cost_a_compilation(monkeypatch):
-    calls = []
-    clock = [0.0]
-    monkeypatch.setattr("monetpipe.inference.backends.time.perf_counter", lambda: clock[0])
-
-    def plain(x):
-        calls.append(("plain", tuple(x.shape[2:])))
-        clock[0] += 4.0  # each uncompiled batch costs 4 s
-        return x
-
-    def compiled(x):
-        calls.append(("compiled", tuple(x.shape[2:])))
-        clock[0] += 6.0 if ("compiled", tuple(x.shape[2:])) not in calls[:-1] else 1.0  # 6 s to compile
-        return x
-
-    tiered = _Tiered(plain, compiled, threshold_s=10.0)
-    big, small = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 32, 32)
-    for _ in range(5):
-        tiered(big)
-    tiered(small)
-    kinds = [k for k, shape in calls if shape == (64, 64)]
-    assert kinds == ["plain"] * 3 + ["compiled"] * 2  # compiled once 12 s were spent on the shape (>= 10 s)
-    assert calls[-1] == ("plain", (32, 32))  # a new shape starts uncompiled
-    assert tiered.threshold_s == 6.0  # the measured compile time is the next shape's threshold
-
-
-def test_auto_falls_back_to_torch_for_good_when_compiling_fails(caplog):
-    def plain(x):
-        return x + 1
-
-    def broken(x):
-        raise RuntimeError("no C++ compiler found")
-
-    tiered = _Tiered(plain, broken, threshold_s=0.0)
-    x = torch.zeros(2, 1, 8, 8)
-    assert torch.equal(tiered(x), x + 1) and torch.equal(tiered(x), x + 1) and tiered.disabled
-    assert "no C++ compiler found" in caplog.text and "torch backend" in caplog.text
-
-
-def test_auto_backend_predicts_like_torch_before_and_after_compiling(keep_threads, monkeypatch):
-    monkeypatch.setattr("monetpipe.inference.backends.AUTO_COMPILE_AFTER_S", 0.0)
-
-    def fake_compile(module, dynamic=False):  # a stand-in for Inductor: the same module, called directly
-        return module
-
-    monkeypatch.setattr(torch, "compile", fake_compile)
-    model = build_network("monet", 1, 3).eval()
-    torch.manual_seed(0)
-    x = torch.randn(3, 1, 32, 48)
-    reference = make_inference_model(model, "torch")(x)
-    auto = make_inference_model(model, "auto", workers=2)
-    for _ in range(3):  # first uncompiled, then "compiled"
-        torch.testing.assert_close(auto(x), reference, rtol=1e-4, atol=1e-4)
-    assert auto.backend == "auto" and auto.channels_last
-
-
 def test_unknown_or_unusable_backend_is_refused_with_the_choices():
     model = build_network("monet", 1, 1)
     with pytest.raises(MonetError, match="torch_compile"):
@@ -220,14 +163,6 @@ def _inductor_flags() -> tuple[bool, bool]:
     import torch._inductor.config as inductor_config
 
     return inductor_config.freezing, inductor_config.cpp_wrapper
-
-
-@pytest.mark.slow
-def test_auto_backend_compiles_for_real_and_matches_eager(keep_threads, monkeypatch):
-    monkeypatch.setattr("monetpipe.inference.backends.AUTO_COMPILE_AFTER_S", 0.0)
-    fn = check_backend("monet", "auto", num_classes=3, workers=2)
-    fn(torch.randn(3, 1, 32, 32))
-    assert fn.setup_s > 0  # the compilation of the shape was added to the setup time
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from monetpipe.errors import MonetError
 from monetpipe.paths import MonetPaths
 
 MODELS = ("monet", "unet16", "unet64", "attention_unet")
-BACKENDS = ("eager", "torch", "torch_compile", "onnxruntime", "auto")  # monetpipe.inference.backends.BACKENDS
+BACKENDS = ("eager", "torch", "torch_compile", "onnxruntime")  # monetpipe.inference.backends.BACKENDS
 
 
 def select_models(names: Sequence[str]) -> list[str]:

@@ -15,11 +15,6 @@ kernels reorder sums; masks agree on >= 99.99 % of voxels, tested in tests/test_
     (ELU, residual additions, concatenations) into generated C++ loops. Needs a C++ compiler; the first
     batch of each shape compiles (a minute or more on 2 cores; cached on disk afterwards). Batches are
     padded to the first batch's size, so a short last batch does not compile again.
-``auto``
-    ``torch`` for every new slice shape until that shape has cost as much network time as compiling it
-    would (about 10 s, then the measured compile time), then ``torch_compile`` for it: a few small cases
-    never wait for a compiler, a folder of CTs runs compiled after its first case. Falls back to ``torch``
-    for good if compiling fails (no C++ compiler). On GPU it is ``torch``.
 ``onnxruntime``
     The folded graph exported to ONNX (one export per input size, cached) and run by ONNX Runtime's
     CPU provider with every graph optimisation. Optional: ``pip install 'monetpipe[onnx]'``.
@@ -52,12 +47,8 @@ from monetpipe.errors import MonetError
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "torch", "torch_compile", "onnxruntime", "auto")
+BACKENDS = ("eager", "torch", "torch_compile", "onnxruntime")
 DEFAULT_BACKEND = "torch"
-#: ``auto`` compiles a slice shape once ``torch`` has spent this many seconds of network time on it: the
-#: expected compile time (ski rental: never more than twice the cost of the better of compiling at once
-#: and never compiling). After the first compilation the measured compile time replaces it.
-AUTO_COMPILE_AFTER_S = 10.0
 #: Environment variable Inductor reads for its on-disk cache (compiled kernels, FX graphs).
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
@@ -342,49 +333,6 @@ class _SliceParallel:
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
-class _Tiered:
-    """The ``auto`` backend: ``plain`` for a slice shape until it has cost ``threshold_s``, then ``compiled``."""
-
-    def __init__(
-        self,
-        plain: Callable[[torch.Tensor], torch.Tensor],
-        compiled: Callable[[torch.Tensor], torch.Tensor],
-        threshold_s: float = AUTO_COMPILE_AFTER_S,
-    ) -> None:
-        self.plain = plain
-        self.compiled = compiled
-        self.threshold_s = threshold_s
-        self.spent: dict[tuple[int, ...], float] = {}  # plain network seconds per slice shape
-        self.hot: set[tuple[int, ...]] = set()  # compiled shapes
-        self.disabled = False
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        key = tuple(x.shape[1:])
-        if key in self.hot and not self.disabled:
-            return self.compiled(x)
-        start = time.perf_counter()
-        if not self.disabled and self.spent.get(key, 0.0) >= self.threshold_s:
-            try:
-                out = self.compiled(x)
-            except Exception as exc:  # no C++ compiler, an Inductor failure: the plain form still works
-                self.disabled = True
-                logger.warning("--backend auto: compiling failed (%s); continuing with the torch backend", exc)
-                return self.plain(x)
-            seconds = time.perf_counter() - start
-            self.hot.add(key)
-            self.threshold_s = seconds  # what a compilation costs on this machine, for the next shape
-            logger.info(
-                "--backend auto: slice shape %s had run %.1f s uncompiled; compiled it in %.1f s",
-                "x".join(map(str, key[1:])),
-                self.spent[key],
-                seconds,
-            )
-            return out
-        out = self.plain(x)
-        self.spent[key] = self.spent.get(key, 0.0) + time.perf_counter() - start
-        return out
-
-
 def _compiled(
     model: nn.Module,
     device: torch.device,
@@ -576,11 +524,10 @@ def make_inference_model(
     if workers > 1:
         threads = set_threads(max(1, total // workers))
     if channels_last is None:
-        channels_last = device.type == "cpu" and key in ("torch", "torch_compile", "auto")
+        channels_last = device.type == "cpu" and key in ("torch", "torch_compile")
     start = time.perf_counter()
     holder: list[InferenceModel] = []
     module = None
-    workers_done = False  # auto wraps its two forms in workers itself
     if precision == "int8":
         run, channels_last = _int8(model, key, device, channels_last, threads, workers, int8_model, calibration, holder)
     elif key == "eager":
@@ -593,20 +540,10 @@ def make_inference_model(
         run = _module_runner(module, device, channels_last, dtype)
     elif key == "torch_compile":
         run = _compiled(model, device, channels_last, holder, workers, dtype)
-    elif key == "auto":
-        module = prepared_module(model, device, channels_last, dtype=dtype)
-        run = _module_runner(module, device, channels_last, dtype)
-        if device.type == "cpu":
-            compiled = _compiled(model, device, channels_last, holder, workers, dtype)
-            if workers > 1:
-                run = _SliceParallel(run, workers, torch.get_num_threads())
-                compiled = _SliceParallel(compiled, workers, torch.get_num_threads())
-            run = _Tiered(run, compiled)
-            workers_done = True
     else:
         run = _onnxruntime(model, threads, Path(cache_dir) if cache_dir else None, holder)
         channels_last = False
-    if workers > 1 and not workers_done:
+    if workers > 1:
         run = _SliceParallel(run, workers, torch.get_num_threads())
     inference_model = InferenceModel(
         key, run, model, device, channels_last, time.perf_counter() - start, module, workers, precision

@@ -76,9 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         default="torch",
-        choices=("torch", "torch_compile", "onnxruntime", "eager", "auto"),
+        choices=("torch", "torch_compile", "onnxruntime", "eager"),
         help="network backend: torch (BN folded, default), torch_compile (fastest on CPU, compiles first), "
-        "auto (torch, compiling a slice shape once it has cost as much as a compilation), "
         "onnxruntime (needs the onnx extra), eager",
     )
     _add_precision(p)

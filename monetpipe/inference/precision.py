@@ -43,10 +43,7 @@ DEFAULT_TOLERANCE = 0.005  # mean foreground Dice, fp32 minus the reduced precis
 CALIBRATION_SLICES = 256
 PRECISION_DIR = "precision"
 #: the backends each reduced precision runs with (the first is what monet_predict uses)
-BACKENDS_FOR = {
-    "fp32": ("torch", "torch_compile", "onnxruntime", "eager", "auto"),
-    "bf16": ("torch", "torch_compile", "eager", "auto"),
-}
+BACKENDS_FOR = {"fp32": ("torch", "torch_compile", "onnxruntime", "eager"), "bf16": ("torch", "torch_compile", "eager")}
 BACKENDS_FOR["int8"] = ("onnxruntime", "torch_compile")
 
 
