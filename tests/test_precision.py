@@ -184,8 +184,8 @@ def test_monet_train_prepares_bf16_and_a_failed_check_does_not_fail_it(monet_roo
     assert entry["cases"] == 2 and {"dice_fp32", "dice", "difference", "passed", "faster"} <= set(entry)
     assert record["checkpoint_sha1"] == file_sha1(result.fold_dir / "checkpoint_final.pth")
 
-    def refuse(*args, **kwargs):
-        raise MonetError("bf16: mean foreground Dice dropped by 0.2")
+    def refuse(*args, **kwargs):  # not even a MonetError: the trained model must survive any failure here
+        raise RuntimeError("bf16: mean foreground Dice dropped by 0.2")
 
     monkeypatch.setattr(precision_check, "prepare_precision", refuse)
     elsewhere = replace(monet_roots, results=monet_roots.results.parent / "results2")
@@ -256,3 +256,16 @@ def test_predict_in_int8_and_auto_without_cpu_features_is_fp32(trained, monkeypa
     assert auto.ok
     for a, b in zip(labels(tmp_path / "auto"), labels(tmp_path / "fp32"), strict=True):
         assert np.array_equal(a, b)
+
+
+def test_calibration_slices_carry_the_context_channels_of_2_5d_plans(tmp_path):
+    from monetpipe.inference.precision import calibration_slices
+
+    data = np.arange(2 * 5 * 4 * 4, dtype=np.float32).reshape(2, 5, 4, 4)  # C = 2 channels, S = 5 slices
+    np.save(tmp_path / "case_data.npy", data)
+    out = calibration_slices([tmp_path / "case_data.npy"], count=5, multiple=4, context=1).numpy()
+    assert out.shape == (5, 6, 4, 4)  # C * (2K + 1) channels, as the network is fed
+    first, last = out[0], out[4]  # slices z-1, z, z+1 with edges replicated
+    assert np.array_equal(first, np.concatenate([data[:, 0], data[:, 0], data[:, 1]]))
+    assert np.array_equal(last, np.concatenate([data[:, 3], data[:, 4], data[:, 4]]))
+    assert calibration_slices([tmp_path / "case_data.npy"], count=5, multiple=4).shape == (5, 2, 4, 4)

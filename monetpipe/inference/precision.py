@@ -180,10 +180,18 @@ def pt2e_int8_module(model: nn.Module, calibration: torch.Tensor, channels_last:
 
 
 def calibration_slices(
-    data_files: Sequence[Path], count: int = CALIBRATION_SLICES, multiple: int = 16, seed: int = 0
+    data_files: Sequence[Path],
+    count: int = CALIBRATION_SLICES,
+    multiple: int = 16,
+    seed: int = 0,
+    context: int = 0,
 ) -> torch.Tensor:
     """``count`` slices drawn evenly from cached cases (``<case>_data.npy``, ``(C, S, H, W)``), each
-    zero-padded (centred, as prediction pads) to one size, a multiple of ``multiple``: ``(N, C, H, W)``."""
+    zero-padded (centred, as prediction pads) to one size, a multiple of ``multiple``: ``(N, C, H, W)``.
+    With ``context`` K (2.5D plans) each slice comes with its K neighbours on each side as channels, as the
+    network is fed: ``(N, C * (2K + 1), H, W)``."""
+    from monetpipe.preprocessing.context import stack_context
+
     rng = np.random.default_rng(seed)
     arrays = [np.load(f, mmap_mode="r") for f in data_files]
     total = sum(a.shape[1] for a in arrays)
@@ -194,7 +202,8 @@ def calibration_slices(
     slices = []
     for index in chosen:
         case = int(np.searchsorted(offsets, index, side="right") - 1)
-        slices.append(np.asarray(arrays[case][:, index - offsets[case]], dtype=np.float32))
+        stack = stack_context(arrays[case], [index - offsets[case]], context)[0]  # (C * (2K + 1), H, W)
+        slices.append(np.asarray(stack, dtype=np.float32))
     h = -(-max(s.shape[-2] for s in slices) // multiple) * multiple
     w = -(-max(s.shape[-1] for s in slices) // multiple) * multiple
     out = np.zeros((len(slices), slices[0].shape[0], h, w), np.float32)

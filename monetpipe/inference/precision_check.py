@@ -58,7 +58,9 @@ def _fold_split(task_dir: Path, fold: int | str) -> dict:
     return splits[fold]
 
 
-def _calibrate_int8(files: PrecisionFiles, network, layout, train_ids: Sequence[str], count: int) -> dict:
+def _calibrate_int8(
+    files: PrecisionFiles, network, layout, train_ids: Sequence[str], count: int, context: int = 0
+) -> dict:
     """Make (or reuse) the fold's int8 model; returns its record."""
     if files.int8_current():
         record = read_json(files.int8_record)
@@ -71,7 +73,7 @@ def _calibrate_int8(files: PrecisionFiles, network, layout, train_ids: Sequence[
             f"Run monet_plan_and_preprocess for {layout.task_dir.name} first."
         )
     start = time.perf_counter()
-    slices = calibration_slices(data_files, count)
+    slices = calibration_slices(data_files, count, context=context)
     quantize_onnx_int8(network, slices, files.int8_model)
     record = {
         "checkpoint": files.checkpoint_file.name,
@@ -142,7 +144,9 @@ def prepare_fold(
     entry: dict = {"tolerance": tolerance}
     int8_file = None
     if precision == "int8":
-        entry["calibration"] = _calibrate_int8(files, network, layout, split["train"], calibration_count)
+        entry["calibration"] = _calibrate_int8(
+            files, network, layout, split["train"], calibration_count, plans.context_slices
+        )
         int8_file = files.int8_model
     files.folder.mkdir(parents=True, exist_ok=True)
     for stale in files.folder.glob(".check_*"):  # left by a killed check (a running one is younger)
@@ -296,7 +300,9 @@ def prepare_after_training(
         start = time.perf_counter()
         try:
             entry = next(iter(prepare_precision(model_folder, precision, folds=[fold], paths=paths).values()))
-        except MonetError as exc:
+        except Exception as exc:  # the trained model is saved and validated: a failed check must not undo that
+            if not isinstance(exc, MonetError):
+                log.exception("checking %s inference failed unexpectedly", precision)
             log.warning("%s inference not enabled for fold %s: %s", precision, fold, exc)
             results[precision] = {"error": str(exc)}
             continue
