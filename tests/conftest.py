@@ -17,6 +17,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(autouse=True)
+def plain_cpu(monkeypatch):
+    """Every test runs as on a CPU without bf16 / VNNI / AMX (``MONETPIPE_CPU_FLAGS=""``), whatever the
+    machine has: the defaults that follow the CPU (``monet_train --precision auto``, its
+    ``--prepare-precision auto`` checks, ``monet_predict --precision auto``) then do the same everywhere, so
+    the suite's results and its time do not depend on the machine. Tests of those features set the flags
+    they need themselves (tests/test_precision.py, tests/test_time_budget.py)."""
+    monkeypatch.setenv("MONETPIPE_CPU_FLAGS", "")
+
+
 @pytest.fixture()
 def monet_roots(tmp_path, monkeypatch):
     """Point MONET_raw / MONET_preprocessed / MONET_results at fresh temp folders."""

@@ -53,7 +53,8 @@ def test_parse_flags():
     assert parse_flags("AVX2,avx512_bf16 ,, amx_tile") == {"avx2", "avx512_bf16", "amx_tile"}
 
 
-def test_this_machine_is_described():
+def test_this_machine_is_described(monkeypatch):
+    monkeypatch.delenv("MONETPIPE_CPU_FLAGS")  # the suite's plain-CPU default (conftest) off: the real flags
     f = cpu_features()
     assert f.summary()
     assert supported_precisions(f)[0] == "fp32"

@@ -163,6 +163,7 @@ def test_recipe_paper_sets_the_paper_values_and_explicit_flags_override_it():
 
 
 def test_auto_precision_follows_the_cpu_flags(monkeypatch):
+    assert TrainConfig().precision == "auto"  # the default: bf16 where the CPU has it natively, else fp32
     monkeypatch.setenv("MONETPIPE_CPU_FLAGS", "")
     assert resolve_precision("auto", "cpu") == "fp32"
     monkeypatch.setenv("MONETPIPE_CPU_FLAGS", "avx2,avx512_bf16")

@@ -167,7 +167,7 @@ class TrainConfig:
     )
     amp: bool = setting(False, "float16 mixed precision (CUDA only; ignored elsewhere)", "machine")
     precision: str = setting(
-        "fp32",
+        "auto",
         "compute precision of the forward pass: bf16 = bfloat16 autocast (weights and optimizer stay float32); "
         "auto = bf16 on a CPU with native bfloat16 (avx512_bf16 / AMX), else fp32",
         "machine",
