@@ -256,3 +256,11 @@ def test_int8_rows_of_both_int8_paths(tmp_path):
     table = pd.read_csv(out).set_index("precision")
     assert table.loc["int8", "precision_mib"] < 0.4 * table.loc["fp32", "precision_mib"]
     assert math.isfinite(table.loc["int8", "precision_matmul_gflops"]) and table.loc["int8", "floor_ratio"] > 0
+
+
+def test_default_batch_and_workers_are_what_monet_predict_runs():
+    assert cli.predict_defaults(None, None, 256, 2) == ([2], [2])  # one 256 x 256 slice per worker
+    assert cli.predict_defaults(None, None, 64, 2) == ([32], [2])  # 16 slices of 64 x 64 per worker
+    assert cli.predict_defaults(None, None, 256, 1) == ([1], [1])  # one thread: one worker
+    assert cli.predict_defaults(None, [1, 2], 512, 2) == ([2], [1, 2])
+    assert cli.predict_defaults([4], None, 256, 2) == ([4], [2])  # what is given is kept

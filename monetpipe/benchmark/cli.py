@@ -100,18 +100,21 @@ def _add_how_to_run(p: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         nargs="+",
-        default=[4],
+        default=None,
         metavar="N",
-        help="slices per forward pass; several values are compared (default 4)",
+        help="slices per forward pass; several values are compared (default: monet_predict's CPU batch for "
+        "--size, i.e. per worker as many slices as make 64 x 64 x 16 pixels, at least 1: 2 at 256 x 256 "
+        "with 2 workers)",
     )
     p.add_argument(
         "--workers",
         type=int,
         nargs="+",
-        default=[1],
+        default=None,
         metavar="N",
         help="slice-parallel workers: each batch is split over N threads with threads/N intra-op threads "
-        "each; several values are compared (default 1). Use a batch size of at least N",
+        "each; several values are compared (default: monet_predict's, 2 with 2+ threads). Use a batch size "
+        "of at least N",
     )
     p.add_argument("--repeats", type=int, default=5, help="timed passes per variant (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
@@ -151,9 +154,28 @@ def _add_outputs(p: argparse.ArgumentParser) -> None:
     )
 
 
+def predict_defaults(
+    batch_sizes: list[int] | None, workers: list[int] | None, size: int, threads: int | None
+) -> tuple[list[int], list[int]]:
+    """``--batch-size`` / ``--workers`` where left out: what ``monet_predict`` runs on this CPU, so the
+    command's default row is the time a user gets (its slice-parallel workers and pixel-sized batch)."""
+    import torch
+
+    from monetpipe.inference.api import CPU_PIXELS_PER_BATCH
+    from monetpipe.inference.loading import default_workers
+
+    if workers is None:
+        workers = [default_workers("cpu", threads or torch.get_num_threads())]
+    if batch_sizes is None:
+        batch_sizes = [max(workers) * max(1, CPU_PIXELS_PER_BATCH // (size * size))]
+    return batch_sizes, workers
+
+
 def _config(args: argparse.Namespace):
     from monetpipe.benchmark.api import select_models, trained_network_spec
     from monetpipe.benchmark.runner import BenchmarkConfig, resolve_devices
+
+    batch_sizes, workers = predict_defaults(args.batch_size, args.workers, args.size, args.threads)
 
     models, in_channels, num_classes = select_models(args.models), args.in_channels, args.num_classes
     if args.model_folder:
@@ -162,8 +184,8 @@ def _config(args: argparse.Namespace):
     return BenchmarkConfig(
         models=models,
         backends=args.backend,
-        batch_sizes=args.batch_size,
-        workers=args.workers,
+        batch_sizes=batch_sizes,
+        workers=workers,
         slices=args.slices,
         size=args.size,
         repeats=args.repeats,
