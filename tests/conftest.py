@@ -17,14 +17,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(autouse=True)
-def plain_cpu(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def plain_cpu():
     """Every test runs as on a CPU without bf16 / VNNI / AMX (``MONETPIPE_CPU_FLAGS=""``), whatever the
     machine has: the defaults that follow the CPU (``monet_train --precision auto``, its
     ``--prepare-precision auto`` checks, ``monet_predict --precision auto``) then do the same everywhere, so
     the suite's results and its time do not depend on the machine. Tests of those features set the flags
-    they need themselves (tests/test_precision.py, tests/test_time_budget.py)."""
-    monkeypatch.setenv("MONETPIPE_CPU_FLAGS", "")
+    they need themselves (tests/test_precision.py, tests/test_time_budget.py). Session-wide, so that the
+    module-scoped fixtures that train models see it too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MONETPIPE_CPU_FLAGS", "")
+        yield
 
 
 @pytest.fixture()
