@@ -161,13 +161,13 @@ def predict_defaults(
     command's default row is the time a user gets (its slice-parallel workers and pixel-sized batch)."""
     import torch
 
-    from monetpipe.inference.api import CPU_PIXELS_PER_BATCH
+    from monetpipe.inference.api import cpu_batch_size
     from monetpipe.inference.loading import default_workers
 
     if workers is None:
         workers = [default_workers("cpu", threads or torch.get_num_threads())]
     if batch_sizes is None:
-        batch_sizes = [max(workers) * max(1, CPU_PIXELS_PER_BATCH // (size * size))]
+        batch_sizes = [cpu_batch_size(size, size, max(workers))]
     return batch_sizes, workers
 
 

@@ -352,7 +352,14 @@ def default_batch_size(plans: Plans, device, workers: int = 1) -> int:
     if not on_cpu:
         return plans.batch_size
     h, w = plans.patch_size
-    return workers * max(1, min(plans.batch_size, CPU_PIXELS_PER_BATCH // (h * w)))
+    return cpu_batch_size(h, w, workers, plans.batch_size)
+
+
+def cpu_batch_size(h: int, w: int, workers: int = 1, cap: int | None = None) -> int:
+    """``workers`` x the slices of ``h`` x ``w`` that fit in :data:`CPU_PIXELS_PER_BATCH` (at least 1, at
+    most ``cap``): ``monet_predict``'s CPU batch, also ``monet_benchmark``'s default."""
+    per_worker = CPU_PIXELS_PER_BATCH // (h * w)
+    return workers * max(1, per_worker if cap is None else min(cap, per_worker))
 
 
 def predict_files(

@@ -271,9 +271,10 @@ class PrecisionFiles:
             return {"precisions": {}}
         return record
 
-    def validated(self) -> set[str]:
-        """Precisions that passed the Dice check and ran faster than fp32 in it (fp32 always)."""
-        entries = self.read_validation().get("precisions", {})
+    def validated(self, record: dict | None = None) -> set[str]:
+        """Precisions that passed the Dice check and ran faster than fp32 in it (fp32 always), from
+        ``record`` (:meth:`read_validation`, read here when not given)."""
+        entries = (self.read_validation() if record is None else record).get("precisions", {})
         return {"fp32"} | {p for p, e in entries.items() if e.get("passed") and e.get("faster")}
 
     def int8_current(self) -> bool:
@@ -295,17 +296,20 @@ def resolve_precision(requested: str, fold_dirs: Sequence[Path], checkpoint: str
     seconds: dict[str, float] = {}
     for fold_dir in fold_dirs:
         files = PrecisionFiles(Path(fold_dir), checkpoint)
-        validated &= files.validated()
-        for name, entry in files.read_validation().get("precisions", {}).items():
+        record = files.read_validation()
+        validated &= files.validated(record)
+        for name, entry in record.get("precisions", {}).items():
             seconds[name] = seconds.get(name, 0.0) + float(entry.get("network_s", math.nan))
-    chosen = auto_precision(validated, cpu_features(), getattr(device, "type", str(device)))
+    features = cpu_features()
+    supported = supported_precisions(features)
+    chosen = auto_precision(validated, features, getattr(device, "type", str(device)))
     # Two reduced precisions both passed and both ran faster than fp32: the one measured faster on these
     # folds' validation cases wins (auto_precision's order by CPU features is only the fallback).
-    usable = [p for p in ("bf16", "int8") if p in validated and auto_precision({p}, cpu_features(), "cpu") == p]
+    usable = [p for p in ("bf16", "int8") if p in validated and p in supported]
     if chosen != "fp32" and len(usable) == 2 and all(math.isfinite(seconds.get(p, math.nan)) for p in usable):
         chosen = min(usable, key=lambda p: seconds[p])
-    log.info("--precision auto: %s (validated: %s; %s)", chosen, ", ".join(sorted(validated)), cpu_features().summary())
-    untried = [p for p in supported_precisions() if p != "fp32" and p not in seconds]
+    log.info("--precision auto: %s (validated: %s; %s)", chosen, ", ".join(sorted(validated)), features.summary())
+    untried = [p for p in supported if p != "fp32" and p not in seconds]
     if chosen == "fp32" and untried and getattr(device, "type", str(device)) == "cpu" and fold_dirs:
         folder = Path(fold_dirs[0]).parent
         log.info(

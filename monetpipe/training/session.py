@@ -292,9 +292,7 @@ def _finish(fp: FoldPlan, parts: TrainingParts, state: TrainingState, config: Tr
 
 def _prepare_precisions(fp: FoldPlan, config: TrainConfig, device: torch.device) -> None:
     """Check reduced-precision inference on the validation cases (``--prepare-precision``), never failing."""
-    from monetpipe.inference.precision_check import precisions_to_prepare
-
-    if not precisions_to_prepare(config.prepare_precision, device.type) or fp.raw_dir is None:
+    if config.prepare_precision == "none" or fp.raw_dir is None:
         return
     from monetpipe.inference.precision_check import prepare_after_training
     from monetpipe.paths import MonetPaths
