@@ -107,6 +107,12 @@ ROWS = {
             replace_baseline=True,
         ),
         Row("unet16", "reference, not an ablation: U-Net-16 with the baseline's flags and budget", model="unet16"),
+        Row("unet64", "reference, not an ablation: U-Net-64 with the baseline's flags and budget", model="unet64"),
+        Row(
+            "attention_unet",
+            "reference, not an ablation: Attention U-Net with the baseline's flags and budget",
+            model="attention_unet",
+        ),
     )
 }
 

@@ -269,14 +269,15 @@ def measure_one_changed(raw: Path, pre: Path, cmd: list[str], env: dict, bases: 
 
 
 def measure_one_changed_only(root: Path, n: int, args: argparse.Namespace) -> dict:
-    """``--one-changed-only``: on an existing ``preprocessed_<n>``, a rerun to bring it up to date (e.g. after
-    a fingerprint format change; timed too), then one changed case."""
-    raw = root / f"raw_{n}" / TASK
+    """``--one-changed-only``: a run to bring ``preprocessed_<n>`` up to date (the whole preprocessing where
+    there is none yet, or e.g. after a fingerprint format change; timed too), then one changed case."""
+    raw = task_folder(root, root / "source" / TASK, n, args.tests, args.cases)  # kept links, or made anew
     pre = root / f"preprocessed_{n}"
     env = {**os.environ, "MONET_raw": str(raw.parent), "MONET_preprocessed": str(pre)}
     cmd = [_bin("monet_plan_and_preprocess"), "-t", str(raw), "-np", str(args.processes)]
-    settle, _, settle_cpu = run_measured(cmd, env, root / f"preprocess_{n}_settle.log")
+    settle, settle_peak, settle_cpu = run_measured(cmd, env, root / f"preprocess_{n}_settle.log")
     row = {"cases": n, "settle_s": round(settle, 1), "settle_cpu_s": round(settle_cpu, 1)}
+    row["settle_peak_rss_mib"] = round(settle_peak / 2**20)
     row["load_1min_at_start"] = round(os.getloadavg()[0], 1)
     row.update(measure_one_changed(raw, pre, cmd, env, args.bases, root / f"preprocess_{n}_one_changed.log"))
     row["load_1min_at_end"] = round(os.getloadavg()[0], 1)
