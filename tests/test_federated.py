@@ -370,3 +370,26 @@ def test_too_few_sites_stops_with_a_message_and_continue_resumes_from_the_last_r
     (fold_dir / "validation" / "summary.json").unlink()
     again = run_federated(TASK, "monet", 0, settings, paths=task04, superlink="127.0.0.1:9", continue_run=True)
     assert again.rounds == 2 and (fold_dir / "validation" / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_time_budget_fits_the_rounds_and_the_last_is_at_the_lr_floor(task04, monkeypatch, capsys):
+    pytest.importorskip("flwr")
+    from monetpipe.federated.cli import main
+
+    _env(monkeypatch, task04)
+    folder = task04.results / TASK / "monet__monetPlans__fedavg2"
+    if folder.exists():  # another test's run
+        import shutil
+
+        shutil.rmtree(folder)
+    args = ["-t", "4", "-m", "monet", "--sites", "2", "--time-budget", "60s", "--local-iters", "2", "--batch-size", "4"]
+    assert main(args) == 0, capsys.readouterr().err
+    fold_dir = folder / "fold_0"
+    ckpt = torch.load(fold_dir / "checkpoint_final.pth", weights_only=True)
+    lrs = [r["lr"] for r in ckpt["history"]]
+    assert len(lrs) >= 2 and lrs[0] == 5e-4 and lrs[-1] == pytest.approx(5e-6)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert ckpt["federated"]["budget"]["elapsed_seconds"] <= 60.0  # rounds and checkpoints; the final validation
+    record = json.loads((fold_dir / "config.json").read_text())
+    assert record["federated"]["time_budget"] == 60.0 and record["federated"]["rounds_done"] == len(lrs)

@@ -304,6 +304,14 @@ def test_federated_runs_get_their_sites_and_rounds(tree):
     assert str(table["federated_sites"].dtype) == "Int64"
 
 
+def test_a_time_budgeted_federated_run_shows_the_rounds_it_trained(tmp_path):
+    from monetpipe.evaluation.leaderboard import federated_settings
+
+    record = {"federated": {"sites": 2, "rounds": None, "time_budget": 3600.0, "strategy": "fedavg", "rounds_done": 7}}
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    assert federated_settings(tmp_path) == {"federated_sites": 2, "federated_rounds": 7, "federated_strategy": "fedavg"}
+
+
 def test_an_old_format_summary_is_not_reused(tree):
     build_leaderboard(TASK, tree, models=["unet16"], num_processes=1, make_plots=False)
     summary_file = tree.results / TASK / "unet16__monetPlans" / "fold_0" / "validation" / "summary.json"

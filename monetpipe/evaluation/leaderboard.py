@@ -190,6 +190,8 @@ def federated_settings(fold_dir: Path) -> dict:
     out = {}
     for column, key in (("federated_sites", "sites"), ("federated_rounds", "rounds")):
         value = federated.get(key)
+        if key == "rounds" and federated.get("rounds_done") is not None:  # a finished run, e.g. a time-budgeted one
+            value = federated["rounds_done"]
         out[column] = int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
     strategy = federated.get("strategy")
     out["federated_strategy"] = str(strategy) if strategy is not None else None

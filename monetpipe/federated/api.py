@@ -110,8 +110,8 @@ def run_federated(
         app_dir = write_app(work / "app", spec_file)
         flwr_home = work / "flwr_home"
         where = ", ".join(f"{k}: {len(v)} cases" for k, v in sites.items()) or "each with its own case list"
-        log.info("%s fold %s: %d site(s) (%s), %d round(s) of %s -> %s", fp.model, fp.fold, settings.sites, where,
-                 settings.rounds, settings.strategy, fold_dir)  # fmt: skip
+        log.info("%s fold %s: %d site(s) (%s), %s of %s -> %s", fp.model, fp.fold, settings.sites, where,
+                 settings.describe_rounds(), settings.strategy, fold_dir)  # fmt: skip
         if superlink is None:
             threads = settings.threads or max(1, _cpus() // len(sites))
             with LocalFederation(work, site_files, paths.preprocessed, threads) as federation:

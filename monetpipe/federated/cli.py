@@ -11,6 +11,7 @@ from monetpipe.errors import MonetError
 EXAMPLES = """examples:
   monet_federated -t 4 -m monet --sites 3 --rounds 10 --local-epochs 2     # the paper's setting, on this machine
   monet_federated -t 4 -m monet --site-map sites.json --update-dtype float16 # your split, half the traffic
+  monet_federated -t 4 -m monet --sites 3 --time-budget 1h --local-iters 50 # the rounds that fit in an hour
   monet_federated -t 4 -m monet --sites 3 --rounds 10 --continue            # resume after the last round
 """
 
@@ -42,7 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     sites.add_argument("--sites", type=int, help=f"split the fold's training cases over N sites (default {d.sites})")
     sites.add_argument("--site-map", help='JSON file {"site_a": ["case_001", ...], ...}: which site has which cases')
     g = p.add_argument_group("rounds")
-    g.add_argument("--rounds", type=int, default=d.rounds, help="federated rounds")
+    g.add_argument(
+        "--rounds", type=int, help="federated rounds (default: 10; with --time-budget: as many as fit, capped by this)"
+    )
+    g.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="wall-clock budget for the rounds plus the final validation, e.g. 90s, 45m, 1.5h; fits the rounds "
+        "and a poly LR decay from --lr to --lr-floor to it; counts across --continue",
+    )
     local = g.add_mutually_exclusive_group()
     local.add_argument(
         "--local-epochs", type=int, default=d.local_epochs, help="passes over its slices per site and round"
@@ -51,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch, help="cap on steps of one local epoch")
     g.add_argument("--batch-size", type=int, help="batch size at each site (default: the plans')")
     g.add_argument("--lr", type=float, default=d.lr, help="NAdam learning rate at the sites")
+    g.add_argument("--lr-floor", type=float, default=d.lr_floor, help="the LR of the last round (with --time-budget)")
     g.add_argument("--loss", default=d.loss, choices=("dice", "dice_ce"), help="training loss")
     g.add_argument("--strategy", default=d.strategy, choices=STRATEGIES, help="Flower strategy")
     g.add_argument("--proximal-mu", type=float, default=d.proximal_mu, help="FedProx's mu (with --strategy fedprox)")

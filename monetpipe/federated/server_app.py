@@ -88,10 +88,12 @@ def train_config_of(settings) -> object:
     from monetpipe.training.config import TrainConfig
 
     return TrainConfig(
-        epochs=settings.rounds,
+        epochs=settings.max_rounds,
         iters_per_epoch=settings.iters_per_epoch,
         batch_size=settings.batch_size,
         lr=settings.lr,
+        time_budget=settings.time_budget,
+        lr_floor=settings.lr_floor,
         loss=settings.loss,
         device=settings.device,
         seed=settings.seed,
@@ -152,6 +154,11 @@ def _round_config(fp, settings, train_config, server_round: int, threads: int | 
     )
 
 
+def _of(settings) -> str:
+    """``/10`` after a round number where the rounds are known in advance; nothing under a time budget."""
+    return f"/{settings.rounds}" if settings.rounds else ("" if settings.time_budget else f"/{settings.max_rounds}")
+
+
 def _reason(msg: Message) -> str:
     text = str(msg.error.reason).strip().splitlines()
     return (text[-1] if text else "failed")[:300]
@@ -160,6 +167,7 @@ def _reason(msg: Message) -> str:
 def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
     import torch
 
+    from monetpipe.federated.budget import RoundBudget
     from monetpipe.federated.local_training import apply_delta, floating_state, load_floating_state
     from monetpipe.federated.transport import state_to_arrays
     from monetpipe.networks import build_network
@@ -186,15 +194,28 @@ def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
     strategy = _strategy(settings)
     ctx = DistContext()
     done_at_start = run.done
-    for server_round in range(run.done + 1, settings.rounds + 1):
+    budget = RoundBudget.create(
+        settings.time_budget,
+        settings.max_rounds,
+        settings.lr,
+        settings.lr_floor,
+        len(fp.inner_val_cases),
+        len(fp.val_cases),
+        run.budget_state,
+    )
+    while (left := budget.rounds_left(run.done, run.history)) is None or left > 0:
         start = time.perf_counter()
+        server_round = run.done + 1
         # every site before this invocation's first round; later only as many as a round needs, so that a
         # site that died costs one round's wait, not one per round
         first = server_round == done_at_start + 1
         _wait_for_sites(grid, settings, server_round, settings.sites if first else settings.required_sites)
-        config = _round_config(fp, settings, train_config, server_round, settings.threads)
+        lr = budget.round_lr(run.history)
+        round_train_config = dataclasses.replace(train_config, lr=lr)
+        config = _round_config(fp, settings, round_train_config, server_round, settings.threads)
         messages = list(strategy.configure_train(server_round, state_to_arrays(state), config, grid))
-        log.info("round %d/%d: sent the global model to %d site(s)", server_round, settings.rounds, len(messages))
+        log.info("round %d%s: sent the global model to %d site(s), LR %.3g", server_round, _of(settings),
+                 len(messages), lr)  # fmt: skip
         replies = list(grid.send_and_receive(messages, timeout=settings.round_timeout))
         valid, round_rows = _collect_replies(messages, replies, run.site_names, server_round, settings)
         if len(valid) < settings.required_sites:
@@ -207,6 +228,7 @@ def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
         aggregated, _ = strategy.aggregate_train(server_round, valid)
         state = apply_delta(state, {k: a.numpy() for k, a in aggregated.items()})
         load_floating_state(net, state)
+        val_start = time.perf_counter()
         metrics = inner_validation(
             net,
             fp.layout,
@@ -218,10 +240,20 @@ def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
             settings.val_batch_size,
             context_slices=fp.plans.context_slices,
         )
-        is_best = run.end_round(server_round, round_rows, len(messages), metrics, settings, time.perf_counter() - start)
+        now = time.perf_counter()
+        metrics["val_seconds"] = now - val_start
+        is_best = run.end_round(server_round, round_rows, len(messages), metrics, settings, now - start, lr)
+        run.budget_state = budget.state_dict()
         _save_round(fp, settings, net, train_config, record, run, is_best)
+        budget.round_saved(time.perf_counter() - now)
 
+    if settings.time_budget:
+        log.info("time budget: %.0f of %.0f s spent after %d round(s)", budget.elapsed(), settings.time_budget,
+                 run.done)  # fmt: skip
+    run.budget_state = budget.state_dict()
     save_checkpoint(_checkpoint(fp, net, train_config, record, run, True), fp.folder.checkpoint(fp.fold, "final"))
+    record["federated"]["rounds_done"] = run.done
+    write_json(record, fp.fold_dir / "config.json")
     log.info("finished %s after %d rounds (best inner-val Dice %.4f)", fp.fold_dir, run.done, run.best)
     summary = _final_validation(fp, net, device, settings)
     return {
@@ -258,6 +290,7 @@ class _RunState:
     rows: list = field(default_factory=list)
     best: float = -math.inf
     site_names: dict = field(default_factory=dict)
+    budget_state: dict = field(default_factory=dict)  # RoundBudget.state_dict(): budget seconds spent, LR progress
 
     @classmethod
     def resumed(cls, fp, net, settings) -> _RunState:
@@ -276,12 +309,16 @@ class _RunState:
             list(ckpt["federated"]["log"]),
             float(ckpt["best_dice"]),
             {int(k): v for k, v in ckpt["federated"].get("node_sites", {}).items()},
+            dict(ckpt["federated"].get("budget") or {}),
         )
-        log.info("continuing %s after round %d of %d", fp.fold_dir, run.done, settings.rounds)
+        log.info("continuing %s after round %d%s", fp.fold_dir, run.done, _of(settings))
         return run
 
-    def end_round(self, server_round: int, round_rows: list, sent: int, metrics: dict, settings, seconds: float):
-        """Record a finished round (site rows, a ``global`` row, the history); True when its Dice is the best."""
+    def end_round(
+        self, server_round: int, round_rows: list, sent: int, metrics: dict, settings, seconds: float, lr: float
+    ) -> bool:
+        """Record a finished round (site rows, a ``global`` row, the history); True when its Dice is the best.
+        ``seconds``: the whole round, inner validation included (``metrics["val_seconds"]`` of it)."""
         self.done = server_round
         is_best = metrics["val_dice"] > self.best
         self.best = max(self.best, metrics["val_dice"])
@@ -295,8 +332,9 @@ class _RunState:
                 "train_loss": train_loss,
                 "val_loss": metrics["val_loss"],
                 "val_dice": metrics["val_dice"],
-                "lr": settings.lr,
+                "lr": lr,
                 "seconds": seconds,
+                "val_seconds": round(float(metrics.get("val_seconds", 0.0)), 2),
             }
         )
         self.rows.extend(sorted(round_rows, key=lambda r: r["site"]))
@@ -316,9 +354,9 @@ class _RunState:
             }
         )
         log.info(
-            "round %d/%d: %d/%d updates, train loss %.4f, inner-val loss %.4f, Dice %.4f, %.1f s%s",
+            "round %d%s: %d/%d updates, train loss %.4f, inner-val loss %.4f, Dice %.4f, %.1f s%s",
             server_round,
-            settings.rounds,
+            _of(settings),
             len(ok_rows),
             sent,
             train_loss,
@@ -395,6 +433,7 @@ def _checkpoint(fp, net, train_config, record: dict, run: _RunState, finished: b
             **record["federated"],
             "log": run.rows,
             "node_sites": {str(k): v for k, v in run.site_names.items()},
+            "budget": run.budget_state,
         },
     }
 
@@ -446,7 +485,8 @@ def _run_record(fp, settings, train_config, spec: dict, device, resumed_from: in
     site_map = spec.get("site_map")
     record["federated"] = {
         "sites": settings.sites,
-        "rounds": settings.rounds,
+        "rounds": settings.max_rounds,
+        "time_budget": settings.time_budget,
         "strategy": settings.strategy,
         "proximal_mu": settings.proximal_mu if settings.strategy == "fedprox" else None,
         "local_epochs": None if settings.local_iters else settings.local_epochs,
