@@ -383,13 +383,15 @@ def test_a_time_budget_fits_the_rounds_and_the_last_is_at_the_lr_floor(task04, m
         import shutil
 
         shutil.rmtree(folder)
-    args = ["-t", "4", "-m", "monet", "--sites", "2", "--time-budget", "60s", "--local-iters", "2", "--batch-size", "4"]
+    # a round of this federation takes 20-50 s on a loaded core (each site starts a ClientApp that imports torch)
+    args = ["-t", "4", "-m", "monet", "--sites", "2", "--time-budget", "150s", "--local-iters", "2"]
+    args += ["--batch-size", "4"]
     assert main(args) == 0, capsys.readouterr().err
     fold_dir = folder / "fold_0"
     ckpt = torch.load(fold_dir / "checkpoint_final.pth", weights_only=True)
     lrs = [r["lr"] for r in ckpt["history"]]
     assert len(lrs) >= 2 and lrs[0] == 5e-4 and lrs[-1] == pytest.approx(5e-6)
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
-    assert ckpt["federated"]["budget"]["elapsed_seconds"] <= 60.0  # rounds and checkpoints; the final validation
+    assert ckpt["federated"]["budget"]["elapsed_seconds"] <= 150.0  # the rounds and checkpoints
     record = json.loads((fold_dir / "config.json").read_text())
-    assert record["federated"]["time_budget"] == 60.0 and record["federated"]["rounds_done"] == len(lrs)
+    assert record["federated"]["time_budget"] == 150.0 and record["federated"]["rounds_done"] == len(lrs)

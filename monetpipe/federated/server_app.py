@@ -211,7 +211,8 @@ def _run_locked(grid: Grid, fp, settings, spec: dict) -> dict:
         first = server_round == done_at_start + 1
         _wait_for_sites(grid, settings, server_round, settings.sites if first else settings.required_sites)
         lr = budget.round_lr(run.history)
-        round_train_config = dataclasses.replace(train_config, lr=lr)
+        # the sites train the round at this one LR; the budget and its schedule are the server's
+        round_train_config = dataclasses.replace(train_config, lr=lr, time_budget=None)
         config = _round_config(fp, settings, round_train_config, server_round, settings.threads)
         messages = list(strategy.configure_train(server_round, state_to_arrays(state), config, grid))
         log.info("round %d%s: sent the global model to %d site(s), LR %.3g", server_round, _of(settings),
