@@ -35,8 +35,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--precisions",
         nargs="+",
-        choices=("fp32", "bf16"),
-        help="CPU only: compare these training precisions, alternating (bf16 = bfloat16 autocast)",
+        choices=("fp32", "bf16", "fp32+compile", "bf16+compile"),
+        help="CPU only: compare these training precisions, alternating (bf16 = bfloat16 autocast; +compile = "
+        "monet_train --compile, its compile time printed from the warm-up step)",
     )
     p.add_argument("--rounds", type=int, default=3, help="with --precisions: rounds of alternation")
     p.add_argument("--cpu-batch", type=int, default=16, help="CPU batch size")
@@ -117,6 +118,7 @@ class _PrecisionRun:
 
         from monetpipe.networks import build_network
         from monetpipe.training.losses import build_loss
+        from monetpipe.training.trainer import compiled_training_loss, training_loss
 
         torch.manual_seed(0)
         self.net = build_network(name, 1, args.classes).to(memory_format=torch.channels_last)
@@ -125,18 +127,15 @@ class _PrecisionRun:
         self.y = torch.randint(0, max(args.classes, 2), (args.cpu_batch, *shape), generator=gen)
         self.loss = build_loss(args.loss)
         self.opt = torch.optim.NAdam(self.net.parameters(), lr=5e-4)
-        self.dtype = torch.bfloat16 if precision == "bf16" else None
+        self.dtype = torch.bfloat16 if precision.startswith("bf16") else None
+        self.step_loss = compiled_training_loss() if precision.endswith("+compile") else training_loss
         self.walls: list[float] = []
 
     def steps(self, n: int, record: bool = True) -> None:
         """``n`` training steps as monet_train takes them (autocast forward, float32 loss and optimizer)."""
-        import torch
-
         for _ in range(n):
             t = time.perf_counter()
-            with torch.autocast("cpu", dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-                logits = self.net(self.x)
-            loss = self.loss(logits.float(), self.y)
+            loss = self.step_loss(self.net, self.loss, self.x, self.y, "cpu", self.dtype)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -161,8 +160,10 @@ def compare_precisions(args: argparse.Namespace, models: list[str]) -> None:
     rows = []
     for name in models:
         runs = {p: _PrecisionRun(name, p, args, shape) for p in args.precisions}
-        for run in runs.values():
+        for p, run in runs.items():
+            t = time.perf_counter()
             run.steps(args.warmup, record=False)
+            print(f"  {name} {p}: {args.warmup} warm-up step(s) in {time.perf_counter() - t:.1f} s", flush=True)
         for r in range(args.rounds):
             for p, run in runs.items():
                 run.steps(args.steps)

@@ -176,6 +176,13 @@ class TrainConfig:
     channels_last: bool | None = setting(
         None, "channels_last memory format (default: on for CPU, where it is faster, off elsewhere)", "machine"
     )
+    compile_step: bool = setting(
+        False,
+        "torch.compile the training step (forward, loss and backward fused by Inductor): faster steps after a "
+        "one-off compile of about a minute, cached on disk for later runs; not with torchrun",
+        "machine",
+        flag="--compile",
+    )
     deterministic: bool = setting(False, "deterministic kernels where PyTorch has them (slower on GPU)", "machine")
     seed: int = setting(12345, "seeds weights, inner-val carving, batches, augmentation", "machine")
     # run

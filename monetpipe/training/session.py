@@ -44,7 +44,7 @@ from monetpipe.training.losses import build_loss
 from monetpipe.training.output_prior import init_output_prior, sampled_class_frequencies
 from monetpipe.training.progress import plot_progress, write_log_csv
 from monetpipe.training.schedule import EpochPlanner, ProgressSchedule, format_duration
-from monetpipe.training.trainer import EarlyStopping, TrainingParts, TrainingState, fit
+from monetpipe.training.trainer import EarlyStopping, TrainingParts, TrainingState, compiled_training_loss, fit
 
 log = logging.getLogger(__name__)
 _RESUME_SENSITIVE = (
@@ -128,6 +128,11 @@ def build_parts(
     stopper = EarlyStopping(config.patience)
     schedule = config.lr_schedule
     lr_schedule = None if schedule == "plateau" else ProgressSchedule(schedule, config.lr, config.lr_floor)
+    step_loss = None
+    if config.compile_step:
+        if ctx.enabled:
+            raise MonetError("--compile is not supported with torchrun (DistributedDataParallel); train without it.")
+        step_loss = compiled_training_loss()
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
@@ -150,6 +155,7 @@ def build_parts(
         channels_last,
         lr_schedule,
         torch.bfloat16 if precision == "bf16" else None,
+        step_loss,
     )
 
 

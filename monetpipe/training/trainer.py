@@ -71,6 +71,7 @@ class TrainingParts:
     channels_last: bool = False
     lr_schedule: ProgressSchedule | None = None  # poly / cosine: set before every step (else ``scheduler``)
     autocast_dtype: torch.dtype | None = None  # bfloat16 autocast (--precision bf16); float16 is ``amp``
+    step_loss: Callable[..., torch.Tensor] | None = None  # compiled :func:`training_loss` (--compile), else eager
 
     @property
     def compute_dtype(self) -> torch.dtype | None:
@@ -87,6 +88,35 @@ class TrainingState:
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     elapsed: float = 0.0  # seconds of the time budget spent (across --continue)
+
+
+def training_loss(
+    model: nn.Module, loss: nn.Module, x: torch.Tensor, y: torch.Tensor, device_type: str, dtype: torch.dtype | None
+) -> torch.Tensor:
+    """What one optimizer step differentiates: the forward pass in the compute precision (``dtype``, an
+    autocast dtype, or None for float32; weights, gradients and the optimizer stay float32) and the loss in
+    float32."""
+    with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        logits = model(x)
+    return loss(logits.float(), y)
+
+
+def compiled_training_loss() -> Callable[..., torch.Tensor]:
+    """:func:`training_loss` through ``torch.compile`` (Inductor; ``monet_train --compile``): forward, loss
+    and, through AOTAutograd, their backward become fused kernels. The first step of a run compiles (about
+    a minute on 2 cores), later runs of the same shapes load it from the on-disk cache that
+    ``monet_predict``'s ``torch_compile`` uses too.
+
+    Raises:
+        MonetError: torch.compile cannot run here (no C++ compiler, an unsupported platform).
+    """
+    from monetpipe.inference.backends import use_compile_cache
+
+    use_compile_cache()
+    try:
+        return torch.compile(training_loss, dynamic=False)
+    except Exception as exc:  # torch.compile raises many types when no backend is usable
+        raise MonetError(f"torch.compile is unavailable here ({exc}); train without --compile") from exc
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -136,10 +166,7 @@ def train_epoch(
             lr = parts.lr_schedule.next_lr()
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
-        # weights, gradients and the optimizer stay float32; the loss is computed in float32
-        with torch.autocast(parts.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits = parts.model(x)
-        loss = parts.loss(logits.float(), y)
+        loss = (parts.step_loss or training_loss)(parts.model, parts.loss, x, y, parts.device.type, dtype)
         parts.optimizer.zero_grad(set_to_none=True)
         parts.scaler.scale(loss).backward()
         parts.scaler.step(parts.optimizer)
