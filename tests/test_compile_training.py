@@ -39,3 +39,11 @@ def test_compiled_step_matches_the_eager_step_in_fp32():
         assert torch.allclose(grads[name], g, rtol=1e-3, atol=1e-6), name
     for name, b in eager_stats.items():  # BatchNorm's running statistics update inside the compiled graph too
         assert torch.allclose(stats[name], b, rtol=1e-4, atol=1e-6), name
+
+
+def test_a_one_off_compile_is_left_out_of_the_epoch_time_that_plans_a_budget():
+    from monetpipe.training.schedule import EpochPlanner
+
+    planner = EpochPlanner(600.0, None)
+    history = [{"seconds": 80.0, "compile_seconds": 60.0}, {"seconds": 21.0}]  # epoch 1 compiled for 60 s
+    assert planner.epoch_seconds(history) == pytest.approx(21.0)

@@ -19,8 +19,9 @@ COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
 # written when the run has them: ``val_seconds`` (the inner validation's share of ``seconds``), ``steps``
 # (optimizer steps of the epoch: fewer than the others' only in a first epoch cut to fit the time budget),
 # ``lr_end`` (the LR of the epoch's last step, poly / cosine schedules) and ``elapsed`` (seconds of the
-# time budget spent at the epoch's end, across --continue)
-OPTIONAL_COLUMNS = ("val_seconds", "steps", "lr_end", "elapsed")
+# time budget spent at the epoch's end, across --continue) and ``compile_seconds`` (--compile: the first
+# step's time, compiling included, in the epoch that had it)
+OPTIONAL_COLUMNS = ("val_seconds", "steps", "lr_end", "elapsed", "compile_seconds")
 
 
 def write_log_csv(history: list[dict], path: str | Path) -> None:

@@ -196,11 +196,11 @@ class EpochPlanner:
     seconds left (budget - elapsed - the final validation's reserve) / the measured seconds per epoch.
 
     The seconds per epoch are the slowest of the last three epochs (optimizer steps plus inner
-    validation, from the history rows' ``seconds``) plus the last epoch's time after its inner validation
-    (checkpoints, log, plot; each row records the one before it as ``overhead_seconds``, for a resumed
-    run): a run on a machine that slows down keeps its end. Nothing is measured before the first
-    epoch of a fresh run, so it always runs (its LR is planned from its first timed steps, by the
-    training loop).
+    validation, from the history rows' ``seconds``, less a one-off ``compile_seconds``) plus the last
+    epoch's time after its inner validation (checkpoints, log, plot; each row records the one before it
+    as ``overhead_seconds``, for a resumed run): a run on a machine that slows down keeps its end.
+    Nothing is measured before the first epoch of a fresh run, so it always runs (its LR is planned from
+    its first timed steps, by the training loop).
     """
 
     budget: float | None
@@ -217,7 +217,12 @@ class EpochPlanner:
         return self.elapsed_before + (time.perf_counter() if now is None else now) - self.started
 
     def epoch_seconds(self, history: Sequence[dict]) -> float | None:
-        recent = [float(r["seconds"]) for r in history[-3:] if r.get("seconds") is not None]
+        # an epoch's one-off compile (``--compile``) is not part of the next epochs' time
+        recent = [
+            float(r["seconds"]) - float(r.get("compile_seconds") or 0.0)
+            for r in history[-3:]
+            if r.get("seconds") is not None
+        ]
         if not recent:
             return None
         if self.overhead_seconds:

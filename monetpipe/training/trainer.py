@@ -72,6 +72,7 @@ class TrainingParts:
     lr_schedule: ProgressSchedule | None = None  # poly / cosine: set before every step (else ``scheduler``)
     autocast_dtype: torch.dtype | None = None  # bfloat16 autocast (--precision bf16); float16 is ``amp``
     step_loss: Callable[..., torch.Tensor] | None = None  # compiled :func:`training_loss` (--compile), else eager
+    compile_seconds: float | None = None  # with ``step_loss``: the first step's time, compiling included, once run
 
     @property
     def compute_dtype(self) -> torch.dtype | None:
@@ -162,6 +163,8 @@ def train_epoch(
         if batch["batch"] != first_batch + i:
             raise RuntimeError(f"data loader returned batch {batch['batch']}, expected {first_batch + i}")
         x, y = _to_device(batch, parts)
+        compiling = parts.step_loss is not None and parts.compile_seconds is None
+        step_start = time.perf_counter()
         if parts.lr_schedule is not None:
             lr = parts.lr_schedule.next_lr()
             for group in parts.optimizer.param_groups:
@@ -171,6 +174,9 @@ def train_epoch(
         parts.scaler.scale(loss).backward()
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
+        if compiling:  # a one-off: the epochs' times that plan a time budget leave it out (EpochPlanner)
+            parts.compile_seconds = time.perf_counter() - step_start
+            log.info("--compile: the first training step compiled in %.1f s", parts.compile_seconds)
         total += loss.detach()
         taken = i + 1
         if after_step is not None and after_step(i):
@@ -232,6 +238,7 @@ def fit(
         probe = None
         if parts.lr_schedule is not None and not planner.measured(state.history):
             probe = FirstEpochPlan(parts.lr_schedule, planner, state, ctx, parts.device, iterations)
+        compiled_before = parts.compile_seconds
         train_loss = _epoch_train_loss(parts, batches, iterations, epoch, shown, ctx, probe)
         cut = probe.cut if probe is not None else None
         val_start = time.perf_counter()
@@ -256,6 +263,8 @@ def fit(
             "overhead_seconds": round(planner.overhead_seconds[-1], 3) if planner.overhead_seconds else None,
             "steps": cut or iterations,
         }
+        if parts.compile_seconds is not None and compiled_before is None:
+            row["compile_seconds"] = round(parts.compile_seconds, 2)  # part of ``seconds``, once per run
         if parts.lr_schedule is not None:
             row["lr_end"] = current_lr(parts.optimizer)
         if planner.budget is not None:
