@@ -164,7 +164,7 @@ def train_epoch(
             raise RuntimeError(f"data loader returned batch {batch['batch']}, expected {first_batch + i}")
         x, y = _to_device(batch, parts)
         compiling = parts.step_loss is not None and parts.compile_seconds is None
-        step_start = time.perf_counter()
+        step_start = time.perf_counter() if compiling else 0.0
         if parts.lr_schedule is not None:
             lr = parts.lr_schedule.next_lr()
             for group in parts.optimizer.param_groups:
