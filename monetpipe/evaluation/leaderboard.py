@@ -188,10 +188,10 @@ def federated_settings(fold_dir: Path) -> dict:
     if not isinstance(federated, dict):
         return blank
     out = {}
-    for column, key in (("federated_sites", "sites"), ("federated_rounds", "rounds")):
+    # the rounds a finished run trained (a time-budgeted run has no round count in advance), else the planned ones
+    rounds_key = "rounds_done" if federated.get("rounds_done") is not None else "rounds"
+    for column, key in (("federated_sites", "sites"), ("federated_rounds", rounds_key)):
         value = federated.get(key)
-        if key == "rounds" and federated.get("rounds_done") is not None:  # a finished run, e.g. a time-budgeted one
-            value = federated["rounds_done"]
         out[column] = int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
     strategy = federated.get("strategy")
     out["federated_strategy"] = str(strategy) if strategy is not None else None

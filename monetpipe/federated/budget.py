@@ -17,7 +17,6 @@ so ``--continue`` goes on with what is left. Imports neither torch nor Flower.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,6 +84,6 @@ class RoundBudget:
     def state_dict(self) -> dict:
         """What a checkpoint keeps for ``--continue``: budget seconds spent, the schedule's progress."""
         return {
-            "elapsed_seconds": round(self.planner.elapsed(time.perf_counter()), 3),
+            "elapsed_seconds": round(self.elapsed(), 3),
             "lr_schedule": self.schedule.state_dict() if self.schedule else None,
         }

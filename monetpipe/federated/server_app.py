@@ -155,8 +155,8 @@ def _round_config(fp, settings, train_config, server_round: int, threads: int | 
 
 
 def _of(settings) -> str:
-    """``/10`` after a round number where the rounds are known in advance; nothing under a time budget."""
-    return f"/{settings.rounds}" if settings.rounds else ("" if settings.time_budget else f"/{settings.max_rounds}")
+    """``/10`` after a round number where the rounds are capped; nothing when the time budget alone decides."""
+    return "" if settings.max_rounds is None else f"/{settings.max_rounds}"
 
 
 def _reason(msg: Message) -> str:
