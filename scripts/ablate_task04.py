@@ -230,6 +230,7 @@ def training_numbers(fold: Path) -> dict:
         "loss": settings.get("loss"),
         "mirror": settings.get("mirror"),
         "batch_size": config["resolved"].get("batch_size"),
+        "precision": config["resolved"].get("precision", "fp32"),
         "patch_size": "x".join(str(p) for p in config["resolved"].get("patch_size", [])),
     }
 
@@ -301,16 +302,18 @@ def paired(row_file: Path, reference_file: Path) -> dict:
     }
 
 
-def reference_of(name: str) -> str:
-    """The row a row is compared with: the one whose model it predicts with (tta: mirror), else baseline."""
-    return ROWS[name].model_of if name in ROWS and ROWS[name].model_of else "baseline"
+def reference_of(name: str, reference: str = "baseline") -> str:
+    """The row a row is compared with: the one whose model it predicts with (tta: mirror), else ``reference``
+    (the baseline, or the row that is the baseline's recipe on this machine, e.g. ``bf16`` for a baseline
+    trained before ``--precision auto`` became the default)."""
+    return ROWS[name].model_of if name in ROWS and ROWS[name].model_of else reference
 
 
-def write_tables(work: Work, rows: list[dict]) -> tuple[Path, Path]:
+def write_tables(work: Work, rows: list[dict], reference: str = "baseline") -> tuple[Path, Path]:
     """OUT/ablation.csv (every collected value, with the paired comparison to each row's reference row where
     both summaries exist) and OUT/ablation.md, in row order."""
     for r in rows:
-        ref = reference_of(r["row"])
+        ref = reference_of(r["row"], reference)
         files = work.row_dir(r["row"]) / "summary.json", work.row_dir(ref) / "summary.json"
         if r["row"] != ref and all(f.is_file() for f in files):
             r.update({"paired_with": ref, **paired(*files)})
@@ -321,7 +324,7 @@ def write_tables(work: Work, rows: list[dict]) -> tuple[Path, Path]:
         writer.writeheader()
         writer.writerows(rows)
     dice_labels = [c for c in columns if c.startswith("dice_") and c != "dice_fg"]
-    head = ["row", "change", "Dice (fg mean)", *[c[5:] for c in dice_labels], "HD95 mm", "patch", "batch"]
+    head = ["row", "change", "Dice (fg mean)", *[c[5:] for c in dice_labels], "HD95 mm", "patch", "batch", "precision"]
     head += ["epochs", "steps", "s / step", "predict s (60 cases)", "load start / end"]
     head += ["paired Dice diff +- s.e. (better / worse cases)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -329,6 +332,7 @@ def write_tables(work: Work, rows: list[dict]) -> tuple[Path, Path]:
         change = ROWS[r["row"]].change if r["row"] in ROWS else r["change"]
         cells = [r["row"], change, f"{r['dice_fg']:.4f}", *[f"{r[c]:.4f}" for c in dice_labels]]
         cells += [f"{r['hd95_fg_mm']:.2f}", str(r.get("patch_size")), str(r.get("batch_size"))]
+        cells += [str(r.get("precision", "-"))]
         cells += [str(r["epochs"]), str(r["steps"]), f"{r['sec_per_step']}"]
         cells += [f"{r['predict_s']:.1f}", f"{r['load_start']:.1f} / {r['load_end']:.1f}"]
         if "paired_diff" in r:
@@ -353,6 +357,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bin", type=Path, default=Path(sys.executable).parent, help="folder of the monet_* commands")
     p.add_argument(
         "--train-args", default="", help="extra monet_train flags for every row, one string, e.g. '--num-threads 2'"
+    )
+    p.add_argument(
+        "--reference",
+        default="baseline",
+        choices=list(ROWS),
+        metavar="ROW",
+        help="the row every other row is compared with, case by case (default baseline; tta: always mirror)",
     )
     p.add_argument("--list", action="store_true", help="print the rows and their flags, run nothing")
     args = p.parse_args(argv)
@@ -393,8 +404,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}: finished before ({row_file}), skipped")
         else:
             run_row(work, ROWS[name])
-        done.append(read_json(row_file))
-    csv_file, md_file = write_tables(work, done)
+        values = read_json(row_file)
+        config = work.model_folder(ROWS[name]) / "fold_0" / "config.json"
+        if "precision" not in values and config.is_file():  # rows tabled before the column existed
+            values["precision"] = read_json(config)["resolved"].get("precision", "fp32")
+        done.append(values)
+    csv_file, md_file = write_tables(work, done, args.reference)
     print(f"== {time.strftime('%H:%M:%S')} load {load():.2f} wrote {csv_file} and {md_file}")
     print(md_file.read_text())
     return 0

@@ -142,3 +142,28 @@ def test_each_row_is_compared_case_by_case_with_its_reference_row(ablate, tmp_pa
     assert (by_row["cosine"]["better"], by_row["cosine"]["worse"]) == (2, 1)
     assert by_row["tta"]["paired_with"] == "mirror" and by_row["tta"]["better"] == 3
     assert "+0.0133 +- 0.0120 vs baseline (2 / 1)" in (work.out / "ablation.md").read_text()
+
+
+def test_rows_can_be_compared_with_another_reference_row(ablate, tmp_path):
+    """--reference bf16: on a machine where the baseline row was trained before bf16 became the default, the
+    new rows (bf16 by default) are compared with the bf16 row; tta stays with mirror; precision is tabled."""
+    work = _work(ablate, tmp_path)
+    for name, dice in (("baseline", 0.70), ("bf16", 0.80), ("dice_ce", 0.82), ("mirror", 0.8), ("tta", 0.81)):
+        cases = [
+            {"reference_file": f"/labels/{c}.nii.gz", "metrics": {"1": {"Dice": dice + d}}}
+            for c, d in (("a", 0.0), ("b", 0.01))
+        ]
+        work.row_dir(name).mkdir(parents=True, exist_ok=True)
+        (work.row_dir(name) / "summary.json").write_text(json.dumps({"metric_per_case": cases}))
+    common = {"change": "x", "dice_fg": 0.8, "hd95_fg_mm": 2.0, "epochs": 3, "steps": 75, "sec_per_step": 0.9}
+    common |= {"predict_s": 12.0, "load_start": 1, "load_end": 1, "patch_size": "64x48", "batch_size": 32}
+    common |= {"precision": "bf16"}
+    rows = [{"row": n, **common} for n in ("baseline", "bf16", "dice_ce", "mirror", "tta")]
+    ablate.write_tables(work, rows, reference="bf16")
+    by_row = {r["row"]: r for r in rows}
+    assert by_row["dice_ce"]["paired_with"] == "bf16" and by_row["dice_ce"]["paired_diff"] == pytest.approx(0.02)
+    assert by_row["baseline"]["paired_with"] == "bf16" and "paired_diff" not in by_row["bf16"]
+    assert by_row["tta"]["paired_with"] == "mirror"
+    table = (work.out / "ablation.md").read_text()
+    assert "| batch | precision |" in table and "| 64x48 | 32 | bf16 |" in table
+    assert "+0.0200 +- 0.0000 vs bf16 (2 / 0)" in table
