@@ -81,6 +81,7 @@ ROWS = {
         Row("plateau", "the paper's schedule: ReduceLROnPlateau on the inner-val loss", ("--schedule", "plateau")),
         Row("cosine", "cosine decay to the LR floor at the budget's end", ("--schedule", "cosine")),
         Row("dice_ce", "loss Dice + cross-entropy", ("--loss", "dice_ce")),
+        Row("lr2e3", "learning rate 2e-3 (4x the paper's 5e-4) at the start of the poly decay", ("--lr", "2e-3")),
         Row("mirror", "random flips of both axes", ("--mirror",)),
         Row("batch16", "batch size 16", ("--batch-size", "16")),
         Row("batch64", "batch size 64", ("--batch-size", "64")),

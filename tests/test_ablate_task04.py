@@ -45,7 +45,19 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
         return {**settings(flags), **settings(("--predict", *row.predict))}
 
     base = all_settings(ablate.ROWS["baseline"])
-    for name in ("plateau", "cosine", "dice_ce", "mirror", "batch16", "batch64", "s128", "s256", "ctx1", "bf16"):
+    for name in (
+        "plateau",
+        "cosine",
+        "dice_ce",
+        "lr2e3",
+        "mirror",
+        "batch16",
+        "batch64",
+        "s128",
+        "s256",
+        "ctx1",
+        "bf16",
+    ):
         row = all_settings(ablate.ROWS[name])
         changed = {k for k in base.keys() | row.keys() if base.get(k) != row.get(k)}
         assert len(changed) == 1, (name, changed)
