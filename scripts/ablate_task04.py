@@ -82,6 +82,11 @@ ROWS = {
         Row("cosine", "cosine decay to the LR floor at the budget's end", ("--schedule", "cosine")),
         Row("dice_ce", "loss Dice + cross-entropy", ("--loss", "dice_ce")),
         Row("lr2e3", "learning rate 2e-3 (4x the paper's 5e-4) at the start of the poly decay", ("--lr", "2e-3")),
+        Row(
+            "lr2e3_dice_ce",
+            "the two one-hour winners together: learning rate 2e-3 and Dice + cross-entropy (two changes, on purpose)",
+            ("--lr", "2e-3", "--loss", "dice_ce"),
+        ),
         Row("mirror", "random flips of both axes", ("--mirror",)),
         Row("batch16", "batch size 16", ("--batch-size", "16")),
         Row("batch64", "batch size 64", ("--batch-size", "64")),
