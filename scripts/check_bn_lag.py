@@ -43,8 +43,8 @@ def predict(net: nn.Module, x: torch.Tensor, batch: int = 16) -> np.ndarray:
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            padded, _ = pad_to_multiple(x[i : i + batch], 4)
-            out.append(net(padded)[..., :h, :w].argmax(1).numpy())
+            padded, (left, _, top, _) = pad_to_multiple(x[i : i + batch], 4)  # centred: crop back the same way
+            out.append(net(padded)[..., top : top + h, left : left + w].argmax(1).numpy())
     return np.concatenate(out)
 
 
