@@ -7,6 +7,8 @@ scores its validation cases in eval mode on the cached slices (plan resolution, 
 foreground class, mean over cases), then recomputes every BatchNorm layer's statistics from the fold's
 training slices (cumulative averages in train mode, no gradient, the weights untouched) and scores the
 same cases again. A large gain means the low Dice was the statistics' lag, not the model.
+At the end of a long run with an annealed LR the saved statistics are current, and the recomputation
+(whole slices, case by case, unaugmented: not the training batches' mix) can score lower instead.
 
     python scripts/check_bn_lag.py --fold MONET_results/Task901_SyntheticCT/monet__monetPlans/fold_0 \\
         --slices MONET_preprocessed/Task901_SyntheticCT/monetPlans_slices
