@@ -216,6 +216,11 @@ def link_val_images(work: Work) -> None:
             link.symlink_to(work.raw / TASK / "imagesTr" / f"{case}.nii.gz")
 
 
+def trained_precision(config: dict) -> str:
+    """The precision a row trained in, from its ``config.json`` (runs before the setting existed: fp32)."""
+    return config["resolved"].get("precision", "fp32")
+
+
 def training_numbers(fold: Path) -> dict:
     """Epochs, optimizer steps, seconds per step (training time without inner validation) and the resolved
     settings, from ``fold_0/training_log.csv`` and ``config.json``."""
@@ -236,7 +241,7 @@ def training_numbers(fold: Path) -> dict:
         "loss": settings.get("loss"),
         "mirror": settings.get("mirror"),
         "batch_size": config["resolved"].get("batch_size"),
-        "precision": config["resolved"].get("precision", "fp32"),
+        "precision": trained_precision(config),
         "patch_size": "x".join(str(p) for p in config["resolved"].get("patch_size", [])),
     }
 
@@ -413,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         values = read_json(row_file)
         config = work.model_folder(ROWS[name]) / "fold_0" / "config.json"
         if "precision" not in values and config.is_file():  # rows tabled before the column existed
-            values["precision"] = read_json(config)["resolved"].get("precision", "fp32")
+            values["precision"] = trained_precision(read_json(config))
         done.append(values)
     csv_file, md_file = write_tables(work, done, args.reference)
     print(f"== {time.strftime('%H:%M:%S')} load {load():.2f} wrote {csv_file} and {md_file}")

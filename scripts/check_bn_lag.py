@@ -26,36 +26,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from monetpipe.inference.predictor import pad_to_multiple
-from monetpipe.networks.registry import build_network
+from monetpipe.inference.loading import network_from_checkpoint
+from monetpipe.inference.predictor import pad_to_multiple, predict_slices
+from monetpipe.results import load_checkpoint
 
 log = logging.getLogger("check_bn_lag")
 
 
-def case_slices(slices: Path, case_id: str) -> tuple[torch.Tensor, np.ndarray]:
-    """A cached case as ``(Z, C, H, W)`` float32 slices, padded to a multiple of 4, and its ``(Z, H, W)`` labels."""
-    data = np.load(slices / f"{case_id}_data.npy").astype(np.float32)  # (C, Z, H, W)
+def case_slices(slices: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """A cached case's ``(C, Z, H, W)`` float32 slices and its ``(Z, H, W)`` labels."""
+    data = np.load(slices / f"{case_id}_data.npy").astype(np.float32)
     seg = np.load(slices / f"{case_id}_seg.npy")
-    x = torch.from_numpy(data).permute(1, 0, 2, 3).contiguous()
-    return x, seg.reshape(seg.shape[-3:])
-
-
-def predict(net: nn.Module, x: torch.Tensor, batch: int = 16) -> np.ndarray:
-    h, w = x.shape[-2:]
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            padded, (left, _, top, _) = pad_to_multiple(x[i : i + batch], 4)  # centred: crop back the same way
-            out.append(net(padded)[..., top : top + h, left : left + w].argmax(1).numpy())
-    return np.concatenate(out)
+    return data, seg.reshape(seg.shape[-3:])
 
 
 def mean_dice(net: nn.Module, slices: Path, cases: list[str], labels: list[int]) -> float:
+    """Mean over cases of the mean Dice over ``labels``, eval mode, as monet_predict predicts slices."""
     net.eval()
     scores = []
     for case in cases:
-        x, seg = case_slices(slices, case)
-        pred = predict(net, x)
+        data, seg = case_slices(slices, case)
+        pred = predict_slices([net], data, size_multiple=4).argmax(0).numpy()
         per_label = []
         for c in labels:
             p, g = pred == c, seg == c
@@ -76,7 +67,7 @@ def recompute_batchnorm(net: nn.Module, slices: Path, cases: list[str], batch: i
     seen = 0
     with torch.no_grad():
         for case in cases:
-            x, _ = case_slices(slices, case)
+            x = torch.from_numpy(case_slices(slices, case)[0]).transpose(0, 1)  # slices are the batch
             for i in range(0, len(x), batch):
                 padded, _ = pad_to_multiple(x[i : i + batch], 4)
                 net(padded)
@@ -92,12 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
-    checkpoint = torch.load(args.fold / args.checkpoint, map_location="cpu", weights_only=False)
-    spec = checkpoint["network"]
-    net = build_network(spec["name"], spec["in_channels"], spec["num_classes"])
-    net.load_state_dict(checkpoint["model_state"])
+    path = args.fold / args.checkpoint
+    checkpoint = load_checkpoint(path)
+    net = network_from_checkpoint(checkpoint, path)
     cases = checkpoint["cases"]
-    labels = list(range(1, max(spec["num_classes"], 2)))
+    labels = list(range(1, max(int(checkpoint["network"]["num_classes"]), 2)))
     before = mean_dice(net, args.slices, cases["val"], labels)
     seen = recompute_batchnorm(net, args.slices, cases["train"])
     after = mean_dice(net, args.slices, cases["val"], labels)
