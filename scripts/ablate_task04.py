@@ -87,6 +87,11 @@ ROWS = {
             "the two one-hour winners together: learning rate 2e-3 and Dice + cross-entropy (two changes, on purpose)",
             ("--lr", "2e-3", "--loss", "dice_ce"),
         ),
+        Row(
+            "lr4e3_dice_ce",
+            "learning rate 4e-3 with Dice + cross-entropy: one change from lr2e3_dice_ce",
+            ("--lr", "4e-3", "--loss", "dice_ce"),
+        ),
         Row("mirror", "random flips of both axes", ("--mirror",)),
         Row("batch16", "batch size 16", ("--batch-size", "16")),
         Row("batch64", "batch size 64", ("--batch-size", "64")),
