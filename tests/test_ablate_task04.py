@@ -66,7 +66,7 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
     assert {k for k in tta.keys() | mirror.keys() if tta.get(k) != mirror.get(k)} == {"--tta"}
     combined = all_settings(ablate.ROWS["lr2e3_dice_ce"])
     assert {k for k in base.keys() | combined.keys() if base.get(k) != combined.get(k)} == {"--lr", "--loss"}
-    assert ablate.ROWS["cosine"].train_flags == ("--loss", "dice", "--schedule", "cosine")
+    assert ablate.ROWS["cosine"].train_flags == ("--loss", "dice", "--lr", "5e-4", "--schedule", "cosine")
     assert ablate.ROWS["s128"].plans == "monetPlans_s128" and ablate.ROWS["ctx1"].plans == "monetPlans_ctx1"
     assert ablate.ROWS["paper"].train_flags == ("--recipe", "paper")  # the preset, not overridden by the baseline's
 
