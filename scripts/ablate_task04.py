@@ -93,6 +93,11 @@ ROWS = {
             "learning rate 4e-3 with Dice + cross-entropy: one change from lr2e3_dice_ce",
             ("--lr", "4e-3", "--loss", "dice_ce"),
         ),
+        Row(
+            "lr2e3_dice_ce_batch16",
+            "batch size 16 with lr2e3_dice_ce's settings: one change from it (twice the steps of half the slices)",
+            ("--lr", "2e-3", "--loss", "dice_ce", "--batch-size", "16"),
+        ),
         Row("mirror", "random flips of both axes", ("--mirror",)),
         Row("batch16", "batch size 16", ("--batch-size", "16")),
         Row("batch64", "batch size 64", ("--batch-size", "64")),
@@ -119,6 +124,12 @@ ROWS = {
             replace_baseline=True,
         ),
         Row("unet16", "reference, not an ablation: U-Net-16 with the baseline's flags and budget", model="unet16"),
+        Row(
+            "unet16_lr2e3_dice_ce",
+            "reference, not an ablation: U-Net-16 with lr2e3_dice_ce's flags (the default recipe) and budget",
+            ("--lr", "2e-3", "--loss", "dice_ce"),
+            model="unet16",
+        ),
         Row("unet64", "reference, not an ablation: U-Net-64 with the baseline's flags and budget", model="unet64"),
         Row(
             "attention_unet",
