@@ -80,7 +80,7 @@ def test_demo_trains_every_network_beyond_its_untrained_self(tmp_path):
     env["MONET_results"] = str(untrained)
     for model in MODELS:
         cmd = [BIN / "monet_train", "-t", "901", "-m", model, "--epochs", "1", "--iters-per-epoch", "1"]
-        cmd += ["--batch-size", "4", "--lr", "1e-12"]
+        cmd += ["--batch-size", "4", "--lr", "1e-12", "--lr-floor", "0"]
         subprocess.run([str(c) for c in cmd], env=env, check=True, capture_output=True, timeout=900)
     subprocess.run(
         [str(BIN / "monet_evaluate"), "-t", "901", "--no-plots", "-np", "1"], env=env, check=True, capture_output=True

@@ -137,15 +137,17 @@ def test_the_first_epoch_of_a_budget_run_is_planned_from_its_first_steps(monkeyp
 # ---- settings: defaults, recipes, precision -----------------------------------------------------------
 
 
-def test_without_a_budget_the_paper_schedule_and_caps_are_unchanged():
+def test_the_default_schedule_is_poly_and_early_stopping_goes_with_the_papers_plateau():
     c = TrainConfig()
-    assert (c.lr_schedule, c.max_epochs, c.patience) == ("plateau", 100, 10)
+    assert (c.lr_schedule, c.max_epochs, c.patience, c.lr, c.loss) == ("poly", 100, None, 2e-3, "dice_ce")
+    plateau = TrainConfig(schedule="plateau")
+    assert (plateau.lr_schedule, plateau.max_epochs, plateau.patience) == ("plateau", 100, 10)
     b = TrainConfig(time_budget=60)
     assert (b.lr_schedule, b.max_epochs, b.patience) == ("poly", None, None)  # early stop off, no epoch cap
     asked = TrainConfig(time_budget=60, epochs=5, early_stop_patience=3, schedule="cosine")
     assert (asked.lr_schedule, asked.max_epochs, asked.patience) == ("cosine", 5, 3)
     with pytest.raises(MonetError, match="--lr-floor"):
-        TrainConfig(time_budget=60, lr_floor=1e-3)
+        TrainConfig(time_budget=60, lr_floor=5e-3)  # above the default --lr 2e-3
     with pytest.raises(MonetError, match="--amp .* --precision bf16"):
         TrainConfig(amp=True, precision="bf16")
 

@@ -95,7 +95,8 @@ def test_run_folder_is_self_contained_and_records_everything(finished_run):
     assert (fold / "progress.png").read_bytes()[:4] == b"\x89PNG"
     log = read_log_csv(fold / "training_log.csv")
     assert [r["epoch"] for r in log] == [1, 2]
-    assert set(log[0]) == {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "val_seconds", "steps"}
+    columns = {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "val_seconds", "steps"}
+    assert set(log[0]) == columns | {"lr_end"}  # the default poly schedule logs each epoch's last LR too
     record = json.loads((fold / "config.json").read_text())
     assert record["config"] == TINY.with_changes(num_workers=1).to_dict()
     assert record["resolved"]["iterations_per_epoch"] == 2 and record["resolved"]["num_workers"] == 1
@@ -207,7 +208,7 @@ def test_pretrained_weights_start_a_new_run_from_a_checkpoint(finished_run, root
 
     paths, _ = finished_run
     source = paths.results / TASK / "monet__monetPlans" / "fold_0" / "checkpoint_final.pth"
-    config = TINY.with_changes(epochs=1, iters_per_epoch=1, lr=1e-12, pretrained_weights=str(source))
+    config = TINY.with_changes(epochs=1, iters_per_epoch=1, lr=1e-12, lr_floor=0.0, pretrained_weights=str(source))
     with caplog.at_level("INFO"):
         result = train_fold("901", "monet", 0, config, paths=roots)
     assert "pretrained weights" in caplog.text

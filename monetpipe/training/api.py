@@ -65,7 +65,7 @@ def train_fold(
         task: ``Task04``, ``4``, ``Task04_Hippocampus``, ... (resolved in ``MONET_preprocessed``).
         model: a name from :func:`monetpipe.networks.list_networks`.
         fold: a fold of ``splits_final.json`` or ``"all"`` (train on every case, no final validation).
-        config: hyperparameters (default: the paper's recipe).
+        config: hyperparameters (default: ``TrainConfig()``, the default recipe).
         plans_name: which plans and slice cache to train on.
         paths: data roots (default: from the environment).
         continue_training: resume from ``checkpoint_latest.pth``.

@@ -2,10 +2,10 @@
 
 Each field is declared once, with its default, its help text and its flag (:func:`setting`);
 ``monet_train``'s parser is generated from these fields, so a new setting is one new field. The
-defaults are the paper's recipe. A run writes the config it used, plus the values resolved at run time
-(device, batch size per rank, iterations per epoch, the inner validation cases), to
-``fold_<k>/config.json``, so a run folder says exactly how its checkpoints were made, and
-``monet_train --config fold_<k>/config.json`` runs it again.
+defaults are the best measured recipe (docs/ablations.md); the paper's is ``--recipe paper``. A run
+writes the config it used, plus the values resolved at run time (device, batch size per rank,
+iterations per epoch, the inner validation cases), to ``fold_<k>/config.json``, so a run folder says
+exactly how its checkpoints were made, and ``monet_train --config fold_<k>/config.json`` runs it again.
 
 Named presets (``--recipe``) are data too: :data:`RECIPES` maps a name to the field values it sets;
 flags given on the command line override them (:meth:`TrainConfig.from_recipe` from Python).
@@ -25,7 +25,11 @@ LOSSES = ("dice", "dice_ce")
 TRAIN_PRECISIONS = ("fp32", "bf16", "auto")
 PREPARE_PRECISIONS = ("auto", "none", "bf16", "int8", "all")  # checked after training for monet_predict
 DEFAULT_EPOCHS = 100  # the cap without --time-budget
-DEFAULT_EARLY_STOP_PATIENCE = 10  # the paper's; off with --time-budget unless given
+DEFAULT_EARLY_STOP_PATIENCE = 10  # the paper's, with its plateau schedule; off otherwise unless given
+# The default recipe, chosen by the one-hour Task04 ablation (docs/ablations.md): a poly decay from 2e-3 with
+# Dice + cross-entropy. The paper's 5e-4 / soft Dice / plateau stay in PAPER_RECIPE.
+DEFAULT_LR = 2e-3
+DEFAULT_LOSS = "dice_ce"
 # The paper's recipe (Knolle et al. 2021), pinned: what the paper specifies, so later changes of the defaults
 # leave it reproducible. The paper's network starts with Keras' zero output bias, hence output_prior False.
 PAPER_RECIPE: dict[str, Any] = {
@@ -41,7 +45,7 @@ PAPER_RECIPE: dict[str, Any] = {
     "mirror": False,
     "output_prior": False,
 }
-# "default" is the fields' defaults (today: the paper's recipe plus the output prior, which docs/training.md
+# "default" is the fields' defaults (the one-hour ablation's best, plus the output prior, which docs/training.md
 # measures); a default changed on evidence is changed at its field, and "paper" stays as it is.
 RECIPES: dict[str, dict[str, Any]] = {"paper": PAPER_RECIPE, "default": {}}
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -79,9 +83,9 @@ class TrainConfig:
     """Everything that decides how a model is trained (see docs/training.md for each field).
 
     ``None`` means "resolve at run time": ``batch_size`` from the plans, ``num_workers``,
-    ``num_threads`` and ``channels_last`` from the machine; ``epochs``, ``early_stop_patience`` and
-    ``schedule`` from whether there is a ``time_budget`` (:attr:`max_epochs`, :attr:`patience`,
-    :attr:`lr_schedule`).
+    ``num_threads`` and ``channels_last`` from the machine; ``epochs`` and ``early_stop_patience`` from
+    whether there is a ``time_budget`` and the schedule (:attr:`max_epochs`, :attr:`patience`), ``schedule``
+    as poly (:attr:`lr_schedule`).
     """
 
     # schedule (paper: NAdam; Keras ReduceLROnPlateau / EarlyStopping on the inner validation loss)
@@ -109,19 +113,17 @@ class TrainConfig:
     batch_size: int | None = setting(
         None, "global batch size, split across torchrun processes (default: the plans' batch size)", "schedule"
     )
-    lr: float = setting(5e-4, "NAdam learning rate (the start of poly / cosine)", "schedule")
+    lr: float = setting(DEFAULT_LR, "NAdam learning rate (the start of poly / cosine)", "schedule")
     schedule: str | None = setting(
         None,
-        "LR schedule: plateau (the paper's ReduceLROnPlateau on the inner-val loss), poly or cosine (decay from "
-        "--lr to --lr-floor, reached at the last step of the run) (default: plateau; poly with --time-budget)",
+        "LR schedule: poly or cosine (decay from --lr to --lr-floor, reached at the last step of the run), or "
+        "plateau (the paper's ReduceLROnPlateau on the inner-val loss, with early stopping) (default: poly)",
         "schedule",
         choices=SCHEDULES,
     )
     lr_floor: float = setting(5e-6, "the LR that poly / cosine reach at the end", "schedule")
-    # Still the paper's "dice": dice_ce won the one-hour Task04 ablation but ruined MoNet in the demo's short
-    # run (docs/ablations.md), so the evidence does not yet support one default for both.
     loss: str = setting(
-        "dice",
+        DEFAULT_LOSS,
         "soft Dice over foreground channels (dice, the paper's), plus (binary) cross-entropy (dice_ce)",
         "schedule",
         choices=LOSSES,
@@ -133,7 +135,7 @@ class TrainConfig:
     early_stop_patience: int | None = setting(
         None,
         "epochs without inner-val loss improvement before training stops "
-        f"(default: {DEFAULT_EARLY_STOP_PATIENCE}; off with --time-budget)",
+        f"(default: {DEFAULT_EARLY_STOP_PATIENCE} with --schedule plateau and no --time-budget, else off)",
         "schedule",
     )
     inner_val_fraction: float = setting(
@@ -211,7 +213,10 @@ class TrainConfig:
         if self.schedule is not None and self.schedule not in SCHEDULES:
             problems.append(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.lr_floor < 0 or (self.lr_schedule != "plateau" and not self.lr_floor < self.lr):
-            problems.append(f"--lr-floor must lie in [0, --lr) for poly / cosine, got {self.lr_floor} (--lr {self.lr})")
+            problems.append(
+                f"--lr-floor must lie in [0, --lr) for poly / cosine, got {self.lr_floor} (--lr {self.lr}): give a "
+                "lower --lr-floor (e.g. 0) or --schedule plateau"
+            )
         if self.early_stop_patience is not None and self.early_stop_patience < 1:
             problems.append(f"--early-stop-patience must be >= 1, got {self.early_stop_patience}")
         if self.prepare_precision not in PREPARE_PRECISIONS:
@@ -272,15 +277,16 @@ class TrainConfig:
 
     @property
     def patience(self) -> int | None:
-        """Early stopping as run: ``--early-stop-patience``, else 10 without a time budget and off with one."""
+        """Early stopping as run: ``--early-stop-patience``, else the paper's 10 with its plateau schedule and
+        no time budget, and off otherwise (a decay planned to its floor is not cut short)."""
         if self.early_stop_patience is not None:
             return self.early_stop_patience
-        return None if self.time_budget else DEFAULT_EARLY_STOP_PATIENCE
+        return DEFAULT_EARLY_STOP_PATIENCE if self.lr_schedule == "plateau" and not self.time_budget else None
 
     @property
     def lr_schedule(self) -> str:
-        """The LR schedule as run: ``--schedule``, else poly with a time budget and plateau without."""
-        return resolve_schedule(self.schedule, self.time_budget)
+        """The LR schedule as run: ``--schedule``, else poly."""
+        return resolve_schedule(self.schedule)
 
 
 def resolve_channels_last(requested: bool | None, device: str) -> bool:

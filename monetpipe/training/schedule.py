@@ -4,8 +4,8 @@ Three schedules (``monet_train --schedule``):
 
 - ``plateau``: the paper's Keras ``ReduceLROnPlateau`` on the inner-val loss (the LR x ``--lr-factor``
   after ``--lr-patience`` epochs without improvement). It reacts to the run and cannot be fitted to a
-  budget: the default without ``--time-budget``.
-- ``poly``: nnU-Net's decay, ``floor + (lr - floor) * (1 - p) ** 0.9``; the default with ``--time-budget``.
+  budget; ``--recipe paper``'s.
+- ``poly``: nnU-Net's decay, ``floor + (lr - floor) * (1 - p) ** 0.9``; the default.
 - ``cosine``: ``floor + (lr - floor) * (1 + cos(pi * p)) / 2``.
 
 ``p`` is the run's *progress*, from 0 at the first optimizer step to 1 at the last one, and the LR is set
@@ -98,11 +98,9 @@ def decayed_lr(schedule: str, progress: float, lr: float, floor: float) -> float
     return floor + (lr - floor) * shape
 
 
-def resolve_schedule(requested: str | None, time_budget: float | None) -> str:
-    """``--schedule`` as run: as given, else ``poly`` with a time budget and the paper's ``plateau`` without."""
-    if requested is not None:
-        return requested
-    return "poly" if time_budget else "plateau"
+def resolve_schedule(requested: str | None) -> str:
+    """``--schedule`` as run: as given, else ``poly`` (the paper's ``plateau`` is ``--recipe paper``'s)."""
+    return requested if requested is not None else "poly"
 
 
 def final_validation_reserve(inner_val_seconds: float, inner_val_cases: int, val_cases: int) -> float:
