@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "monet_train",
         "Train a network on MONET_preprocessed/<Task>/ into "
         "MONET_results/<Task>/<model>__<plans>/fold_<k>/. Defaults are the best recipe measured at one CPU "
-        "hour (poly decay from 2e-3, Dice + cross-entropy, an output-layer prior; --recipe paper pins the paper's); "
+        "hour, plus an output-layer prior (docs/training.md, Ablations; --recipe paper pins the paper's); "
         "every setting is recorded in fold_<k>/config.json (--config replays it). Multi-GPU / "
         "multi-node: torchrun --nproc_per_node N -m monetpipe.training ...",
         EXAMPLES,

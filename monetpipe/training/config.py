@@ -19,7 +19,7 @@ from typing import Any
 from monetpipe.devices import available_cpus
 from monetpipe.devices import resolve_device as resolve_device  # monet_federated imports it from here
 from monetpipe.errors import MonetError
-from monetpipe.training.schedule import SCHEDULES, parse_duration, resolve_schedule
+from monetpipe.training.schedule import SCHEDULES, parse_duration
 
 LOSSES = ("dice", "dice_ce")
 TRAIN_PRECISIONS = ("fp32", "bf16", "auto")
@@ -285,8 +285,8 @@ class TrainConfig:
 
     @property
     def lr_schedule(self) -> str:
-        """The LR schedule as run: ``--schedule``, else poly."""
-        return resolve_schedule(self.schedule)
+        """The LR schedule as run: ``--schedule``, else poly (the paper's ``plateau`` is ``--recipe paper``'s)."""
+        return self.schedule if self.schedule is not None else "poly"
 
 
 def resolve_channels_last(requested: bool | None, device: str) -> bool:

@@ -98,11 +98,6 @@ def decayed_lr(schedule: str, progress: float, lr: float, floor: float) -> float
     return floor + (lr - floor) * shape
 
 
-def resolve_schedule(requested: str | None) -> str:
-    """``--schedule`` as run: as given, else ``poly`` (the paper's ``plateau`` is ``--recipe paper``'s)."""
-    return requested if requested is not None else "poly"
-
-
 def final_validation_reserve(inner_val_seconds: float, inner_val_cases: int, val_cases: int) -> float:
     """Seconds kept free for the final validation of ``val_cases`` cases, estimated from the last inner
     validation (``inner_val_seconds`` for ``inner_val_cases`` cases); 0 when there are no val cases."""
