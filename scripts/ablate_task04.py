@@ -123,6 +123,15 @@ ROWS = {
             ("--recipe", "paper"),
             replace_baseline=True,
         ),
+        # The target command as a user types it: no flags, so every setting is monet_train's default
+        # (including --precision auto and --prepare-precision auto); run it alone on idle cores.
+        Row("defaults", "the target: monet_train's defaults, no flags at all", replace_baseline=True),
+        Row(
+            "unet16_defaults",
+            "reference, not an ablation: U-Net-16 with monet_train's defaults, no flags at all",
+            replace_baseline=True,
+            model="unet16",
+        ),
         Row("unet16", "reference, not an ablation: U-Net-16 with the baseline's flags and budget", model="unet16"),
         Row(
             "unet16_lr2e3_dice_ce",
