@@ -359,3 +359,15 @@ def test_a_task_that_was_never_preprocessed_says_to_preprocess_it(monet_roots):
         plan_fold("901", "monet", 0, "monetPlans", monet_roots)
     with pytest.raises(TaskNotFoundError, match="No task matches"):  # nowhere at all: the listing as before
         plan_fold("7", "monet", 0, "monetPlans", monet_roots)
+
+
+def test_continue_with_other_settings_names_the_flags_that_keep_the_checkpoints(unfinished_run, monkeypatch, caplog):
+    """A run continued with other settings (as after monet_train's defaults changed) says so, and how to keep them."""
+    from monetpipe.training.config import DEFAULT_LOSS, DEFAULT_LR
+
+    other = ["--lr", "1e-4", "--loss", "dice", "--schedule", "plateau"]
+    with caplog.at_level(logging.WARNING, logger="monetpipe.training.session"):
+        assert _monet_train(monkeypatch, *TINY_ARGS, "--epochs", "3", *other, "--continue") == 0
+    assert f"lr: {DEFAULT_LR} -> 0.0001; loss: {DEFAULT_LOSS} -> dice; schedule: poly -> plateau" in caplog.text
+    flags = caplog.text.split("to the --continue command: ", 1)[1].splitlines()[0].split()
+    assert flags == ["--lr", str(DEFAULT_LR), "--loss", DEFAULT_LOSS, "--schedule", "poly"]

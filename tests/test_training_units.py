@@ -353,3 +353,15 @@ def test_prior_bias_reproduces_the_frequencies():
     freqs = np.array([0.9, 0.07, 0.03])
     assert np.allclose(torch.softmax(torch.tensor(prior_bias(freqs, 3)), 0).numpy(), freqs)
     assert np.allclose(torch.sigmoid(torch.tensor(prior_bias(np.array([0.8, 0.2]), 1))).numpy(), [0.2])
+
+
+def test_flags_for_writes_recorded_values_as_the_flags_that_set_them():
+    from monetpipe.training.cli import config_from_args, parse_args
+    from monetpipe.training.config import flags_for
+
+    values = {"lr": 5e-4, "loss": "dice", "time_budget": 3600.0, "compile_step": True, "channels_last": False}
+    flags = flags_for(values)
+    assert flags == ["--lr", "0.0005", "--loss", "dice", "--time-budget", "3600s", "--compile", "--no-channels-last"]
+    config = config_from_args(parse_args(["-t", "4", "-m", "monet", *flags]))
+    assert {k: getattr(config, k) for k in values} == values  # the flags give the values back
+    assert flags_for({"mirror": False, "schedule": None}) == ["(without --mirror)", "(without --schedule)"]

@@ -289,6 +289,32 @@ class TrainConfig:
         return self.schedule if self.schedule is not None else "poly"
 
 
+def flags_for(values: dict[str, Any]) -> list[str]:
+    """The ``monet_train`` flags that set these :class:`TrainConfig` values (``{"lr": 5e-4, "mirror": False}``
+    -> ``["--lr", "0.0005", "--no-mirror"]``), to tell a user how to get recorded settings back.
+
+    A switch that is off by default has no ``--no-`` form: its False is written as ``(without --mirror)``; an
+    unset value (None) as ``(without --schedule)``.
+    """
+    by_name = {f.name: f for f in fields(TrainConfig)}
+    out = []
+    for name, value in values.items():
+        f = by_name[name]
+        flag = f.metadata["flag"] or "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            if value or f.default is not False:
+                out.append(flag if value else "--no-" + flag[2:])
+            else:
+                out.append(f"(without {flag})")
+        elif value is None:
+            out.append(f"(without {flag})")
+        elif name == "time_budget":
+            out += [flag, f"{value:g}s"]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
 def resolve_channels_last(requested: bool | None, device: str) -> bool:
     """channels_last memory format: on by default on CPU, where oneDNN's NHWC kernels make training cheaper
     (measured in docs/training.md); off elsewhere unless asked for."""

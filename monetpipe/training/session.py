@@ -31,6 +31,7 @@ from monetpipe.training.checkpoint import (
 )
 from monetpipe.training.config import (
     TrainConfig,
+    flags_for,
     resolve_channels_last,
     resolve_num_threads,
     resolve_num_workers,
@@ -207,14 +208,21 @@ def _load_resume(path: Path, fp: FoldPlan, config: TrainConfig) -> dict:
             f"{path}: was trained with other plans than {fp.layout.plans_file} (the task was "
             f"re-planned). Delete {path.parent} to retrain, or restore the old plans."
         )
-    before = ckpt.get("config", {})
-    changed = [
-        f"{k}: {before[k]} -> {getattr(config, k)}"
-        for k in _RESUME_SENSITIVE
-        if k in before and before[k] != getattr(config, k)
-    ]
+    before = dict(ckpt.get("config", {}))
+    now = {k: getattr(config, k) for k in _RESUME_SENSITIVE}
+    if "schedule" in before:  # compare the schedules as run: an unset one resolved to plateau before 2026-12-02
+        before["schedule"] = (ckpt.get("lr_schedule") or {}).get("schedule", "plateau")
+        now["schedule"] = config.lr_schedule
+    changed = [k for k in _RESUME_SENSITIVE if k in before and before[k] != now[k]]
     if changed:
-        log.warning("continuing with changed settings (%s)", "; ".join(changed))
+        # Also what a run started before a default changed sees on --continue without flags: say how to keep it.
+        log.warning(
+            "continuing with settings that differ from the checkpoint's (%s); the new values apply from here on. "
+            "To continue with the checkpoint's settings instead, stop and add these flags to the --continue "
+            "command: %s",
+            "; ".join(f"{k}: {before[k]} -> {now[k]}" for k in changed),
+            " ".join(flags_for({k: before[k] for k in changed})),
+        )
     return ckpt
 
 
