@@ -126,6 +126,15 @@ ROWS = {
         # The target command as a user types it: no flags, so every setting is monet_train's default
         # (including --precision auto and --prepare-precision auto); run it alone on idle cores.
         Row("defaults", "the target: monet_train's defaults, no flags at all", replace_baseline=True),
+        # One change from `defaults` each: the levers that lost at one core-hour, when steps were the limit.
+        Row("s128_defaults", "128 x 96 slices with monet_train's defaults", replace_baseline=True, min_size=128),
+        Row("ctx1_defaults", "2.5D (z-1, z, z+1) with monet_train's defaults", replace_baseline=True, context_slices=1),
+        Row(
+            "cosine_defaults",
+            "cosine decay with monet_train's defaults",
+            ("--schedule", "cosine"),
+            replace_baseline=True,
+        ),
         Row(
             "unet16_defaults",
             "reference, not an ablation: U-Net-16 with monet_train's defaults, no flags at all",

@@ -69,6 +69,10 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
     assert ablate.ROWS["cosine"].train_flags == ("--loss", "dice", "--lr", "5e-4", "--schedule", "cosine")
     assert ablate.ROWS["s128"].plans == "monetPlans_s128" and ablate.ROWS["ctx1"].plans == "monetPlans_ctx1"
     assert ablate.ROWS["paper"].train_flags == ("--recipe", "paper")  # the preset, not overridden by the baseline's
+    defaults = all_settings(ablate.ROWS["defaults"])
+    for name in ("s128_defaults", "ctx1_defaults", "cosine_defaults"):
+        row = all_settings(ablate.ROWS[name])
+        assert len({k for k in defaults.keys() | row.keys() if defaults.get(k) != row.get(k)}) == 1, name
     # the target rows pass no training flag at all: whatever monet_train's defaults are when they run
     assert ablate.ROWS["defaults"].train_flags == () and ablate.ROWS["unet16_defaults"].train_flags == ()
     assert ablate.ROWS["unet16_defaults"].model == "unet16" and ablate.ROWS["defaults"].model == "monet"
