@@ -43,8 +43,10 @@ def _value_type(annotation: object) -> type:
 
 def _add_setting(group: argparse._ArgumentGroup, f: Field, value_type: type) -> None:
     """One :class:`TrainConfig` field as a flag: a switch for booleans, a typed value otherwise."""
+    from monetpipe.training.config import flag_of
+
     meta = f.metadata
-    flag = meta["flag"] or "--" + f.name.replace("_", "-")
+    flag = flag_of(f)
     default = f.default if f.default is not MISSING else None
     if value_type is bool:
         # off by default: a plain switch; on (or decided at run time): --x / --no-x

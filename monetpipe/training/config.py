@@ -13,7 +13,7 @@ flags given on the command line override them (:meth:`TrainConfig.from_recipe` f
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from monetpipe.devices import available_cpus
@@ -289,9 +289,14 @@ class TrainConfig:
         return self.schedule if self.schedule is not None else "poly"
 
 
+def flag_of(f: Field) -> str:
+    """The command-line flag of a :class:`TrainConfig` field: its own, else ``--`` plus the name with ``-``."""
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
 def flags_for(values: dict[str, Any]) -> list[str]:
-    """The ``monet_train`` flags that set these :class:`TrainConfig` values (``{"lr": 5e-4, "mirror": False}``
-    -> ``["--lr", "0.0005", "--no-mirror"]``), to tell a user how to get recorded settings back.
+    """The ``monet_train`` flags that set these :class:`TrainConfig` values (``{"lr": 5e-4, "channels_last":
+    False}`` -> ``["--lr", "0.0005", "--no-channels-last"]``), to tell a user how to get recorded settings back.
 
     A switch that is off by default has no ``--no-`` form: its False is written as ``(without --mirror)``; an
     unset value (None) as ``(without --schedule)``.
@@ -300,7 +305,7 @@ def flags_for(values: dict[str, Any]) -> list[str]:
     out = []
     for name, value in values.items():
         f = by_name[name]
-        flag = f.metadata["flag"] or "--" + name.replace("_", "-")
+        flag = flag_of(f)
         if isinstance(value, bool):
             if value or f.default is not False:
                 out.append(flag if value else "--no-" + flag[2:])
