@@ -371,3 +371,19 @@ def test_continue_with_other_settings_names_the_flags_that_keep_the_checkpoints(
     assert f"lr: {DEFAULT_LR} -> 0.0001; loss: {DEFAULT_LOSS} -> dice; schedule: poly -> plateau" in caplog.text
     flags = caplog.text.split("to the --continue command: ", 1)[1].splitlines()[0].split()
     assert flags == ["--lr", str(DEFAULT_LR), "--loss", DEFAULT_LOSS, "--schedule", "poly"]
+
+
+def test_only_the_main_rank_warns_about_other_settings_on_continue(unfinished_run, caplog):
+    """Under torchrun every rank loads the checkpoint; the warning is said once (rank 0), not once per rank."""
+    from monetpipe.training.config import TrainConfig
+    from monetpipe.training.fold import plan_fold
+    from monetpipe.training.session import _load_resume
+
+    fp = plan_fold(TASK, "monet", 0)
+    other = TrainConfig(lr=1e-4)
+    latest = unfinished_run / "checkpoint_latest.pth"
+    with caplog.at_level(logging.WARNING, logger="monetpipe.training.session"):
+        assert _load_resume(latest, fp, other, warn=False)["epoch"] == 2
+        assert "differ from the checkpoint's" not in caplog.text
+        _load_resume(latest, fp, other, warn=True)
+    assert "differ from the checkpoint's (lr: " in caplog.text

@@ -185,7 +185,8 @@ def make_checkpoint(
     }
 
 
-def _load_resume(path: Path, fp: FoldPlan, config: TrainConfig) -> dict:
+def _load_resume(path: Path, fp: FoldPlan, config: TrainConfig, warn: bool = True) -> dict:
+    """Load ``path`` and check it fits ``fp``; ``warn``: say which settings differ (only rank 0 does)."""
     try:
         ckpt = load_checkpoint(path)
     except CorruptCheckpointError as exc:
@@ -214,7 +215,7 @@ def _load_resume(path: Path, fp: FoldPlan, config: TrainConfig) -> dict:
         before["schedule"] = (ckpt.get("lr_schedule") or {}).get("schedule", "plateau")
         now["schedule"] = config.lr_schedule
     changed = [k for k in _RESUME_SENSITIVE if k in before and before[k] != now[k]]
-    if changed:
+    if changed and warn:
         # Also what a run started before a default changed sees on --continue without flags: say how to keep it.
         log.warning(
             "continuing with settings that differ from the checkpoint's (%s); the new values apply from here on. "
@@ -462,7 +463,7 @@ def run_training(
     started = time.perf_counter()  # the time budget counts from here (set-up included)
     ctx = init_distributed(device.type)
     device, threads = _prepare_torch(config, device, ctx)
-    resume = _load_resume(resume_from, fp, config) if resume_from else None
+    resume = _load_resume(resume_from, fp, config, warn=ctx.is_main) if resume_from else None
     config = _with_recorded_budget(config, resume)
     data = _plan_data(fp, config, device, ctx)
     fresh = resume is None and not config.pretrained_weights
