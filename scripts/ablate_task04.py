@@ -129,6 +129,8 @@ ROWS = {
         # One change from `defaults` each: the levers that lost at one core-hour, when steps were the limit.
         Row("s128_defaults", "128 x 96 slices with monet_train's defaults", replace_baseline=True, min_size=128),
         Row("ctx1_defaults", "2.5D (z-1, z, z+1) with monet_train's defaults", replace_baseline=True, context_slices=1),
+        # After ctx1_defaults won on 2 idle cores: a wider context (one change from it) and U-Net-16 on the same input.
+        Row("ctx2_defaults", "2.5D (z-2 .. z+2) with monet_train's defaults", replace_baseline=True, context_slices=2),
         Row(
             "cosine_defaults",
             "cosine decay with monet_train's defaults",
@@ -140,6 +142,13 @@ ROWS = {
             "reference, not an ablation: U-Net-16 with monet_train's defaults, no flags at all",
             replace_baseline=True,
             model="unet16",
+        ),
+        Row(
+            "unet16_ctx1_defaults",
+            "reference, not an ablation: U-Net-16 on the 2.5D plans with monet_train's defaults",
+            replace_baseline=True,
+            model="unet16",
+            context_slices=1,
         ),
         Row("unet16", "reference, not an ablation: U-Net-16 with the baseline's flags and budget", model="unet16"),
         Row(

@@ -76,6 +76,12 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
     # the target rows pass no training flag at all: whatever monet_train's defaults are when they run
     assert ablate.ROWS["defaults"].train_flags == () and ablate.ROWS["unet16_defaults"].train_flags == ()
     assert ablate.ROWS["unet16_defaults"].model == "unet16" and ablate.ROWS["defaults"].model == "monet"
+    # the 2.5D follow-ups: a wider context is one change from ctx1_defaults; U-Net-16 on the same plans, no flags
+    ctx1, ctx2 = all_settings(ablate.ROWS["ctx1_defaults"]), all_settings(ablate.ROWS["ctx2_defaults"])
+    assert {k for k in ctx1.keys() | ctx2.keys() if ctx1.get(k) != ctx2.get(k)} == {"--context-slices"}
+    assert ablate.ROWS["ctx2_defaults"].plans == "monetPlans_ctx2"
+    unet_ctx1 = ablate.ROWS["unet16_ctx1_defaults"]
+    assert (unet_ctx1.model, unet_ctx1.plans, unet_ctx1.train_flags) == ("unet16", "monetPlans_ctx1", ())
 
 
 def test_commands_train_to_the_budget_and_tta_predicts_with_the_mirror_rows_model(ablate, tmp_path):
