@@ -87,7 +87,7 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
 def test_commands_train_to_the_budget_and_tta_predicts_with_the_mirror_rows_model(ablate, tmp_path):
     work = _work(ablate, tmp_path, "3m")
     steps = dict(work.commands(ablate.ROWS["s128"]))
-    assert steps["plan"][-2:] == ["--min-size", "128"]
+    assert steps["plan"][-4:] == ["--min-size", "128", "--context-slices", "0"]  # 2D, whatever the default
     train = steps["train"]
     assert train[train.index("--time-budget") + 1] == "3m" and "--continue" in train
     assert train[train.index("-p") + 1] == "monetPlans_s128"

@@ -66,3 +66,25 @@ def test_statistics_are_recomputed_from_the_training_slices_and_the_weights_kept
     with caplog.at_level(logging.INFO):
         assert check.main(["--fold", str(fold), "--slices", str(slices)]) == 0
     assert "with the saved BatchNorm statistics" in caplog.text and "recomputed from 12 training slices" in caplog.text
+
+
+def test_a_25d_fold_is_scored_on_the_stacks_its_plans_name(tmp_path, caplog):
+    """A model of the default 2.5D plans sees each slice with its neighbours, as monet_predict feeds it."""
+    check = _load()
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    for i in range(2):
+        _cache(slices, f"t{i}", i)
+    _cache(slices, "v0", 9)
+    fold = tmp_path / "fold_0"
+    fold.mkdir()
+    checkpoint = {
+        "network": {"name": "monet", "in_channels": 3, "num_classes": 3},
+        "model_state": build_network("monet", 3, 3).state_dict(),
+        "cases": {"train": ["t0", "t1"], "inner_val": [], "val": ["v0"]},
+        "plans": {"context_slices": 1},
+    }
+    torch.save(checkpoint, fold / "checkpoint_final.pth")
+    with caplog.at_level(logging.INFO):
+        assert check.main(["--fold", str(fold), "--slices", str(slices)]) == 0
+    assert "recomputed from 12 training slices" in caplog.text

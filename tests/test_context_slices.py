@@ -15,7 +15,7 @@ from monetpipe.inference.predictor import predict_slices
 from monetpipe.io.image import read_label, read_volume
 from monetpipe.preprocessing.cli import main as preprocess_main
 from monetpipe.preprocessing.context import stack_context
-from monetpipe.preprocessing.plans import Plans, plans_name_for
+from monetpipe.preprocessing.plans import DEFAULT_PLANS, PAPER_PLANS, Plans, plans_name_for
 from monetpipe.synthetic import make_synthetic_task
 from monetpipe.training.cli import main as train_main
 from monetpipe.training.data import NO_CLASS, read_patch
@@ -66,8 +66,9 @@ def test_training_patches_and_prediction_batches_hold_the_same_stack():
     np.testing.assert_array_equal(fed, np.stack([reference_stack(data, z, 1) for z in range(6)]))
 
 
-def test_context_plans_have_their_own_name():
-    assert plans_name_for(context_slices=1) == "monetPlans_ctx1"
+def test_context_plans_have_their_own_name_and_the_default_is_25d():
+    assert plans_name_for(context_slices=1) == "monetPlans_ctx1" == plans_name_for() == DEFAULT_PLANS
+    assert plans_name_for(context_slices=0) == "monetPlans" == PAPER_PLANS  # 2D plans keep their old name
     assert plans_name_for(binary=True, channels=("FLAIR",), context_slices=2) == "monetPlans_binary_ch_FLAIR_ctx2"
 
 
@@ -76,20 +77,21 @@ def test_context_plans_have_their_own_name():
 
 @pytest.fixture(scope="module")
 def ctx_run(tmp_path_factory):
-    """Task901 planned 2D and 2.5D (K = 1); MoNet trained 2 steps on the 2.5D plans; test images predicted."""
+    """Task901 planned 2D (``--context-slices 0``) and with the defaults (2.5D, K = 1); MoNet trained 2 steps
+    with monet_train's default plans; test images predicted with monet_predict's."""
     root = tmp_path_factory.mktemp("ctx")
     mp = pytest.MonkeyPatch()
     for n in ("raw", "preprocessed", "results"):
         mp.setenv(f"MONET_{n}", str(root / n))
     try:
         make_synthetic_task(root / "raw", kind="ct", num_cases=6, num_test=1, seed=3, shape=(48, 40, 10))
-        assert preprocess_main(["-t", "901", "-np", "1"]) == 0
-        assert preprocess_main(["-t", "901", "-np", "1", "--context-slices", "1"]) == 0
-        train = ["-t", "901", "-m", "monet", "-p", "monetPlans_ctx1", "--epochs", "1", "--iters-per-epoch", "2"]
+        assert preprocess_main(["-t", "901", "-np", "1", "--context-slices", "0"]) == 0
+        assert preprocess_main(["-t", "901", "-np", "1"]) == 0  # the default: 2.5D
+        train = ["-t", "901", "-m", "monet", "--epochs", "1", "--iters-per-epoch", "2"]
         assert train_main([*train, "--batch-size", "4", "--num-workers", "0", "--num-threads", "1"]) == 0
         out = root / "predictions"
         images = root / "raw" / TASK / "imagesTs"
-        args = ["-i", str(images), "-o", str(out), "-t", "901", "-m", "monet", "-p", "monetPlans_ctx1"]
+        args = ["-i", str(images), "-o", str(out), "-t", "901", "-m", "monet"]
         assert predict_main([*args, "--threads", "1"]) == 0
         yield root, out
     finally:
@@ -132,7 +134,31 @@ def test_a_25d_model_with_2d_plans_is_refused_by_name(ctx_run, tmp_path, capsys)
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
     assert str(copied / "fold_0" / "checkpoint_final.pth") in err
-    assert "monetPlans_ctx1" in err and "--context-slices 1" in err
+    assert "was trained on plans monetPlans_ctx1" in err and "monet_predict -p monetPlans_ctx1" in err
+
+
+def test_the_paper_recipe_trains_on_the_2d_plans_unless_told_otherwise():
+    from monetpipe.training.cli import parse_args
+
+    assert parse_args(["-t", "901", "-m", "monet"]).plans == "monetPlans_ctx1"
+    assert parse_args(["-t", "901", "-m", "monet", "--recipe", "paper"]).plans == "monetPlans"
+    flags = ["-t", "901", "-m", "monet", "--recipe", "paper", "-p", "monetPlans_ctx1"]
+    assert parse_args(flags).plans == "monetPlans_ctx1"
+
+
+def test_default_training_on_a_task_planned_only_in_2d_says_how_to_go_on(ctx_run, tmp_path, monkeypatch, capsys):
+    """A task preprocessed before 2.5D became the default has only monetPlans: the error names both ways."""
+    root, _ = ctx_run
+    pre = tmp_path / "preprocessed"
+    shutil.copytree(root / "preprocessed" / TASK, pre / TASK, ignore=shutil.ignore_patterns("monetPlans_ctx1*"))
+    for n, path in (("raw", root / "raw"), ("preprocessed", pre), ("results", tmp_path / "results")):
+        monkeypatch.setenv(f"MONET_{n}", str(path))
+    assert train_main(["-t", "901", "-m", "monet", "--epochs", "1", "--iters-per-epoch", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(pre / TASK / "monetPlans_ctx1.json") in err
+    assert "it has: monetPlans)" in err and "pass -p monetPlans" in err
+    assert f"monet_plan_and_preprocess -t {TASK}" in err
+    assert not (tmp_path / "results" / TASK).exists()  # nothing was started
 
 
 def test_monet_inspect_feeds_a_25d_model_its_stack(ctx_run, tmp_path):

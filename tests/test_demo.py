@@ -17,6 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from monetpipe.preprocessing.plans import DEFAULT_PLANS
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the environment whose monet_* commands the demo calls
 MODELS = ("monet", "unet16", "unet64", "attention_unet")
@@ -65,10 +67,10 @@ def test_demo_trains_every_network_beyond_its_untrained_self(tmp_path):
     assert board.loc[["unet64", "attention_unet"], "epochs"].eq(4).all()
     assert (board["train_steps"] == board["epochs"] * 15).all()
     results = tmp_path / "results" / TASK
-    for path in ("leaderboard.csv", "leaderboard.png", "overlays/monet__monetPlans_median.png"):
+    for path in ("leaderboard.csv", "leaderboard.png", f"overlays/monet__{DEFAULT_PLANS}_median.png"):
         assert (results / path).is_file() and path.split("/")[0] in run.stdout  # named in the closing message
     assert f"{results}/leaderboard.csv" in run.stdout and f"{results}/overlays/" in run.stdout
-    assert (results / "monet__monetPlans" / "fold_0" / "progress.png").is_file()
+    assert (results / f"monet__{DEFAULT_PLANS}" / "fold_0" / "progress.png").is_file()
     predictions = tmp_path / "predictions" / TASK / "monet"
     assert len(list(predictions.glob("*.nii.gz"))) == 2 and str(predictions) in run.stdout
     assert f"source {BIN}/activate" in run.stdout

@@ -11,6 +11,7 @@ from monetpipe.inference.cli import main as predict_main
 from monetpipe.io.image import read_label, read_volume
 from monetpipe.networks import build_network, count_parameters
 from monetpipe.preprocessing.cli import main as preprocess_main
+from monetpipe.preprocessing.plans import DEFAULT_PLANS
 from monetpipe.synthetic_cli import main as synthetic_main
 from monetpipe.training.cli import main as train_main
 
@@ -59,9 +60,9 @@ def test_leaderboard_lists_both_trained_models_with_their_sizes(pipeline):
     root, _ = pipeline
     board = pd.read_csv(root / "results" / TASK / "leaderboard.csv")
     assert sorted(board["model"]) == ["monet", "unet16"]
-    assert set(board["plans"]) == {"monetPlans"} and set(board["fold"].astype(str)) == {"0"}
+    assert set(board["plans"]) == {DEFAULT_PLANS} and set(board["fold"].astype(str)) == {"0"}
     for _, row in board.iterrows():
-        expected = count_parameters(build_network(row["model"], 1, 3))
+        expected = count_parameters(build_network(row["model"], 3, 3))  # 2.5D: 3 input channels
         assert row["params_trainable"] == expected["params_trainable"]
         assert row["params_keras"] == expected["params_keras"]
         assert row["n_cases"] == 2  # round(0.3 * 8) validation cases

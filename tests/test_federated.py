@@ -21,6 +21,7 @@ from monetpipe.errors import MonetError
 from monetpipe.federated.settings import FederatedConfig
 from monetpipe.federated.sites import check_site_map, read_site_map, split_sites
 from monetpipe.paths import MonetPaths
+from monetpipe.preprocessing.plans import DEFAULT_PLANS
 from monetpipe.preprocessing.slice_cache import CacheLayout
 
 TASK = "Task04_Hippocampus"
@@ -42,7 +43,7 @@ def test_split_is_seeded_by_whole_case_and_balanced():
 
 
 def _fake_cache(tmp_path: Path, cases: list[str]) -> CacheLayout:
-    layout = CacheLayout(tmp_path / TASK, "monetPlans")
+    layout = CacheLayout(tmp_path / TASK, DEFAULT_PLANS)
     for case in cases:
         layout.properties_file(case).parent.mkdir(parents=True, exist_ok=True)
         layout.properties_file(case).write_text("{}")
@@ -212,7 +213,7 @@ def test_two_sites_two_rounds_end_to_end_then_predict_and_evaluate(task04, tmp_p
     _env(monkeypatch, task04)
     args = ["-t", "4", "-m", "monet", "--sites", "2", "--rounds", "2", "--local-iters", "2", "--batch-size", "4"]
     assert main(args) == 0, capsys.readouterr().err
-    folder = task04.results / TASK / "monet__monetPlans__fedavg2"
+    folder = task04.results / TASK / f"monet__{DEFAULT_PLANS}__fedavg2"
     fold_dir = folder / "fold_0"
     for name in ("checkpoint_final.pth", "checkpoint_best.pth", "config.json", "federated_log.csv"):
         assert (fold_dir / name).is_file(), name
@@ -256,7 +257,7 @@ def test_two_sites_two_rounds_end_to_end_then_predict_and_evaluate(task04, tmp_p
 
     board = pd.read_csv(task04.results / TASK / "leaderboard.csv")
     row = board[board["federated_sites"] == 2].iloc[0]
-    assert (row["model"], row["plans"], int(row["federated_rounds"])) == ("monet", "monetPlans", 2)
+    assert (row["model"], row["plans"], int(row["federated_rounds"])) == ("monet", DEFAULT_PLANS, 2)
 
     # a finished run is never overwritten
     assert main(args) == 1
@@ -345,7 +346,7 @@ def test_too_few_sites_stops_with_a_message_and_continue_resumes_from_the_last_r
     fp = _fold(task04)
     files = _site_files(tmp_path, fp)
     settings = FederatedConfig(sites=2, rounds=2, local_iters=2, batch_size=4, connect_timeout=20, round_timeout=240)
-    fold_dir = task04.results / TASK / "monet__monetPlans__fedavg2" / "fold_0"
+    fold_dir = task04.results / TASK / f"monet__{DEFAULT_PLANS}__fedavg2" / "fold_0"
     if fold_dir.exists():  # the end-to-end test's run
         import shutil
 
@@ -378,7 +379,7 @@ def test_a_time_budget_fits_the_rounds_and_the_last_is_at_the_lr_floor(task04, m
     from monetpipe.federated.cli import main
 
     _env(monkeypatch, task04)
-    folder = task04.results / TASK / "monet__monetPlans__fedavg2"
+    folder = task04.results / TASK / f"monet__{DEFAULT_PLANS}__fedavg2"
     if folder.exists():  # another test's run
         import shutil
 

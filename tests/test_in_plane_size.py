@@ -13,7 +13,7 @@ from monetpipe.inference.cli import main as predict_main
 from monetpipe.io.image import read_label, read_volume
 from monetpipe.preprocessing.cli import main as preprocess_main
 from monetpipe.preprocessing.planner import check_size_bounds, round_up, upsample_to_min_size
-from monetpipe.preprocessing.plans import Plans, plans_name_for
+from monetpipe.preprocessing.plans import DEFAULT_PLANS, Plans, plans_name_for
 from monetpipe.synthetic import make_synthetic_task
 from monetpipe.training.cli import main as train_main
 
@@ -38,9 +38,12 @@ def test_size_bounds_are_refused_with_the_fix():
 
 
 def test_upsampled_plans_have_their_own_name():
-    assert plans_name_for(min_size=128) == "monetPlans_s128"
-    assert plans_name_for(min_size=0) == "monetPlans"
-    assert plans_name_for(max_size=128) == "monetPlans_max128" and plans_name_for(max_size=256) == "monetPlans"
+    assert plans_name_for(min_size=128) == "monetPlans_s128_ctx1"  # the default input is 2.5D
+    assert plans_name_for(min_size=128, context_slices=0) == "monetPlans_s128"
+    assert plans_name_for(min_size=0) == "monetPlans_ctx1"
+    assert (
+        plans_name_for(max_size=128) == "monetPlans_max128_ctx1" and plans_name_for(max_size=256) == "monetPlans_ctx1"
+    )
     assert plans_name_for(binary=True, channels=("FLAIR",), context_slices=1, min_size=256) == (
         "monetPlans_binary_ch_FLAIR_s256_ctx1"
     )
@@ -60,9 +63,9 @@ def upsampled_run(tmp_path_factory):
     try:
         make_synthetic_task(root / "raw", kind="ct", num_cases=6, num_test=2, seed=5, shape=(40, 36, 10))
         assert preprocess_main(["-t", "901", "-np", "1"]) == 0
-        default_json = (root / "preprocessed" / TASK / "monetPlans.json").read_text()
+        default_json = (root / "preprocessed" / TASK / f"{DEFAULT_PLANS}.json").read_text()
         assert preprocess_main(["-t", "901", "-np", "1", "--min-size", str(MIN_SIZE)]) == 0
-        plans = f"monetPlans_s{MIN_SIZE}"
+        plans = f"monetPlans_s{MIN_SIZE}_ctx1"
         train = ["-t", "901", "-m", "monet", "-p", plans, "--epochs", "1", "--iters-per-epoch", "2"]
         assert train_main([*train, "--batch-size", "4", "--num-workers", "0", "--num-threads", "1"]) == 0
         out = root / "predictions"
@@ -77,26 +80,26 @@ def upsampled_run(tmp_path_factory):
 def test_the_plans_resample_up_to_min_size_beside_the_untouched_default(upsampled_run):
     root, _, default_json = upsampled_run
     task_dir = root / "preprocessed" / TASK
-    default = Plans.load(task_dir / "monetPlans.json")
-    up = Plans.load(task_dir / f"monetPlans_s{MIN_SIZE}.json")
-    assert (task_dir / "monetPlans.json").read_text() == default_json  # not rewritten by the second plan
+    default = Plans.load(task_dir / f"{DEFAULT_PLANS}.json")
+    up = Plans.load(task_dir / f"monetPlans_s{MIN_SIZE}_ctx1.json")
+    assert (task_dir / f"{DEFAULT_PLANS}.json").read_text() == default_json  # not rewritten by the second plan
     assert default.min_size == 0 and max(default.median_shape[1:]) < MIN_SIZE  # the case this option is for
-    assert up.min_size == MIN_SIZE and up.plans_name == f"monetPlans_s{MIN_SIZE}"
+    assert up.min_size == MIN_SIZE and up.plans_name == f"monetPlans_s{MIN_SIZE}_ctx1"
     assert max(up.median_shape[1:]) == MIN_SIZE
     assert up.patch_size == tuple(round_up(s) for s in up.median_shape[1:])
     assert all(p % 16 == 0 for p in up.patch_size) and up.patch_size > default.patch_size
     factor = max(default.median_shape[1:]) / MIN_SIZE  # same factor on both axes: the aspect is kept
     assert up.target_spacing == pytest.approx(tuple(s * factor for s in default.target_spacing), rel=0.02)
     assert up.batch_size >= 2  # planned from the larger patch
-    for case_file in sorted((task_dir / "monetPlans_slices").glob("*_data.npy")):
-        small, large = np.load(case_file), np.load(task_dir / f"monetPlans_s{MIN_SIZE}_slices" / case_file.name)
+    for case_file in sorted((task_dir / f"{DEFAULT_PLANS}_slices").glob("*_data.npy")):
+        small, large = np.load(case_file), np.load(task_dir / f"monetPlans_s{MIN_SIZE}_ctx1_slices" / case_file.name)
         assert large.shape[:2] == small.shape[:2]  # same channels and slices: only in-plane is resampled
         assert large.shape[2] > small.shape[2] and large.shape[3] > small.shape[3]
 
 
 def test_plans_written_before_the_option_read_as_not_upsampled(upsampled_run):
     root, _, _ = upsampled_run
-    plans_file = root / "preprocessed" / TASK / "monetPlans.json"
+    plans_file = root / "preprocessed" / TASK / f"{DEFAULT_PLANS}.json"
     old = json.loads(plans_file.read_text())
     old.pop("min_size")
     read = Plans.from_dict(old)
@@ -108,7 +111,7 @@ def test_predictions_have_the_input_grid_and_only_the_dataset_labels(upsampled_r
     root, out, _ = upsampled_run
     dataset_labels = {int(v) for v in json.loads((root / "raw" / TASK / "dataset.json").read_text())["labels"]}
     inputs = sorted((root / "raw" / TASK / "imagesTs").glob("*.nii.gz"))
-    validation = root / "results" / TASK / f"monet__monetPlans_s{MIN_SIZE}" / "fold_0" / "validation"
+    validation = root / "results" / TASK / f"monet__monetPlans_s{MIN_SIZE}_ctx1" / "fold_0" / "validation"
     pairs = [(f, out / f.name) for f in inputs]
     pairs += [(root / "raw" / TASK / "imagesTr" / p.name, p) for p in sorted(validation.glob("*.nii.gz"))]
     assert len(pairs) > len(inputs)  # the final validation predicted on the raw grid too
@@ -122,15 +125,15 @@ def test_predictions_have_the_input_grid_and_only_the_dataset_labels(upsampled_r
 
 def test_an_upsampled_model_with_the_default_plans_is_refused(upsampled_run, tmp_path, capsys):
     root, _, _ = upsampled_run
-    copied = tmp_path / "monet__monetPlans"
-    shutil.copytree(root / "results" / TASK / f"monet__monetPlans_s{MIN_SIZE}", copied)
-    shutil.copyfile(root / "preprocessed" / TASK / "monetPlans.json", copied / "plans.json")
+    copied = tmp_path / f"monet__{DEFAULT_PLANS}"
+    shutil.copytree(root / "results" / TASK / f"monet__monetPlans_s{MIN_SIZE}_ctx1", copied)
+    shutil.copyfile(root / "preprocessed" / TASK / f"{DEFAULT_PLANS}.json", copied / "plans.json")
     images = root / "raw" / TASK / "imagesTs"
     code = predict_main(["-i", str(images), "-o", str(tmp_path / "out"), "--model-folder", str(copied)])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err  # not predicted at the wrong spacing
     assert str(copied / "fold_0" / "checkpoint_final.pth") in err and "different preprocessing" in err
-    assert Plans.load(root / "preprocessed" / TASK / f"monetPlans_s{MIN_SIZE}.json").input_flags() == (
+    assert Plans.load(root / "preprocessed" / TASK / f"monetPlans_s{MIN_SIZE}_ctx1.json").input_flags() == (
         f" --min-size {MIN_SIZE}"
     )
 
@@ -142,4 +145,4 @@ def test_a_min_size_above_max_size_is_one_line(tmp_path, monkeypatch, capsys):
     assert preprocess_main(["-t", "901", "--min-size", "300"]) == 1
     err = capsys.readouterr().err
     assert "--min-size 300 is larger than --max-size 256" in err and "Traceback" not in err
-    assert not (tmp_path / "pre" / TASK / "monetPlans_s300.json").exists()
+    assert not (tmp_path / "pre" / TASK / "monetPlans_s300_ctx1.json").exists()

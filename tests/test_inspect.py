@@ -13,6 +13,7 @@ from monetpipe.evaluation.inspect_cli import main
 from monetpipe.networks import build_network
 from monetpipe.paths import MonetPaths
 from monetpipe.preprocessing.api import plan_and_preprocess
+from monetpipe.preprocessing.plans import DEFAULT_PLANS
 from monetpipe.synthetic import make_synthetic_task
 
 
@@ -47,14 +48,14 @@ def trained_task(tmp_path_factory):
     for seed, name in enumerate(("monet", "unet16")):
         torch.manual_seed(seed)
         net = build_network(name, plans.num_input_channels, plans.num_classes).eval()
-        fold = paths.results / task.name / f"{name}__monetPlans" / "fold_0"
+        fold = paths.results / task.name / f"{name}__{DEFAULT_PLANS}" / "fold_0"
         fold.mkdir(parents=True)
         spec = {"name": name, "in_channels": plans.num_input_channels, "num_classes": plans.num_classes}
         torch.save(
             {"network": spec, "model_state": net.state_dict(), "plans": plans.to_dict(), "epoch": 1},
             fold / "checkpoint_final.pth",
         )
-    case = sorted(p.name for p in (paths.preprocessed / task.name / "monetPlans_slices").glob("*.json"))[0]
+    case = sorted(p.name for p in (paths.preprocessed / task.name / f"{DEFAULT_PLANS}_slices").glob("*.json"))[0]
     return paths, task, case[: -len(".json")]
 
 
@@ -93,4 +94,4 @@ def test_monet_inspect_refuses_an_unknown_case_and_a_missing_model_by_name(train
     assert "nope_999" in err and case in err
     assert main(["-t", "901", "-m", "unet64", "--case", case]) == 1
     err = capsys.readouterr().err
-    assert "unet64__monetPlans" in err and "monet_train" in err
+    assert f"unet64__{DEFAULT_PLANS}" in err and "monet_train" in err

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from monetpipe.errors import MonetError
 from monetpipe.paths import MonetPaths
+from monetpipe.preprocessing.plans import DEFAULT_PLANS
 from monetpipe.training.config import TrainConfig
 
 TASK04 = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
@@ -111,7 +112,7 @@ def _assert_validation_is_monet_predict(paths: MonetPaths, result, tmp_path: Pat
     from monetpipe.preprocessing.plans import Plans
 
     summary = evaluate_folders(
-        paths.preprocessed / raw_task.name / "gt_segmentations" / "monetPlans",
+        paths.preprocessed / raw_task.name / "gt_segmentations" / DEFAULT_PLANS,
         out,
         labels=foreground_labels(Plans.from_dict(plans)),
         output_file=tmp_path / "summary.json",
@@ -149,8 +150,8 @@ def test_missing_raw_folder_fails_validation_clearly_and_keeps_the_checkpoints(t
         train_fold(task, "monet", 0, TINY, paths=paths)
     message = str(err.value)
     assert str(raw_task) in message and "MONET_raw" in message
-    assert "monet_train -t Task901_SyntheticCT -m monet -f 0 -p monetPlans --val-only" in message
-    fold_dir = paths.results / "Task901_SyntheticCT" / "monet__monetPlans" / "fold_0"
+    assert f"monet_train -t Task901_SyntheticCT -m monet -f 0 -p {DEFAULT_PLANS} --val-only" in message
+    fold_dir = paths.results / "Task901_SyntheticCT" / f"monet__{DEFAULT_PLANS}" / "fold_0"
     assert (fold_dir / "checkpoint_final.pth").is_file()
     # With the raw folder back, --val-only completes the validation from the kept checkpoint.
     (tmp_path / "moved").rename(raw_task)

@@ -25,7 +25,7 @@ from monetpipe.io.image import Geometry
 from monetpipe.networks import build_network
 from monetpipe.paths import MonetPaths
 from monetpipe.preprocessing.api import plan_and_preprocess
-from monetpipe.preprocessing.plans import ChannelNormalization, Plans
+from monetpipe.preprocessing.plans import DEFAULT_PLANS, ChannelNormalization, Plans
 from monetpipe.synthetic import make_case, make_synthetic_task
 
 SHARED_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ct"
@@ -106,13 +106,14 @@ def ct_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("ct")
     paths = MonetPaths(root / "raw", root / "preprocessed", root / "results")
     task = make_synthetic_task(paths.raw, "ct", num_cases=4, num_test=2, shape=CT_SHAPE)
-    result = plan_and_preprocess("901", paths, num_processes=1)
-    binary = plan_and_preprocess("901", paths, num_processes=1, binary=True).plans
+    # 2D plans: these tests train their own small models on the cached slices as they are
+    result = plan_and_preprocess("901", paths, num_processes=1, context_slices=0)
+    binary = plan_and_preprocess("901", paths, num_processes=1, binary=True, context_slices=0).plans
     nets = {
         0: make_model(result.plans, result.layout.slices, seed=0),
         1: make_model(result.plans, result.layout.slices, seed=1),
     }
-    folder = save_results(paths.results / task.name / "monet__monetPlans", result.plans, nets)
+    folder = save_results(paths.results / task.name / f"monet__{DEFAULT_PLANS}", result.plans, nets)
     return {
         "paths": paths,
         "task": task,
@@ -130,7 +131,7 @@ def mr_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("mr")
     paths = MonetPaths(root / "raw", root / "preprocessed", root / "results")
     task = make_synthetic_task(paths.raw, "mr", num_cases=3, num_test=1, shape=(40, 44, 16))
-    plans = plan_and_preprocess("902", paths, num_processes=1).plans
+    plans = plan_and_preprocess("902", paths, num_processes=1, context_slices=0).plans
     torch.manual_seed(3)
     folder = save_results(root / "model", plans, {0: build_network("monet", 2, plans.num_classes).eval()})
     return {"plans": plans, "folder": folder, "images": task / "imagesTs"}
@@ -230,7 +231,7 @@ def test_geometry_round_trip_odd_oblique_anisotropic(ct_env, tmp_path):
 def test_trained_model_segments_synthetic_ct(ct_env, tmp_path):
     """A briefly trained model finds the organ; labels keep the dataset's values (0, 1, 2)."""
     folder = save_results(
-        tmp_path / "monet__monetPlans",
+        tmp_path / f"monet__{DEFAULT_PLANS}",
         ct_env["plans"],
         {0: make_model(ct_env["plans"], ct_env["slices"], seed=0, train_steps=80)},
     )
@@ -250,7 +251,9 @@ def test_slice_parallel_workers_write_the_same_labels(ct_env, tmp_path):
     """--workers 2 (the CPU default with 2+ threads) and --workers 1 give identical label maps, and the
     caller's PyTorch thread count is what it was."""
     folder = save_results(
-        tmp_path / "monet__monetPlans", ct_env["plans"], {0: make_model(ct_env["plans"], ct_env["slices"], seed=3)}
+        tmp_path / f"monet__{DEFAULT_PLANS}",
+        ct_env["plans"],
+        {0: make_model(ct_env["plans"], ct_env["slices"], seed=3)},
     )
     before = torch.get_num_threads()
     for workers in (1, 2):
@@ -518,7 +521,7 @@ def test_task_and_model_flags_find_the_results_folder(ct_env, tmp_path, monkeypa
 def test_model_folder_alone_with_no_data_roots(ct_env, tmp_path, monkeypatch):
     """A hospital that received only the results folder: no raw or preprocessed data anywhere."""
     hospital = tmp_path / "hospital"
-    shutil.copytree(ct_env["folder"], hospital / "monet__monetPlans")
+    shutil.copytree(ct_env["folder"], hospital / f"monet__{DEFAULT_PLANS}")
     images = tmp_path / "images"
     shutil.copytree(ct_env["images"], images)
     monkeypatch.chdir(tmp_path)
@@ -532,7 +535,7 @@ def test_model_folder_alone_with_no_data_roots(ct_env, tmp_path, monkeypatch):
             "-o",
             str(tmp_path / "out"),
             "--model-folder",
-            str(hospital / "monet__monetPlans"),
+            str(hospital / f"monet__{DEFAULT_PLANS}"),
             "--largest-component",
             "--batch-size",
             "3",
@@ -547,9 +550,9 @@ def test_tta_is_refused_for_a_model_trained_without_mirroring(ct_env, tmp_path, 
     """Flipped slices show anatomy where training never put it; averaging them in made Task04 worse
     (docs/inference.md), so --tta needs every fold trained with --mirror."""
     net = make_model(ct_env["plans"], ct_env["slices"], seed=0)
-    plain = save_results(tmp_path / "plain" / "monet__monetPlans", ct_env["plans"], {0: net})
+    plain = save_results(tmp_path / "plain" / f"monet__{DEFAULT_PLANS}", ct_env["plans"], {0: net})
     mirrored = save_results(
-        tmp_path / "mirrored" / "monet__monetPlans", ct_env["plans"], {0: net}, config={"mirror": True}
+        tmp_path / "mirrored" / f"monet__{DEFAULT_PLANS}", ct_env["plans"], {0: net}, config={"mirror": True}
     )
     args = ["-i", str(ct_env["images"]), "--tta", "--batch-size", "3"]
     assert main([*args, "-o", str(tmp_path / "out_plain"), "--model-folder", str(plain)]) == 1

@@ -401,8 +401,8 @@ def test_an_unknown_network_is_refused_and_only_model_folders_are_listed(monet_r
         resolve_model_folder("901", "monte", paths=monet_roots)
     with pytest.raises(MonetError) as info:
         resolve_model_folder("901", "MoNet", paths=monet_roots)  # case-insensitive, as monet_train
-    assert "monet__monetPlans: no trained model" in str(info.value) and "overlays" not in str(info.value)
-    assert "unet16__monetPlans" in str(info.value)
+    assert "monet__monetPlans_ctx1: no trained model" in str(info.value) and "overlays" not in str(info.value)
+    assert "unet16__monetPlans" in str(info.value) and "pass -p with the plans of one listed" in str(info.value)
 
 
 def test_fold_flag_reads_as_in_monet_train():

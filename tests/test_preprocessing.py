@@ -14,7 +14,7 @@ from monetpipe.io.image import Geometry, read_label, read_volume
 from monetpipe.preprocessing import plan_and_preprocess
 from monetpipe.preprocessing.cli import main as cli_main
 from monetpipe.preprocessing.planner import choose_slice_axis, in_plane_target_spacing, plan_labels
-from monetpipe.preprocessing.plans import Plans
+from monetpipe.preprocessing.plans import DEFAULT_PLANS, Plans
 from monetpipe.preprocessing.preprocessor import preprocess_image, restore_to_original_grid
 from monetpipe.preprocessing.splits import ensure_splits, holdout_split, kfold_split
 from monetpipe.synthetic import make_synthetic_task
@@ -101,9 +101,9 @@ def test_existing_split_is_never_changed_silently(tmp_path):
 def test_plan_and_preprocess_synthetic_ct(ct_task):
     result = plan_and_preprocess("901", num_processes=1)
     task_dir = ct_task.preprocessed / "Task901_SyntheticCT"
-    for name in ("dataset.json", "dataset_fingerprint.json", "monetPlans.json", "splits_final.json"):
+    for name in ("dataset.json", "dataset_fingerprint.json", f"{DEFAULT_PLANS}.json", "splits_final.json"):
         assert (task_dir / name).is_file(), name
-    plans = Plans.load(task_dir / "monetPlans.json")
+    plans = Plans.load(task_dir / f"{DEFAULT_PLANS}.json")
     assert plans.version == 1 and plans.slice_axis == 0  # 2.5 mm z spacing is the largest
     assert plans.target_spacing == pytest.approx((0.8, 0.8))
     assert plans.patch_size[0] % 16 == 0 and plans.patch_size[1] % 16 == 0
@@ -231,9 +231,9 @@ def test_plan_variants_never_overwrite_each_other(ct_task):
     binary = plan_and_preprocess("901", num_processes=1, binary=True)
     lesion = plan_and_preprocess("901", num_processes=1, labels=[2])
     assert {default.layout.slices, binary.layout.slices, lesion.layout.slices} == {
-        default.task_dir / "monetPlans_slices",
-        default.task_dir / "monetPlans_binary_slices",
-        default.task_dir / "monetPlans_labels_2_slices",
+        default.task_dir / f"{DEFAULT_PLANS}_slices",
+        default.task_dir / "monetPlans_binary_ctx1_slices",
+        default.task_dir / "monetPlans_labels_2_ctx1_slices",
     }
     assert binary.plans.num_classes == 1 and lesion.plans.output_labels == {0: 0, 1: 2}
     case = default.splits[0]["train"][0]
@@ -264,7 +264,7 @@ def test_restore_round_trip_is_exact_on_the_original_grid(ct_task):
 def test_mr_task_4d_multichannel(monet_roots):
     make_synthetic_task(monet_roots.raw, kind="mr", num_cases=4, seed=2)
     result = plan_and_preprocess("902", num_processes=1)
-    assert result.plans.num_input_channels == 2
+    assert result.plans.num_input_channels == 2 * 3  # two channels of slices z-1, z, z+1
     assert all(n.scheme == "zscore" for n in result.plans.normalization)
     data = np.load(result.layout.data_file(result.splits[0]["train"][0]))
     assert data.shape[0] == 2
@@ -272,7 +272,7 @@ def test_mr_task_4d_multichannel(monet_roots):
 
 def test_cli_runs_and_reports_bad_input_without_traceback(ct_task, capsys):
     assert cli_main(["-t", "Task901", "-np", "1"]) == 0
-    assert "monetPlans.json" in capsys.readouterr().out
+    assert f"{DEFAULT_PLANS}.json" in capsys.readouterr().out
     bad = ct_task.raw / "Task901_SyntheticCT" / "imagesTr" / "synct_002.nii.gz"
     bad.write_bytes(b"not a nifti")
     assert cli_main(["-t", "901", "-np", "1"]) == 1
@@ -397,7 +397,7 @@ def _ct_plans_for_lung(geometry):
 
     spacing = geometry.spacing_zyx
     return Plans(
-        plans_name="monetPlans",
+        plans_name=DEFAULT_PLANS,
         task="Task99_Lung",
         slice_axis=0,
         transpose_forward=(0, 1, 2),
@@ -446,7 +446,7 @@ def test_cut_real_label_stops_preprocessing_naming_it_and_caches_nothing_from_it
     assert "hippocampus_004.nii.gz: truncated NIfTI file" in err and "Re-copy or re-download" in err
     assert "Traceback" not in err
     out = monet_roots.preprocessed / "Task04_Hippocampus"
-    assert not (out / "dataset_fingerprint.json").exists() and not (out / "monetPlans.json").exists()
+    assert not (out / "dataset_fingerprint.json").exists() and not (out / f"{DEFAULT_PLANS}.json").exists()
     assert not list(out.rglob("hippocampus_004*")) and not list(out.rglob(".tmp-*"))
 
 
@@ -559,7 +559,7 @@ def test_absurd_spacing_in_training_data_is_refused_naming_the_case(ct_task, cap
     assert cli_main(["-t", "901", "-np", "1"]) == 1
     err = capsys.readouterr().err
     assert "imagesTr/synct_002.nii.gz: voxel spacing" in err and message in err and "pixdim" in err
-    assert not (ct_task.preprocessed / "Task901_SyntheticCT" / "monetPlans.json").exists()
+    assert not (ct_task.preprocessed / "Task901_SyntheticCT" / f"{DEFAULT_PLANS}.json").exists()
 
 
 def test_slice_axis_spacing_outlier_only_warns(ct_task, caplog):

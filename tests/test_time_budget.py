@@ -16,6 +16,7 @@ import torch
 
 from monetpipe.errors import MonetError
 from monetpipe.paths import MonetPaths
+from monetpipe.preprocessing.plans import DEFAULT_PLANS
 from monetpipe.training.config import PAPER_RECIPE, TrainConfig, resolve_precision
 from monetpipe.training.progress import read_log_csv
 from monetpipe.training.schedule import (
@@ -244,7 +245,7 @@ def roots(budget_task, tmp_path, monkeypatch) -> MonetPaths:
 
 
 def _fold(paths: MonetPaths, model: str = "monet"):
-    return paths.results / TASK / f"{model}__monetPlans" / "fold_0"
+    return paths.results / TASK / f"{model}__{DEFAULT_PLANS}" / "fold_0"
 
 
 class _TickingClock:

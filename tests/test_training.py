@@ -22,6 +22,7 @@ import torch
 
 from monetpipe.errors import MonetError
 from monetpipe.paths import MonetPaths
+from monetpipe.preprocessing.plans import DEFAULT_PLANS
 from monetpipe.training.config import TrainConfig
 from monetpipe.training.progress import read_log_csv
 
@@ -85,12 +86,12 @@ def _env(paths: MonetPaths) -> dict:
 
 def test_run_folder_is_self_contained_and_records_everything(finished_run):
     paths, result = finished_run
-    model_dir = paths.results / TASK / "monet__monetPlans"
+    model_dir = paths.results / TASK / f"monet__{DEFAULT_PLANS}"
     fold = model_dir / "fold_0"
     assert result.fold_dir == fold and result.epochs == 2
     for name in ("plans.json", "dataset.json", "dataset_fingerprint.json"):
         assert (model_dir / name).read_bytes() == (
-            paths.preprocessed / TASK / ("monetPlans.json" if name == "plans.json" else name)
+            paths.preprocessed / TASK / (f"{DEFAULT_PLANS}.json" if name == "plans.json" else name)
         ).read_bytes()
     assert (fold / "progress.png").read_bytes()[:4] == b"\x89PNG"
     log = read_log_csv(fold / "training_log.csv")
@@ -111,11 +112,11 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_network(finished_run
     from monetpipe.networks import build_network
 
     paths, _ = finished_run
-    fold = paths.results / TASK / "monet__monetPlans" / "fold_0"
+    fold = paths.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0"
     for which in ("latest", "best", "final"):
         ckpt = torch.load(fold / f"checkpoint_{which}.pth", weights_only=True)
-        assert ckpt["network"] == {"name": "monet", "in_channels": 1, "num_classes": 3}
-        assert ckpt["plans"]["plans_name"] == "monetPlans"
+        assert ckpt["network"] == {"name": "monet", "in_channels": 3, "num_classes": 3}  # 2.5D: z-1, z, z+1
+        assert ckpt["plans"]["plans_name"] == DEFAULT_PLANS
         net = build_network(**ckpt["network"])
         net.load_state_dict(ckpt["model_state"])
         assert {"optimizer", "scheduler", "scaler", "rng", "early_stopping", "best_dice"} <= set(ckpt)
@@ -124,12 +125,12 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_network(finished_run
 
 def test_final_validation_has_the_reference_geometry_and_a_summary(finished_run):
     paths, result = finished_run
-    val_dir = paths.results / TASK / "monet__monetPlans" / "fold_0" / "validation"
+    val_dir = paths.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0" / "validation"
     val_cases = sorted(_split(paths)["val"])
     assert sorted(p.name for p in val_dir.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in val_cases]
     for case in val_cases:
         pred = sitk.ReadImage(str(val_dir / f"{case}.nii.gz"))
-        ref = sitk.ReadImage(str(paths.preprocessed / TASK / "gt_segmentations" / "monetPlans" / f"{case}.nii.gz"))
+        ref = sitk.ReadImage(str(paths.preprocessed / TASK / "gt_segmentations" / DEFAULT_PLANS / f"{case}.nii.gz"))
         assert pred.GetSize() == ref.GetSize()
         assert pred.GetSpacing() == ref.GetSpacing() and pred.GetOrigin() == ref.GetOrigin()
         assert pred.GetDirection() == ref.GetDirection()
@@ -145,7 +146,7 @@ def test_a_finished_run_is_never_overwritten(finished_run, capsys, monkeypatch):
     from monetpipe.training.cli import main
 
     paths, _ = finished_run
-    final = paths.results / TASK / "monet__monetPlans" / "fold_0" / "checkpoint_final.pth"
+    final = paths.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0" / "checkpoint_final.pth"
     before = final.stat().st_mtime_ns
     with pytest.raises(MonetError, match="finished run"):
         train_fold("901", "monet", 0, TINY, paths=paths)
@@ -164,13 +165,13 @@ def test_config_replays_a_recorded_run(finished_run, roots, monkeypatch):
     from monetpipe.training.cli import main
 
     paths, _ = finished_run
-    recorded = paths.results / TASK / "monet__monetPlans" / "fold_0" / "config.json"
+    recorded = paths.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0" / "config.json"
     assert roots.results != paths.results
     argv = ["--config", str(recorded)]
     monkeypatch.setattr(sys, "argv", ["/usr/local/bin/monet_train", *argv])
     assert main(argv) == 0
     original = json.loads(recorded.read_text())
-    replayed = json.loads((roots.results / TASK / "monet__monetPlans" / "fold_0" / "config.json").read_text())
+    replayed = json.loads((roots.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0" / "config.json").read_text())
     assert replayed["command"] == ["/usr/local/bin/monet_train", *argv]
     for record in (original, replayed):
         del record["written"], record["command"]
@@ -181,9 +182,9 @@ def test_flags_override_the_replayed_config(finished_run):
     from monetpipe.training.cli import config_from_args, parse_args
 
     paths, _ = finished_run
-    recorded = paths.results / TASK / "monet__monetPlans" / "fold_0" / "config.json"
+    recorded = paths.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0" / "config.json"
     args = parse_args(["--config", str(recorded), "-m", "unet16", "--epochs", "5", "--no-output-prior"])
-    assert (args.task, args.model, args.fold, args.plans) == (TASK, ["unet16"], ["0"], "monetPlans")
+    assert (args.task, args.model, args.fold, args.plans) == (TASK, ["unet16"], ["0"], DEFAULT_PLANS)
     expected = TINY.with_changes(num_workers=1, epochs=5, output_prior=False)
     assert config_from_args(args) == expected
 
@@ -192,7 +193,7 @@ def test_val_only_and_continue_redo_only_the_validation(finished_run):
     from monetpipe.training import train_fold
 
     paths, _ = finished_run
-    val_dir = paths.results / TASK / "monet__monetPlans" / "fold_0" / "validation"
+    val_dir = paths.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0" / "validation"
     victim = sorted(val_dir.glob("*.nii.gz"))[0]
     victim.unlink()
     (val_dir / "summary.json").unlink()
@@ -207,7 +208,7 @@ def test_pretrained_weights_start_a_new_run_from_a_checkpoint(finished_run, root
     from monetpipe.training import train_fold
 
     paths, _ = finished_run
-    source = paths.results / TASK / "monet__monetPlans" / "fold_0" / "checkpoint_final.pth"
+    source = paths.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0" / "checkpoint_final.pth"
     config = TINY.with_changes(epochs=1, iters_per_epoch=1, lr=1e-12, lr_floor=0.0, pretrained_weights=str(source))
     with caplog.at_level("INFO"):
         result = train_fold("901", "monet", 0, config, paths=roots)
@@ -243,11 +244,11 @@ def test_every_network_takes_training_steps(synthetic_task, name):
     from monetpipe.training.trainer import EarlyStopping, TrainingParts, train_epoch
 
     torch.set_num_threads(1)
-    layout = CacheLayout(synthetic_task.preprocessed / TASK, "monetPlans")
+    layout = CacheLayout(synthetic_task.preprocessed / TASK, DEFAULT_PLANS)
     plans = Plans.load(layout.plans_file)
     index = SliceIndex.build(layout, _split(synthetic_task)["train"], plans)
     torch.manual_seed(0)
-    net = build_network(name, 1, plans.num_classes)
+    net = build_network(name, plans.num_input_channels, plans.num_classes)
     before = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.NAdam(net.parameters(), lr=5e-4)
     parts = TrainingParts(
@@ -260,7 +261,7 @@ def test_every_network_takes_training_steps(synthetic_task, name):
         torch.device("cpu"),
     )
     patch = (32, 32)  # a crop of the 48x48 slices keeps the 31M-parameter U-Nets quick
-    loader = SliceBatchLoader(index, patch, 1, 2, 2, 1 / 3, seed=0)
+    loader = SliceBatchLoader(index, patch, plans.num_input_channels, 2, 2, 1 / 3, seed=0)
     with batch_stream(loader, training_transforms(TrainConfig(), patch), 0) as batches:
         loss = train_epoch(parts, batches, iterations=2, first_batch=0, progress=False)
     assert np.isfinite(loss)
@@ -286,8 +287,8 @@ def test_binary_plans_train_a_sigmoid_head(roots):
     from monetpipe.training import train_fold
 
     plan_and_preprocess("901", roots, num_processes=1, binary=True)
-    result = train_fold("901", "monet", 0, TINY, plans_name="monetPlans_binary", paths=roots)
-    assert result.fold_dir.parent.name == "monet__monetPlans_binary"
+    result = train_fold("901", "monet", 0, TINY, plans_name="monetPlans_binary_ctx1", paths=roots)
+    assert result.fold_dir.parent.name == "monet__monetPlans_binary_ctx1"
     ckpt = torch.load(result.fold_dir / "checkpoint_final.pth", weights_only=True)
     assert ckpt["network"]["num_classes"] == 1
     assert result.validation["labels"] == [1]
@@ -353,7 +354,7 @@ def test_model_all_trains_each_network_on_the_same_split(roots, monkeypatch):
 
     monkeypatch.setattr(networks, "list_networks", lambda: ["monet", "unet16"])  # the two small ones
     results = train_models("901", ["all"], [0], TINY.with_changes(epochs=1, iters_per_epoch=1), paths=roots)
-    assert [r.fold_dir.parent.name for r in results] == ["monet__monetPlans", "unet16__monetPlans"]
+    assert [r.fold_dir.parent.name for r in results] == [f"monet__{DEFAULT_PLANS}", f"unet16__{DEFAULT_PLANS}"]
     records = [json.loads((r.fold_dir / "config.json").read_text()) for r in results]
     assert records[0]["cases"] == records[1]["cases"]
     predicted = [sorted(p.name for p in (r.fold_dir / "validation").glob("*.nii.gz")) for r in results]
@@ -392,7 +393,7 @@ def test_continue_after_sigkill_resumes_without_gap_or_duplicate(roots, tmp_path
         "--num-threads",
         "1",
     ]
-    fold = roots.results / TASK / "monet__monetPlans" / "fold_0"
+    fold = roots.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0"
     with open(tmp_path / "stderr.txt", "wb") as err:
         proc = subprocess.Popen(
             _cli(roots, *args), env=_env(roots), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
@@ -453,7 +454,7 @@ def test_two_process_gloo_ddp_run(roots, tmp_path):
     ]
     proc = subprocess.run(cmd, env=_env(roots) | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    fold = roots.results / TASK / "monet__monetPlans" / "fold_0"
+    fold = roots.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0"
     record = json.loads((fold / "config.json").read_text())
     assert record["resolved"]["world_size"] == 2 and record["resolved"]["batch_size_per_rank"] == 2
     assert [r["epoch"] for r in read_log_csv(fold / "training_log.csv")] == [1, 2]

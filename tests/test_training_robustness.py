@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import test_training
 
+from monetpipe.preprocessing.plans import DEFAULT_PLANS
 from monetpipe.training import lock as lock_module
 from monetpipe.training.lock import LOCK_NAME, RunFolderBusyError, run_folder_lock
 
@@ -48,7 +49,7 @@ def _kill(child: subprocess.Popen) -> None:
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
 def test_a_second_run_is_refused_while_the_first_lives_and_takes_over_after_a_kill(tmp_path, caplog):
-    fold_dir = tmp_path / "results" / "Task04_Hippocampus" / "monet__monetPlans" / "fold_0"
+    fold_dir = tmp_path / "results" / "Task04_Hippocampus" / f"monet__{DEFAULT_PLANS}" / "fold_0"
     child = _hold_lock_in_child(fold_dir)
     try:
         with pytest.raises(RunFolderBusyError) as info:
@@ -76,7 +77,7 @@ def test_the_lock_is_released_after_an_error_and_a_refusal_leaves_no_folder(tmp_
             raise ValueError("boom")
     with run_folder_lock(fold_dir):  # free again
         pass
-    other = tmp_path / "results" / "Task04_Hippocampus" / "monet__monetPlans" / "fold_1"
+    other = tmp_path / "results" / "Task04_Hippocampus" / f"monet__{DEFAULT_PLANS}" / "fold_1"
     with run_folder_lock(other):
         pass
     assert not (tmp_path / "results").exists()  # created for the lock, left empty: removed
@@ -105,7 +106,7 @@ def test_the_fallback_without_fcntl_refuses_a_live_holder_and_replaces_a_dead_on
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
 def test_monet_train_refuses_a_fold_another_process_trains(roots, monkeypatch, capsys):
-    fold_dir = roots.results / TASK / "monet__monetPlans" / "fold_0"
+    fold_dir = roots.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0"
     child = _hold_lock_in_child(fold_dir)
     try:
         assert _monet_train(monkeypatch, *TINY_ARGS) == 1
@@ -135,7 +136,7 @@ def _monet_train(monkeypatch, *args: str) -> int:
 def unfinished_run(roots, monkeypatch):
     """A real 2-epoch run whose checkpoint_final was removed: a run stopped after epoch 2 of 3."""
     assert _monet_train(monkeypatch, *TINY_ARGS) == 0
-    fold = roots.results / TASK / "monet__monetPlans" / "fold_0"
+    fold = roots.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0"
     (fold / "checkpoint_final.pth").unlink()
     return fold
 
@@ -262,7 +263,7 @@ def test_the_raw_task_folder_given_to_training_means_the_preprocessed_task(roots
 
     fp = plan_fold(str(roots.raw / TASK), "monet", 0, paths=roots)
     assert fp.layout.task_dir == (roots.preprocessed / TASK).resolve()
-    assert fp.fold_dir == roots.results / TASK / "monet__monetPlans" / "fold_0"
+    assert fp.fold_dir == roots.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0"
 
 
 # ---- torchrun: ranks wait for rank 0's final validation ----------------------------------------------
@@ -317,14 +318,14 @@ def test_torchrun_ranks_wait_for_a_final_validation_longer_than_the_process_grou
         assert p.returncode == 0, err[-3000:]
         assert "trained ['monet__monetPlans', 'unet16__monetPlans']" in out
     for model in ("monet", "unet16"):
-        fold = roots.results / TASK / f"{model}__monetPlans" / "fold_0"
+        fold = roots.results / TASK / f"{model}__{DEFAULT_PLANS}" / "fold_0"
         assert (fold / "validation" / "summary.json").is_file()
 
 
 @pytest.mark.slow  # torchrun starts two Python processes
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
 def test_torchrun_on_a_locked_fold_stops_every_rank_with_the_message(roots):
-    fold_dir = roots.results / TASK / "monet__monetPlans" / "fold_0"
+    fold_dir = roots.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0"
     child = _hold_lock_in_child(fold_dir)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "monetpipe.training", "-t", "901", "-m", "monet", *TINY_ARGS, "--device", "cpu"]
@@ -344,7 +345,7 @@ def test_an_unwritable_results_folder_is_refused_before_training(tmp_path):
     blocked = tmp_path / "a_file"
     blocked.write_text("not a folder")  # no folder can be made inside a file, even as root
     with pytest.raises(MonetError, match="not writable") as info:
-        with run_folder_lock(blocked / "monet__monetPlans" / "fold_0"):
+        with run_folder_lock(blocked / f"monet__{DEFAULT_PLANS}" / "fold_0"):
             pass
     assert str(blocked) in str(info.value)
 
@@ -356,9 +357,9 @@ def test_a_task_that_was_never_preprocessed_says_to_preprocess_it(monet_roots):
 
     make_synthetic_task(monet_roots.raw, "ct", num_cases=2, num_test=0, shape=(32, 32, 8))
     with pytest.raises(TaskNotFoundError, match=r"not been preprocessed.*monet_plan_and_preprocess -t Task901"):
-        plan_fold("901", "monet", 0, "monetPlans", monet_roots)
+        plan_fold("901", "monet", 0, DEFAULT_PLANS, monet_roots)
     with pytest.raises(TaskNotFoundError, match="No task matches"):  # nowhere at all: the listing as before
-        plan_fold("7", "monet", 0, "monetPlans", monet_roots)
+        plan_fold("7", "monet", 0, DEFAULT_PLANS, monet_roots)
 
 
 def test_continue_with_other_settings_names_the_flags_that_keep_the_checkpoints(unfinished_run, monkeypatch, caplog):

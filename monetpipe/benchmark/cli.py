@@ -21,7 +21,7 @@ EXAMPLES = """examples:
   monet_benchmark -m all --backend torch torch_compile onnxruntime --batch-size 2 --workers 2
   monet_benchmark -m all --update-leaderboard 4     # cpu_s_150 column of monet_evaluate -t 4
   monet_benchmark -m monet --precision all --backend torch onnxruntime --batch-size 2 --workers 2
-  monet_benchmark --model-folder $MONET_results/Task04_Hippocampus/monet__monetPlans -f 0 --precision all
+  monet_benchmark --model-folder $MONET_results/Task04_Hippocampus/monet__monetPlans_ctx1 -f 0 --precision all
 """
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from monetpipe.preprocessing.plans import DEFAULT_PLANS
+
 EXAMPLES = """examples:
   monet_inspect -t 4 -m monet unet16 --case hippocampus_367
   monet_inspect -t 4 -m monet unet64 attention_unet --case hippocampus_367 --slice 20 -o fig5.png
@@ -24,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--task", required=True, help="Task04, 4, Task04_Hippocampus or a path")
     p.add_argument("-m", "--models", nargs="+", required=True, help="trained models to compare")
     p.add_argument("--case", required=True, help="case id in the plan's slice cache, e.g. hippocampus_367")
-    p.add_argument("-p", "--plans", default="monetPlans", help="plans name (default monetPlans)")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS, help=f"plans name (default {DEFAULT_PLANS})")
     p.add_argument("-f", "--fold", default="0", help="fold whose checkpoint to load (default 0)")
     p.add_argument("--checkpoint", default="final", choices=("final", "best", "latest"), help="default final")
     p.add_argument("--slice", type=int, help="slice index along the plan's slice axis (default: most foreground)")

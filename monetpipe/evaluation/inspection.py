@@ -16,6 +16,7 @@ import numpy as np
 
 from monetpipe.errors import MonetError
 from monetpipe.paths import MonetPaths, find_task
+from monetpipe.preprocessing.plans import DEFAULT_PLANS
 from monetpipe.results import ModelFolder, load_checkpoint
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def inspect_models(
     models: Sequence[str],
     case_id: str,
     paths: MonetPaths,
-    plans_name: str = "monetPlans",
+    plans_name: str = DEFAULT_PLANS,
     fold: int | str = 0,
     checkpoint: str = "final",
     slice_index: int | None = None,

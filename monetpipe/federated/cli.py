@@ -7,6 +7,7 @@ import importlib.util
 
 from monetpipe.cli_common import command_parser, run_cli, setup_logging
 from monetpipe.errors import MonetError
+from monetpipe.preprocessing.plans import DEFAULT_PLANS
 
 EXAMPLES = """examples:
   monet_federated -t 4 -m monet --sites 3 --rounds 10 --local-epochs 2     # the paper's setting, on this machine
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-t", "--task", required=True, help="Task04, 4, Task04_Hippocampus, Dataset004_Hippocampus or a path"
     )
     p.add_argument("-m", "--model", required=True, help="monet, unet16, unet64 or attention_unet")
-    p.add_argument("-p", "--plans", default="monetPlans", help="plans name")
+    p.add_argument("-p", "--plans", default=DEFAULT_PLANS, help=f"plans name (default {DEFAULT_PLANS})")
     p.add_argument("-f", "--fold", default="0", help="fold of splits_final.json, or 'all'")
     sites = p.add_mutually_exclusive_group()
     sites.add_argument("--sites", type=int, help=f"split the fold's training cases over N sites (default {d.sites})")

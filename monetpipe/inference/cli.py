@@ -6,11 +6,12 @@ import argparse
 import sys
 
 from monetpipe.cli_common import command_parser, run_cli, setup_logging
+from monetpipe.preprocessing.plans import DEFAULT_PLANS, PAPER_PLANS
 
 EXAMPLES = """examples:
   monet_predict -i scans/ -o seg/ -t 4 -m monet                  # every trained fold of monet, ensembled
-  monet_predict -i scans/ -o seg/ -t 7 -m monet -p monetPlans_binary -f 0 --checkpoint best
-  monet_predict -i scans/ -o seg/ --model-folder received/monet__monetPlans --tta   # a copied model
+  monet_predict -i scans/ -o seg/ -t 7 -m monet -p monetPlans_binary_ctx1 -f 0 --checkpoint best
+  monet_predict -i scans/ -o seg/ --model-folder received/monet__monetPlans_ctx1 --tta   # a copied model
   monet_predict --prepare-precision int8 -t 4 -m monet -f 0      # calibrate int8, check it against fp32
   monet_predict -i scans/ -o seg/ -t 4 -m monet -f 0 --precision int8
 """
@@ -27,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output folder (not inside the input folder)")
     p.add_argument("-t", "--task", help="task of the model: Task04, 4, Task04_Hippocampus, ... (with -m)")
     p.add_argument("-m", "--model", help="network the model was trained as: monet, unet16, unet64, attention_unet")
-    p.add_argument("-p", "--plans", default=None, help="plans name (default monetPlans; e.g. monetPlans_binary)")
+    p.add_argument(
+        "-p", "--plans", default=None, help=f"plans name (default {DEFAULT_PLANS}; e.g. {PAPER_PLANS} for 2D plans)"
+    )
     p.add_argument("--model-folder", help="a results folder <model>__<plans>/ instead of -t/-m (needs nothing else)")
     p.add_argument(
         "-f",

@@ -15,7 +15,7 @@ from pathlib import Path
 from monetpipe.devices import resolve_device
 from monetpipe.errors import MonetError
 from monetpipe.paths import MonetPaths, find_task
-from monetpipe.preprocessing.plans import DEFAULT_PLANS, Plans
+from monetpipe.preprocessing.plans import DEFAULT_PLANS, PAPER_PLANS, Plans
 from monetpipe.results import CHECKPOINTS, ModelFolder, load_checkpoint, parse_fold
 
 log = logging.getLogger(__name__)
@@ -84,13 +84,16 @@ def resolve_model_folder(
     model = model.lower()
     task_name, _ = find_task(task, [paths.results, paths.preprocessed, paths.raw])
     folder = ModelFolder.for_run(paths.results, task_name, model, plans_name or DEFAULT_PLANS)
+    plans_flag = f" -p {plans_name}" if plans_name and plans_name != DEFAULT_PLANS else ""
     if not folder.root.is_dir():
         task_dir = paths.results / task_name
         have = sorted(p.name for p in task_dir.iterdir() if p.is_dir() and "__" in p.name) if task_dir.is_dir() else []
         raise MonetError(
             f"{folder.root}: no trained model there. Trained models of {task_name}: "
             f"{', '.join(have) or 'none'}. "
-            f"Train it first (monet_train -t {task} -m {model}) or pass --model-folder."
+            f"Train it first (monet_train -t {task} -m {model}{plans_flag}), pass -p with the plans of one listed "
+            f"(<model>__<plans>; models trained before 2.5D became the default are on {PAPER_PLANS}), or pass "
+            "--model-folder."
         )
     return folder
 

@@ -16,7 +16,7 @@ from monetpipe.parallel import map_cases
 from monetpipe.paths import MonetPaths, find_task, looks_like_path
 from monetpipe.preprocessing.fingerprint import SAMPLES_FOLDER, compute_fingerprint
 from monetpipe.preprocessing.planner import check_size_bounds, plan_experiment, select_channels
-from monetpipe.preprocessing.plans import DEFAULT_MAX_SIZE, Plans, plans_name_for
+from monetpipe.preprocessing.plans import DEFAULT_CONTEXT_SLICES, DEFAULT_MAX_SIZE, Plans, plans_name_for
 from monetpipe.preprocessing.slice_cache import CacheLayout, cache_case, case_hash, is_current
 from monetpipe.preprocessing.splits import ensure_splits
 
@@ -48,7 +48,7 @@ def plan_and_preprocess(
     overwrite_splits: bool = False,
     replan: bool = False,
     channels: list[str] | None = None,
-    context_slices: int = 0,
+    context_slices: int = DEFAULT_CONTEXT_SLICES,
     min_size: int = 0,
 ) -> PreprocessResult:
     """Fingerprint, plan, cache slices and fix the splits of a raw task.
@@ -67,8 +67,9 @@ def plan_and_preprocess(
             :func:`keep_existing_plans`.
         channels: the input channels the network sees, as dataset.json names (any case) or indices
             (default: all; plans ``monetPlans_ch_<names>``). The cache holds only these.
-        context_slices: K > 0 plans 2.5D input, slices z-K .. z+K as channels (plans ``..._ctx<K>``); the
-            cache is the same 2D cache, the stacks are assembled when slices are read.
+        context_slices: K > 0 plans 2.5D input, slices z-K .. z+K as channels (plans ``..._ctx<K>``; default
+            1, docs/preprocessing.md "2.5D input"); 0 plans the paper's 2D input (plans ``monetPlans``). The
+            cache is the same 2D cache for every K, the stacks are assembled when slices are read.
         min_size: resample slices up until the median slice's longer in-plane side is at least this many
             pixels (plans ``..._s<N>``; 0: never upsample). MoNet's two stride-2 steps then leave a larger map.
 

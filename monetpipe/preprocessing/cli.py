@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 
 from monetpipe.cli_common import command_parser, run_cli, setup_logging
+from monetpipe.preprocessing.plans import DEFAULT_CONTEXT_SLICES, DEFAULT_PLANS, PAPER_PLANS
 
 EXAMPLES = """examples:
-  monet_plan_and_preprocess -t 4 -np 4              # Task04_Hippocampus in $MONET_raw, all labels
-  monet_plan_and_preprocess -t 7 --binary           # pancreas + tumour merged (plans monetPlans_binary)
-  monet_plan_and_preprocess -t 1 --channels FLAIR --context-slices 1
-      # BrainTumour: the FLAIR channel only, as 2.5D input of slices z-1, z, z+1 (plans monetPlans_ch_FLAIR_ctx1)
+  monet_plan_and_preprocess -t 4 -np 4
+      # Task04_Hippocampus in $MONET_raw, all labels, 2.5D input of slices z-1, z, z+1 (plans monetPlans_ctx1)
+  monet_plan_and_preprocess -t 4 --context-slices 0   # the paper's 2D input (plans monetPlans)
+  monet_plan_and_preprocess -t 7 --binary           # pancreas + tumour merged (plans monetPlans_binary_ctx1)
+  monet_plan_and_preprocess -t 1 --channels FLAIR
+      # BrainTumour: the FLAIR channel only (plans monetPlans_ch_FLAIR_ctx1)
   monet_plan_and_preprocess -t 4 --min-size 128
-      # Hippocampus resampled up from 64 x 48 to 128 x 96 pixel slices (plans monetPlans_s128)
+      # Hippocampus resampled up from 64 x 48 to 128 x 96 pixel slices (plans monetPlans_s128_ctx1)
 """
 
 
@@ -29,21 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
     group = p.add_mutually_exclusive_group()
     group.add_argument(
-        "--binary", action="store_true", help="merge every foreground label into one (plans monetPlans_binary)"
+        "--binary", action="store_true", help="merge every foreground label into one (plans monetPlans_binary_ctx1)"
     )
     group.add_argument(
         "--labels",
         type=int,
         nargs="+",
         metavar="L",
-        help="keep only these label values, renumbered 1..k (plans monetPlans_labels_...)",
+        help="keep only these label values, renumbered 1..k (plans monetPlans_labels_..._ctx1)",
     )
     p.add_argument("--folds", type=int, default=1, help="1: the paper's 70/30 hold-out (default); K: K-fold CV")
     p.add_argument(
         "--max-size",
         type=int,
         default=256,
-        help="largest in-plane slice size after resampling (default 256; another value plans monetPlans_max<N>)",
+        help="largest in-plane slice size after resampling (default 256; another value plans monetPlans_max<N>_ctx1)",
     )
     p.add_argument(
         "--min-size",
@@ -65,15 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="CH",
         help="input channels the network sees: dataset.json channel names (any case) or indices, e.g. FLAIR "
-        "or 0 2 (default: all; plans monetPlans_ch_<names>)",
+        "or 0 2 (default: all; plans monetPlans_ch_<names>_ctx1)",
     )
     p.add_argument(
         "--context-slices",
         type=int,
-        default=0,
+        default=DEFAULT_CONTEXT_SLICES,
         metavar="K",
         help="2.5D input: each slice with its K neighbours on each side as extra channels, edges replicated "
-        "(default 0: 2D; plans ..._ctx<K>)",
+        f"(default {DEFAULT_CONTEXT_SLICES}: plans {DEFAULT_PLANS}); 0: the paper's 2D input (plans {PAPER_PLANS})",
     )
     p.add_argument("-v", "--verbose", action="store_true")
     return p

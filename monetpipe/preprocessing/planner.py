@@ -12,7 +12,7 @@ import numpy as np
 
 from monetpipe.errors import DatasetError, MonetError
 from monetpipe.io.dataset import TaskDataset
-from monetpipe.preprocessing.plans import DEFAULT_MAX_SIZE, ChannelNormalization, Plans
+from monetpipe.preprocessing.plans import DEFAULT_CONTEXT_SLICES, DEFAULT_MAX_SIZE, ChannelNormalization, Plans
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def plan_experiment(
     labels: list[int] | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
     channels: tuple[int, ...] | None = None,
-    context_slices: int = 0,
+    context_slices: int = DEFAULT_CONTEXT_SLICES,
     min_size: int = 0,
 ) -> Plans:
     """Plan a configuration for ``task`` from its fingerprint (docs/preprocessing.md, "The plans").
@@ -231,7 +231,7 @@ def plan_experiment(
     Args:
         task: the loaded task.
         fingerprint: from :func:`compute_fingerprint`.
-        plans_name: e.g. ``monetPlans`` / ``monetPlans_binary``.
+        plans_name: e.g. ``monetPlans_ctx1`` / ``monetPlans_binary_ctx1`` (:func:`plans_name_for`).
         binary: merge every foreground label into one class.
         labels: keep only these label values, renumbered 1..k (the rest background).
         max_size: largest in-plane size (pixels) of a resampled slice.

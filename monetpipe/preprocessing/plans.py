@@ -16,8 +16,11 @@ from monetpipe.errors import MonetError
 from monetpipe.io.atomic import read_json, write_json
 
 PLANS_VERSION = 1
-DEFAULT_PLANS = "monetPlans"
+BASE_PLANS = "monetPlans"  # every plans name starts with it; the 2D plans of all labels and channels
 DEFAULT_MAX_SIZE = 256  # --max-size: the paper's 256 x 256 slices
+# --context-slices: 2.5D input (slices z-1, z, z+1) is the planner's default since it measured better than 2D
+# at one CPU hour on Task04 (docs/preprocessing.md, "2.5D input"); 0 gives the paper's 2D plans.
+DEFAULT_CONTEXT_SLICES = 1
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,9 @@ class Plans:
         """The ``monet_plan_and_preprocess`` options that plan this input (``""`` for the default)."""
         flags = " --channels " + " ".join(self.channel_names) if self.selects_channels else ""
         flags += f" --min-size {self.min_size}" if self.min_size else ""
-        return flags + (f" --context-slices {self.context_slices}" if self.context_slices else "")
+        if self.context_slices != DEFAULT_CONTEXT_SLICES:
+            flags += f" --context-slices {self.context_slices}"
+        return flags
 
     def describe_input(self) -> str:
         """The network input in words, e.g. ``FLAIR of 3 slices (z-1..z+1): 3 channel(s)``."""
@@ -213,24 +218,26 @@ def plans_name_for(
     binary: bool = False,
     labels: list[int] | None = None,
     channels: tuple[str, ...] | None = None,
-    context_slices: int = 0,
+    context_slices: int = DEFAULT_CONTEXT_SLICES,
     min_size: int = 0,
     max_size: int = DEFAULT_MAX_SIZE,
 ) -> str:
-    """``monetPlans``, ``monetPlans_binary``, ``monetPlans_labels_7_8``, ``monetPlans_ch_FLAIR``,
-    ``monetPlans_s128``, ``monetPlans_max128``, ``monetPlans_ctx1`` or a combination in that order
+    """``monetPlans_ctx1`` (the default: 2.5D, all labels and channels), ``monetPlans`` (2D),
+    ``monetPlans_binary_ctx1``, ``monetPlans_labels_7_8_ctx1``, ``monetPlans_ch_FLAIR_ctx1``,
+    ``monetPlans_s128_ctx1``, ``monetPlans_max128_ctx1``, ``monetPlans_ctx2`` or a combination in that order
     (``monetPlans_binary_ch_FLAIR_s128_ctx1``): each variant has its own plans file, cache and results
-    folders, so none overwrites another.
+    folders, so none overwrites another. The name says what the plans hold, so plans made before 2.5D became
+    the default keep their name (``monetPlans``) and meaning.
 
     Args:
         channels: the chosen channel names when ``--channels`` selects fewer than all (``None``: all).
-        context_slices: K of 2.5D input (0: 2D).
+        context_slices: K of 2.5D input (0: 2D; default :data:`DEFAULT_CONTEXT_SLICES`).
         min_size: ``--min-size`` (0: not given).
         max_size: ``--max-size`` (named only when it is not the default 256).
     """
     if binary and labels:
         raise MonetError("--binary and --labels cannot be combined: --labels already chooses the foreground.")
-    name = DEFAULT_PLANS
+    name = BASE_PLANS
     if binary:
         name += "_binary"
     if labels:
@@ -244,3 +251,7 @@ def plans_name_for(
     if context_slices:
         name += f"_ctx{context_slices}"
     return name
+
+
+DEFAULT_PLANS = plans_name_for()  # what monet_plan_and_preprocess plans without flags: monetPlans_ctx1
+PAPER_PLANS = plans_name_for(context_slices=0)  # the paper's 2D input: monetPlans

@@ -16,6 +16,7 @@ import typing
 from dataclasses import MISSING, Field, fields
 
 from monetpipe.cli_common import command_parser, run_cli, setup_logging
+from monetpipe.preprocessing.plans import DEFAULT_PLANS, PAPER_PLANS
 
 NETWORKS = ("monet", "unet16", "unet64", "attention_unet")  # for --help only; the registry decides
 _REQUIRED = ("task", "model")  # required unless --config names them
@@ -82,7 +83,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FOLD",
         help="fold(s) of splits_final.json, or 'all' to train on every case (no final validation) (default: 0)",
     )
-    p.add_argument("-p", "--plans", default="monetPlans", help="plans name (monetPlans, monetPlans_binary, ...)")
+    p.add_argument(
+        "-p",
+        "--plans",
+        default=DEFAULT_PLANS,
+        help=f"plans name (default {DEFAULT_PLANS}, 2.5D; {PAPER_PLANS}: 2D, the default with --recipe paper; "
+        "monetPlans_binary_ctx1, ...)",
+    )
     p.add_argument(
         "--config",
         metavar="CONFIG_JSON",
@@ -114,8 +121,8 @@ EXAMPLES = """examples:
   monet_train -t 4 -m all -f all --continue       # every network on all cases, resuming where each stopped
   monet_train -t 4 -m monet --time-budget 1h      # train for one hour (final validation included), LR fitted
   monet_train -t 4 -m all --time-budget 15m       # every network gets the same 15 minutes
-  monet_train -t 4 -m monet --recipe paper        # the paper's settings, pinned
-  monet_train --config MONET_results/Task04_Hippocampus/monet__monetPlans/fold_0/config.json --seed 2
+  monet_train -t 4 -m monet --recipe paper        # the paper's settings and 2D plans (monetPlans), pinned
+  monet_train --config MONET_results/Task04_Hippocampus/monet__monetPlans_ctx1/fold_0/config.json --seed 2
 """
 
 
@@ -158,7 +165,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if recipe is not None:
         from monetpipe.training.config import RECIPES
 
-        parser.set_defaults(**RECIPES[recipe], recipe=recipe)  # over the record; flags win over both
+        # Over the record; flags win over both. The paper's recipe trains on the paper's 2D plans (a replayed
+        # record keeps its own).
+        plans = {"plans": PAPER_PLANS} if recipe == "paper" and not args.config else {}
+        parser.set_defaults(**RECIPES[recipe], **plans, recipe=recipe)
         args = parser.parse_args(argv)
     missing = [f"-{n[0]}/--{n}" for n in _REQUIRED if getattr(args, n) is None]
     if missing:

@@ -23,7 +23,7 @@ from pathlib import Path
 from monetpipe.errors import MonetError, TaskNotFoundError
 from monetpipe.io.atomic import atomic_path, read_json, write_json
 from monetpipe.paths import MonetPaths, find_task
-from monetpipe.preprocessing.plans import DEFAULT_PLANS, Plans
+from monetpipe.preprocessing.plans import BASE_PLANS, DEFAULT_PLANS, PAPER_PLANS, Plans
 from monetpipe.preprocessing.slice_cache import CacheLayout
 from monetpipe.preprocessing.splits import load_splits
 from monetpipe.results import ModelFolder, parse_fold
@@ -100,6 +100,8 @@ def plan_fold(
         raise MonetError(f"unknown model {model!r}; choose one of {', '.join(list_networks())} or 'all'.")
     task_name, task_dir = _preprocessed_task(task, paths)
     layout = CacheLayout(task_dir, plans_name)
+    if not layout.plans_file.is_file():
+        raise MonetError(_missing_plans(layout, task_name))
     plans = Plans.load(layout.plans_file)
     splits_file = task_dir / "splits_final.json"
     # the ids the cache holds: splits_final.json may name no other case (nor any path)
@@ -128,6 +130,26 @@ def plan_fold(
         inner,
         val,
         paths.raw / task_name,
+    )
+
+
+def _missing_plans(layout: CacheLayout, task_name: str) -> str:
+    """What to do when ``-p``'s plans were never made: the plans the task has, and how to make these."""
+    have = sorted(f.stem for f in layout.task_dir.glob(f"{BASE_PLANS}*.json"))
+    make = f"monet_plan_and_preprocess -t {task_name}"
+    if layout.plans_name == PAPER_PLANS:
+        make += " --context-slices 0"
+    elif layout.plans_name != DEFAULT_PLANS:
+        make += " with the flags its name stands for (docs/preprocessing.md, 'Plans names')"
+    hint = ""
+    if layout.plans_name == DEFAULT_PLANS and PAPER_PLANS in have:
+        hint = (
+            f" The default plans are 2.5D ({DEFAULT_PLANS}) since 2.5D input measured better than 2D; "
+            f"to train on the 2D plans made before, pass -p {PAPER_PLANS}."
+        )
+    return (
+        f"{layout.plans_file}: no plans {layout.plans_name} for {task_name} (it has: {', '.join(have) or 'none'}). "
+        f"Make them with {make}, or pass -p with one it has.{hint}"
     )
 
 
