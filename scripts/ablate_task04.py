@@ -50,7 +50,7 @@ class Row:
     change: str
     train: tuple[str, ...] = ()  # flags changed from / added to BASELINE_TRAIN
     min_size: int = 0  # monet_plan_and_preprocess --min-size
-    context_slices: int = 0  # monet_plan_and_preprocess --context-slices
+    context_slices: int = 0  # monet_plan_and_preprocess --context-slices (0: 2D, as the rows began)
     predict: tuple[str, ...] = ()  # monet_predict flags
     model_of: str = ""  # predict with this row's trained model instead of training one (TTA)
     replace_baseline: bool = False  # the row's flags replace BASELINE_TRAIN (a whole recipe)
@@ -59,7 +59,8 @@ class Row:
     @property
     def plan_flags(self) -> tuple[str, ...]:
         flags = ("--min-size", str(self.min_size)) if self.min_size else ()
-        return flags + (("--context-slices", str(self.context_slices)) if self.context_slices else ())
+        # Always given: the planner's default moved from 2D to 2.5D, and a row keeps the input it was defined with.
+        return flags + ("--context-slices", str(self.context_slices))
 
     @property
     def plans(self) -> str:
@@ -123,12 +124,18 @@ ROWS = {
             ("--recipe", "paper"),
             replace_baseline=True,
         ),
-        # The target command as a user types it: no flags, so every setting is monet_train's default
-        # (including --precision auto and --prepare-precision auto); run it alone on idle cores.
-        Row("defaults", "the target: monet_train's defaults, no flags at all", replace_baseline=True),
+        # The target command as a user types it: no training flags, so every setting is monet_train's
+        # default (including --precision auto and --prepare-precision auto); run it alone on idle cores. It was
+        # the target while the planner planned 2D; since 2.5D won (ctx1_defaults) that row is the target.
+        Row("defaults", "2D input (--context-slices 0) with monet_train's defaults, no flags", replace_baseline=True),
         # One change from `defaults` each: the levers that lost at one core-hour, when steps were the limit.
         Row("s128_defaults", "128 x 96 slices with monet_train's defaults", replace_baseline=True, min_size=128),
-        Row("ctx1_defaults", "2.5D (z-1, z, z+1) with monet_train's defaults", replace_baseline=True, context_slices=1),
+        Row(
+            "ctx1_defaults",
+            "the target: 2.5D (z-1, z, z+1), the planner's default, with monet_train's defaults",
+            replace_baseline=True,
+            context_slices=1,
+        ),
         # After ctx1_defaults won on 2 idle cores: a wider context (one change from it) and U-Net-16 on the same input.
         Row("ctx2_defaults", "2.5D (z-2 .. z+2) with monet_train's defaults", replace_baseline=True, context_slices=2),
         Row(

@@ -10,8 +10,8 @@ same cases again. A large gain means the low Dice was the statistics' lag, not t
 At the end of a long run with an annealed LR the saved statistics are current, and the recomputation
 (whole slices, case by case, unaugmented: not the training batches' mix) can score lower instead.
 
-    python scripts/check_bn_lag.py --fold MONET_results/Task901_SyntheticCT/monet__monetPlans/fold_0 \\
-        --slices MONET_preprocessed/Task901_SyntheticCT/monetPlans_slices
+    python scripts/check_bn_lag.py --fold MONET_results/Task901_SyntheticCT/monet__monetPlans_ctx1/fold_0 \\
+        --slices MONET_preprocessed/Task901_SyntheticCT/monetPlans_ctx1_slices
 
 Nothing is written; the fold's checkpoint is only read.
 """
@@ -28,6 +28,7 @@ from torch import nn
 
 from monetpipe.inference.loading import network_from_checkpoint
 from monetpipe.inference.predictor import pad_to_multiple, predict_slices
+from monetpipe.preprocessing.context import stack_context
 from monetpipe.results import load_checkpoint
 
 log = logging.getLogger("check_bn_lag")
@@ -40,13 +41,14 @@ def case_slices(slices: Path, case_id: str) -> tuple[np.ndarray, np.ndarray]:
     return data, seg.reshape(seg.shape[-3:])
 
 
-def mean_dice(net: nn.Module, slices: Path, cases: list[str], labels: list[int]) -> float:
-    """Mean over cases of the mean Dice over ``labels``, eval mode, as monet_predict predicts slices."""
+def mean_dice(net: nn.Module, slices: Path, cases: list[str], labels: list[int], context: int = 0) -> float:
+    """Mean over cases of the mean Dice over ``labels``, eval mode, as monet_predict predicts slices
+    (``context``: the plans' K of 2.5D input)."""
     net.eval()
     scores = []
     for case in cases:
         data, seg = case_slices(slices, case)
-        pred = predict_slices([net], data, size_multiple=4).argmax(0).numpy()
+        pred = predict_slices([net], data, size_multiple=4, context_slices=context).argmax(0).numpy()
         per_label = []
         for c in labels:
             p, g = pred == c, seg == c
@@ -57,8 +59,9 @@ def mean_dice(net: nn.Module, slices: Path, cases: list[str], labels: list[int])
     return float(np.nanmean(scores))
 
 
-def recompute_batchnorm(net: nn.Module, slices: Path, cases: list[str], batch: int = 16) -> int:
-    """Cumulative BatchNorm statistics over every training slice; returns the slices seen."""
+def recompute_batchnorm(net: nn.Module, slices: Path, cases: list[str], batch: int = 16, context: int = 0) -> int:
+    """Cumulative BatchNorm statistics over every training slice (stacked with ``context`` neighbours on each
+    side for 2.5D plans); returns the slices seen."""
     norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in norms:
         m.reset_running_stats()
@@ -67,7 +70,8 @@ def recompute_batchnorm(net: nn.Module, slices: Path, cases: list[str], batch: i
     seen = 0
     with torch.no_grad():
         for case in cases:
-            x = torch.from_numpy(case_slices(slices, case)[0]).transpose(0, 1)  # slices are the batch
+            data = case_slices(slices, case)[0]
+            x = torch.from_numpy(stack_context(data, np.arange(data.shape[1]), context))  # slices are the batch
             for i in range(0, len(x), batch):
                 padded, _ = pad_to_multiple(x[i : i + batch], 4)
                 net(padded)
@@ -88,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     net = network_from_checkpoint(checkpoint, path)
     cases = checkpoint["cases"]
     labels = list(range(1, max(int(checkpoint["network"]["num_classes"]), 2)))
-    before = mean_dice(net, args.slices, cases["val"], labels)
-    seen = recompute_batchnorm(net, args.slices, cases["train"])
-    after = mean_dice(net, args.slices, cases["val"], labels)
+    context = int((checkpoint.get("plans") or {}).get("context_slices", 0))  # 2.5D plans stack neighbours
+    before = mean_dice(net, args.slices, cases["val"], labels, context)
+    seen = recompute_batchnorm(net, args.slices, cases["train"], context=context)
+    after = mean_dice(net, args.slices, cases["val"], labels, context)
     log.info(
         "%s: validation Dice on cached slices %.4f with the saved BatchNorm statistics, %.4f with statistics "
         "recomputed from %d training slices (%d val cases)",

@@ -65,11 +65,11 @@ Demo finished in $(( $(date +%s) - start )) s. Each epoch is one pass over the t
 Where everything is:
   synthetic task (NIfTI)     $MONET_raw/$TASK
   plans, slice cache, split  $MONET_preprocessed/$TASK
-  trained networks           $results/<model>__monetPlans/fold_0/
+  trained networks           $results/<model>__monetPlans_ctx1/fold_0/
                              (checkpoint_final.pth, checkpoint_best.pth, training_log.csv, progress.png,
                               config.json, validation/*.nii.gz + summary.json)
   leaderboard                $results/leaderboard.csv, leaderboard.png
-  overlays                   $results/overlays/<model>__monetPlans_{median,worst}.png
+  overlays                   $results/overlays/<model>__monetPlans_ctx1_{median,worst}.png
   test-image predictions     $PREDICTIONS
 
 The commands are in $BIN: run them as $BIN/monet_train ..., or first

@@ -56,8 +56,11 @@ def matched_steps(federated_fold: Path, centralized_fold: Path) -> list[dict]:
 
 
 def report(results_task: Path, model: str, tag: str) -> None:
+    from monetpipe.preprocessing.plans import DEFAULT_PLANS  # both runs train on the default plans
+
     rows = matched_steps(
-        results_task / f"{model}__monetPlans__{tag}" / "fold_0", results_task / f"{model}__monetPlans" / "fold_0"
+        results_task / f"{model}__{DEFAULT_PLANS}__{tag}" / "fold_0",
+        results_task / f"{model}__{DEFAULT_PLANS}" / "fold_0",
     )
     print("| optimizer steps | federated inner-val Dice | centralized inner-val Dice |")
     print("|---|---|---|")

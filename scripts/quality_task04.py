@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from monetpipe.preprocessing.plans import DEFAULT_PLANS  # noqa: E402  (the plans the default planning writes)
+
 DATA = REPO.parent / "shared" / "data"
 TASK = "Task04_Hippocampus"
 
@@ -109,7 +112,7 @@ def main() -> int:
     print("training:", " ".join(cmd[1:]), flush=True)
     train_s, stopped = run_training(cmd, env, args.time_limit, work / "train.log")
 
-    fold_dir = work / "results" / TASK / "monet__monetPlans" / "fold_0"
+    fold_dir = work / "results" / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0"
     summary = (
         score_latest(fold_dir, env) if stopped else json.loads((fold_dir / "validation" / "summary.json").read_text())
     )
@@ -120,7 +123,7 @@ def main() -> int:
         fields = row.split(",")
         elapsed += float(fields[-1])
         print(f"  {row}   (t = {elapsed / 60:.1f} min)")
-    names = json.loads((work / "preprocessed" / TASK / "monetPlans.json").read_text())["class_names"]
+    names = json.loads((work / "preprocessed" / TASK / f"{DEFAULT_PLANS}.json").read_text())["class_names"]
     print(f"\nwork folder: {work}")
     print(
         f"preprocessing: {prep_s:.0f} s; training{' (stopped at the time limit)' if stopped else ''}: "

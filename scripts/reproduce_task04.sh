@@ -30,6 +30,8 @@
 #   CASE       validation case drawn by monet_inspect (default hippocampus_367 when it is a val case,
 #              else the first val case)
 #   IMG_DIR    where the pictures are copied (default docs/img; empty: not copied)
+#   CONTEXT    --context-slices of the plans every network trains on (default 0: the paper's 2D slices, plans
+#              monetPlans; 1: monet_plan_and_preprocess's default 2.5D input, plans monetPlans_ctx1)
 set -euo pipefail
 
 WORK=$(realpath -m "${1:-task04_work}")
@@ -49,6 +51,9 @@ PREDICT_MODELS=${PREDICT_MODELS-monet}
 THREADS=${THREADS:-2}
 NP=${NP:-2}
 IMG_DIR=${IMG_DIR-docs/img}
+CONTEXT=${CONTEXT:-0}
+PLANS=monetPlans
+[ "$CONTEXT" = 0 ] || PLANS=monetPlans_ctx$CONTEXT
 MODELS="monet unet16 unet64 attention_unet"
 TASK=Task04_Hippocampus
 export MONET_raw=$WORK/raw MONET_preprocessed=$WORK/preprocessed
@@ -67,7 +72,7 @@ fi
 stamp() { echo "== $(date -u +%H:%M:%S) load:$(cut -d' ' -f1-3 /proc/loadavg) $*"; }
 
 stamp "plan and preprocess"
-"$BIN/monet_plan_and_preprocess" -t 4 -np "$NP"
+"$BIN/monet_plan_and_preprocess" -t 4 -np "$NP" --context-slices "$CONTEXT"
 SPLIT=$MONET_preprocessed/$TASK/splits_final.json
 
 # monet_predict's input: links to the fold-0 validation images (the 30 % hold-out, 60 cases).
@@ -91,11 +96,11 @@ run_part() {
   export MONET_results=$results
   for model in $MODELS; do
     stamp "$part: train $model $*"
-    "$BIN/monet_train" -t 4 -m "$model" --batch-size "$BATCH" --num-threads "$THREADS" --continue "$@"
+    "$BIN/monet_train" -t 4 -m "$model" -p "$PLANS" --batch-size "$BATCH" --num-threads "$THREADS" --continue "$@"
   done
   for model in $PREDICT_MODELS; do
     stamp "$part: predict the validation cases with $model"
-    "$BIN/monet_predict" -i "$WORK/val_images" -o "$WORK/predictions/$part/$model" -t 4 -m "$model" -f 0
+    "$BIN/monet_predict" -i "$WORK/val_images" -o "$WORK/predictions/$part/$model" -t 4 -m "$model" -p "$PLANS" -f 0
     "$BIN/monet_evaluate" -ref "$MONET_raw/$TASK/labelsTr" -pred "$WORK/predictions/$part/$model" \
       --split "$SPLIT" --fold 0 -np "$NP"
   done
@@ -113,7 +118,7 @@ run_part() {
   "$BIN/monet_evaluate" -t 4 -np "$NP"
   "$BIN/python" scripts/leaderboard_table.py "$results/$TASK/leaderboard.csv" >"$results/$TASK/leaderboard.md"
   stamp "$part: activations (Fig. 5) on $CASE"
-  "$BIN/monet_inspect" -t 4 -m $MODELS --case "$CASE" -o "$results/$TASK/inspect/fig5_$CASE.png"
+  "$BIN/monet_inspect" -t 4 -m $MODELS -p "$PLANS" --case "$CASE" -o "$results/$TASK/inspect/fig5_$CASE.png"
   "$BIN/python" scripts/plot_curves.py "$results/$TASK" -o "$results/$TASK/training_curves.png"
   if [ -n "$IMG_DIR" ]; then
     mkdir -p "$IMG_DIR"

@@ -39,6 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from monetpipe.preprocessing.plans import DEFAULT_PLANS  # noqa: E402  (the plans the default planning writes)
+
 TASK = "Task907_ScaleCT"
 PREFIX = "scale"
 LABELS = {"0": "background", "1": "pancreas", "2": "tumour"}
@@ -301,7 +304,7 @@ def measure_training(root: Path, n: int, args: argparse.Namespace) -> dict:
     cmd = [_bin("monet_train"), "-t", TASK, "-m", "monet", "--epochs", "1"]
     cmd += ["--iters-per-epoch", str(args.train_iters)]
     seconds, peak, cpu = run_measured(cmd, env, root / f"train_{n}.log")
-    log_csv = root / f"results_{n}" / TASK / "monet__monetPlans" / "fold_0" / "training_log.csv"
+    log_csv = root / f"results_{n}" / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0" / "training_log.csv"
     import csv
 
     with open(log_csv) as f:
