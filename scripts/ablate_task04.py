@@ -144,6 +144,14 @@ ROWS = {
             ("--schedule", "cosine"),
             replace_baseline=True,
         ),
+        # The cosine decay on the 2.5D default, one change from ctx1_defaults (cosine_defaults is on 2D plans).
+        Row(
+            "cosine_ctx1_defaults",
+            "cosine decay on the 2.5D default (z-1, z, z+1) with monet_train's defaults",
+            ("--schedule", "cosine"),
+            replace_baseline=True,
+            context_slices=1,
+        ),
         Row(
             "unet16_defaults",
             "reference, not an ablation: U-Net-16 with monet_train's defaults, no flags at all",

@@ -80,6 +80,10 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
     ctx1, ctx2 = all_settings(ablate.ROWS["ctx1_defaults"]), all_settings(ablate.ROWS["ctx2_defaults"])
     assert {k for k in ctx1.keys() | ctx2.keys() if ctx1.get(k) != ctx2.get(k)} == {"--context-slices"}
     assert ablate.ROWS["ctx2_defaults"].plans == "monetPlans_ctx2"
+    cosine = all_settings(ablate.ROWS["cosine_ctx1_defaults"])
+    assert {k: cosine.get(k) for k in ctx1.keys() | cosine.keys() if ctx1.get(k) != cosine.get(k)} == {
+        "--schedule": "cosine"
+    }
     unet_ctx1 = ablate.ROWS["unet16_ctx1_defaults"]
     assert (unet_ctx1.model, unet_ctx1.plans, unet_ctx1.train_flags) == ("unet16", "monetPlans_ctx1", ())
 
