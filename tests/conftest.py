@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -40,3 +42,20 @@ def monet_roots(tmp_path, monkeypatch):
         path.mkdir()
         monkeypatch.setenv(f"MONET_{name}", str(path))
     return MonetPaths(roots["raw"], roots["preprocessed"], roots["results"])
+
+
+def _disks(n: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy images of one bright disk each, ``(n, 1, size, size)``, and the disk masks (same shape, 0 / 1)."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    centre = torch.rand(n, 2, generator=gen) * size * 0.6 + size * 0.2
+    radius = torch.rand(n, generator=gen) * size * 0.2 + size * 0.1
+    distance2 = (yy - centre[:, 0, None, None]) ** 2 + (xx - centre[:, 1, None, None]) ** 2
+    mask = (distance2 < radius[:, None, None] ** 2).float()[:, None]
+    return mask * 2 + torch.randn(n, 1, size, size, generator=gen) * 0.7, mask
+
+
+@pytest.fixture(scope="session")
+def disks() -> Callable[[int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]:
+    """``disks(n, size, generator)``: an easy segmentation task that any of the networks learns in a few dozen
+    steps, for tests that need a trained model or check that training learns at all."""
+    return _disks

@@ -137,18 +137,8 @@ def test_serialized_size_counts_bytes_per_weight():
     assert fp16 == pytest.approx(fp32 / 2, rel=0.03)
 
 
-def disks(n: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noisy images of one bright disk each, and the disk masks: an easy task a few steps can learn."""
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    centre = torch.rand(n, 2, generator=gen) * size * 0.6 + size * 0.2
-    radius = torch.rand(n, generator=gen) * size * 0.2 + size * 0.1
-    distance2 = (yy - centre[:, 0, None, None]) ** 2 + (xx - centre[:, 1, None, None]) ** 2
-    mask = (distance2 < radius[:, None, None] ** 2).float()[:, None]
-    return mask * 2 + torch.randn(n, 1, size, size, generator=gen) * 0.7, mask
-
-
 @pytest.fixture(scope="module")
-def trained_monet():
+def trained_monet(disks):
     """MoNet trained for 60 steps on disks: its logits are decisive, as a real model's are.
 
     (An untrained network's logits sit near 0 everywhere, so any rounding flips near-ties; that
@@ -172,7 +162,7 @@ def trained_monet():
     return model.eval()
 
 
-def test_fp16_export_predicts_the_same_masks(tmp_path, trained_monet):
+def test_fp16_export_predicts_the_same_masks(tmp_path, trained_monet, disks):
     model = trained_monet
     path = save_compact(model, tmp_path / "monet_fp16.pth")
     assert path.stat().st_size < 0.55 * serialized_size_mib(model) * 2**20
