@@ -116,6 +116,35 @@ def test_backward_reaches_every_parameter(name):
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("name", [n if n not in BIG else pytest.param(n, marks=pytest.mark.slow) for n in NAMES])
+def test_every_network_learns_under_monet_trains_loss_and_optimiser(name, disks):
+    """Each network, with monet_train's default loss and NAdam learning rate, segments disks it has not
+    seen after 40 steps on others: the check that training a network learns at all, deterministic
+    (the demo's short smoke runs of the 31M-parameter U-Nets are too noisy for it). Those two take about
+    25 s each on 2 cores, so they run with the slow tests."""
+    from monetpipe.training.config import TrainConfig
+    from monetpipe.training.losses import build_loss
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model, config = build_network(name, 1, 1).train(), TrainConfig()
+    loss_fn, optimizer = build_loss(config.loss), torch.optim.NAdam(model.parameters(), lr=config.lr)
+    for _ in range(40):
+        x, y = disks(4, 32, gen)
+        loss = loss_fn(model(x), y[:, 0].long())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    # BatchNorm's running statistics move at Keras' momentum (0.01 a step): after 40 steps they are still
+    # mostly their initial values, so measure them afresh over unseen batches before evaluating.
+    torch.optim.swa_utils.update_bn([disks(16, 32, gen)[0] for _ in range(4)], model)
+    x, truth = disks(16, 32, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        predicted = (model.eval()(x) > 0).float()
+    dice = 2 * (predicted * truth).sum() / (predicted.sum() + truth.sum())
+    assert dice > 0.8, f"{name} after 40 steps on disks: Dice {dice:.3f} on unseen disks"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_fused_inference_form_matches_eval(name):
     model = base_model(name)
