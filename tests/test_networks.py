@@ -122,6 +122,7 @@ def test_every_network_learns_under_monet_trains_loss_and_optimiser(name, disks)
     seen after 40 steps on others: the check that training a network learns at all, deterministic
     (the demo's short smoke runs of the 31M-parameter U-Nets are too noisy for it). Those two take about
     25 s each on 2 cores, so they run with the slow tests."""
+    from monetpipe.evaluation.metrics import dice as dice_score
     from monetpipe.training.config import TrainConfig
     from monetpipe.training.losses import build_loss
 
@@ -140,8 +141,8 @@ def test_every_network_learns_under_monet_trains_loss_and_optimiser(name, disks)
     torch.optim.swa_utils.update_bn([disks(16, 32, gen)[0] for _ in range(4)], model)
     x, truth = disks(16, 32, torch.Generator().manual_seed(1))
     with torch.no_grad():
-        predicted = (model.eval()(x) > 0).float()
-    dice = 2 * (predicted * truth).sum() / (predicted.sum() + truth.sum())
+        predicted = model.eval()(x) > 0
+    dice = dice_score(truth.bool().numpy(), predicted.numpy())
     assert dice > 0.8, f"{name} after 40 steps on disks: Dice {dice:.3f} on unseen disks"
 
 
