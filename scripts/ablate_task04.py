@@ -152,6 +152,15 @@ ROWS = {
             replace_baseline=True,
             context_slices=1,
         ),
+        # Training data on the 2.5D default, one change from ctx1_defaults: hold out one of the fold's 140
+        # training cases for the inner validation instead of 14 (the poly decay does not use it; only plateau does).
+        Row(
+            "inner1_ctx1_defaults",
+            "one inner-val case instead of 14 (139 training cases, not 126) on the 2.5D default",
+            ("--inner-val-fraction", "0.01"),
+            replace_baseline=True,
+            context_slices=1,
+        ),
         Row(
             "unet16_defaults",
             "reference, not an ablation: U-Net-16 with monet_train's defaults, no flags at all",

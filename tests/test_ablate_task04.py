@@ -84,6 +84,10 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
     assert {k: cosine.get(k) for k in ctx1.keys() | cosine.keys() if ctx1.get(k) != cosine.get(k)} == {
         "--schedule": "cosine"
     }
+    inner1 = all_settings(ablate.ROWS["inner1_ctx1_defaults"])
+    assert {k: inner1.get(k) for k in ctx1.keys() | inner1.keys() if ctx1.get(k) != inner1.get(k)} == {
+        "--inner-val-fraction": "0.01"
+    }
     unet_ctx1 = ablate.ROWS["unet16_ctx1_defaults"]
     assert (unet_ctx1.model, unet_ctx1.plans, unet_ctx1.train_flags) == ("unet16", "monetPlans_ctx1", ())
 
