@@ -365,3 +365,28 @@ def test_flags_for_writes_recorded_values_as_the_flags_that_set_them():
     config = config_from_args(parse_args(["-t", "4", "-m", "monet", *flags]))
     assert {k: getattr(config, k) for k in values} == values  # the flags give the values back
     assert flags_for({"mirror": False, "schedule": None}) == ["(without --mirror)", "(without --schedule)"]
+
+
+@pytest.mark.parametrize(("axes", "flippable"), [("0,1", {0, 1}), ("1", {1}), ("0", {0})])
+def test_mirror_flips_only_the_axes_asked_for(axes, flippable):
+    """--mirror-axes 1 flips a slice left-right (Task04's columns) and never swaps its rows (anterior and
+    posterior there); without --mirror nothing is flipped whatever --mirror-axes says."""
+    from monetpipe.training.augmentation import training_transforms
+
+    plain = dict(rotation_deg=0.0, scale=0.0, shift=0.0)
+    ramp = np.arange(8 * 6, dtype=np.float32).reshape(8, 6)  # every flip gives a different array
+    seen = set()
+    for seed in range(30):
+        np.random.seed(seed)
+        batch = {"data": ramp[None, None].copy(), "seg": ramp[None, None].copy()}
+        out = training_transforms(TrainConfig(mirror=True, mirror_axes=axes, **plain), (8, 6))(**batch)
+        got = out["data"][0, 0]
+        match = [f for f in ((), (0,), (1,), (0, 1)) if np.array_equal(np.flip(ramp, f) if f else ramp, got)]
+        assert len(match) == 1, "the transform did more than flip"
+        assert np.array_equal(out["seg"][0, 0], got), "image and labels flipped differently"
+        seen.add(match[0])
+    assert seen == {f for f in ((), (0,), (1,), (0, 1)) if set(f) <= flippable}
+    assert TrainConfig(mirror=False, mirror_axes="1").mirror_dims == ()
+    assert TrainConfig(mirror=True, mirror_axes="0,1").mirror_dims == (0, 1)
+    with pytest.raises(MonetError, match="--mirror-axes"):
+        TrainConfig(mirror=True, mirror_axes="2")

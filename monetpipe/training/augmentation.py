@@ -6,7 +6,8 @@ up to ``shift`` of the patch height / width. The shift is batchgenerators' own r
 centre is drawn uniformly within ``shift * size`` of the slice centre (``patch_center_dist_from_border``),
 pixels that come from outside the slice are zero (image) and background (labels). Images are
 interpolated linearly (Keras' ImageDataGenerator, which the paper used, is bilinear too), labels by
-nearest neighbour. ``mirror`` adds random flips of both axes (not in the paper; off by default).
+nearest neighbour. ``mirror`` adds random flips (not in the paper; off by default) of the axes
+``mirror_axes`` names (both by default; Task04 is better flipped left-right only, docs/training.md).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def training_transforms(config: TrainConfig, patch_size: tuple[int, int]) -> Abs
     """The augmentation pipeline for one training batch of ``patch_size`` slices.
 
     Args:
-        config: reads ``rotation_deg``, ``scale``, ``shift`` and ``mirror``.
+        config: reads ``rotation_deg``, ``scale``, ``shift``, ``mirror`` and ``mirror_axes``.
         patch_size: (H, W) of the loader's batches; the output has the same size.
     """
     angle = math.radians(config.rotation_deg)
@@ -55,8 +56,8 @@ def training_transforms(config: TrainConfig, patch_size: tuple[int, int]) -> Abs
             p_scale_per_sample=1.0,
         )
     ]
-    if config.mirror:
-        transforms.append(MirrorTransform(axes=(0, 1)))
+    if config.mirror_dims:
+        transforms.append(MirrorTransform(axes=config.mirror_dims))
     return Compose(transforms)
 
 

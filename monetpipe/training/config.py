@@ -49,6 +49,7 @@ PAPER_RECIPE: dict[str, Any] = {
 # measures); a default changed on evidence is changed at its field, and "paper" stays as it is.
 RECIPES: dict[str, dict[str, Any]] = {"paper": PAPER_RECIPE, "default": {}}
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MIRROR_AXES = ("0,1", "0", "1")  # --mirror-axes: which in-plane axes of a slice --mirror flips
 GROUPS = ("schedule", "data", "machine", "run")  # the sections of ``monet_train --help``, in this order
 
 
@@ -151,6 +152,14 @@ class TrainConfig:
     scale: float = setting(0.25, "random zoom range, +- fraction", "data")
     shift: float = setting(0.2, "random shift, up to this fraction of height/width", "data")
     mirror: bool = setting(False, "also flip slices randomly (not in the paper)", "data")
+    mirror_axes: str = setting(
+        "0,1",
+        "the in-plane axes --mirror flips: 0 (slice rows), 1 (columns) or 0,1; flip only axes along which "
+        "the anatomy may be mirrored (Task04's slices: 1 is left-right, 0 anterior-posterior)",
+        "data",
+        choices=MIRROR_AXES,
+        metavar="{0,1 | 0 | 1}",
+    )
     output_prior: bool = setting(
         True,
         "start the output layer's bias at the class frequencies of sampled batches (not in the paper; makes "
@@ -241,6 +250,8 @@ class TrainConfig:
             problems.append(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.num_workers is not None and self.num_workers < 0:
             problems.append(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.mirror_axes not in MIRROR_AXES:
+            problems.append(f"--mirror-axes must be one of {', '.join(MIRROR_AXES)}, got {self.mirror_axes!r}")
         if not 0 < self.inner_val_fraction < 1:
             problems.append(f"--inner-val-fraction must lie in (0, 1), got {self.inner_val_fraction}")
         if not 0 <= self.foreground_fraction <= 1:
@@ -282,6 +293,11 @@ class TrainConfig:
         if self.early_stop_patience is not None:
             return self.early_stop_patience
         return DEFAULT_EARLY_STOP_PATIENCE if self.lr_schedule == "plateau" and not self.time_budget else None
+
+    @property
+    def mirror_dims(self) -> tuple[int, ...]:
+        """The in-plane axes training flips: ``--mirror-axes`` with ``--mirror``, none without."""
+        return tuple(int(a) for a in self.mirror_axes.split(",")) if self.mirror else ()
 
     @property
     def lr_schedule(self) -> str:

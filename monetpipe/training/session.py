@@ -59,6 +59,7 @@ _RESUME_SENSITIVE = (
     "scale",
     "shift",
     "mirror",
+    "mirror_axes",
     "inner_val_fraction",
     "lr_factor",
     "lr_patience",
