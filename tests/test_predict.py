@@ -546,7 +546,7 @@ def test_model_folder_alone_with_no_data_roots(ct_env, tmp_path, monkeypatch):
     assert not (tmp_path / "nope_raw").exists() and not (tmp_path / "monet_data").exists()
 
 
-def test_tta_is_refused_for_a_model_trained_without_mirroring(ct_env, tmp_path, capsys):
+def test_tta_is_refused_for_a_model_trained_without_mirroring(ct_env, tmp_path, capsys, caplog):
     """Flipped slices show anatomy where training never put it; averaging them in made Task04 worse
     (docs/inference.md), so --tta needs every fold trained with --mirror."""
     net = make_model(ct_env["plans"], ct_env["slices"], seed=0)
@@ -561,6 +561,16 @@ def test_tta_is_refused_for_a_model_trained_without_mirroring(ct_env, tmp_path, 
     assert not list((tmp_path / "out_plain").glob("*.nii.gz"))
     assert main([*args, "-o", str(tmp_path / "out_mirrored"), "--model-folder", str(mirrored)]) == 0
     assert len(list((tmp_path / "out_mirrored").glob("*.nii.gz"))) == len(list(ct_env["images"].iterdir()))
+    # a model flipped left-right only is averaged over that flip alone
+    left_right = save_results(
+        tmp_path / "left_right" / f"monet__{DEFAULT_PLANS}",
+        ct_env["plans"],
+        {0: net},
+        config={"mirror": True, "mirror_axes": "1"},
+    )
+    with caplog.at_level("INFO", logger="monetpipe.inference.api"):
+        assert main([*args, "-o", str(tmp_path / "out_lr"), "--model-folder", str(left_right)]) == 0
+    assert "mirror TTA over in-plane axes (1,)" in caplog.text
 
 
 # --- real CT --------------------------------------------------------------------------------------

@@ -346,6 +346,32 @@ def test_tta_averages_the_four_mirrored_predictions():
     assert not torch.allclose(got, predict_slices([net], data, batch_size=2))
 
 
+def test_tta_flips_only_the_axes_the_model_was_trained_to_flip():
+    """A model trained with --mirror-axes 1 is averaged over itself and its left-right flip only: flipping
+    the other axis would show it anatomy where training never put it."""
+    from monetpipe.inference.predictor import mirror_flips, predict_slices
+
+    assert mirror_flips((0, 1)) == [(), (3,), (2,), (2, 3)]
+    assert mirror_flips((1,)) == [(), (3,)] and mirror_flips((0,)) == [(), (2,)]
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 3, 5, padding=2).eval()
+    data = np.random.default_rng(3).normal(size=(1, 3, 16, 32)).astype(np.float32)
+    got = predict_slices([net], data, batch_size=2, tta=True, mirror_axes=(1,))
+    x = torch.from_numpy(data).transpose(0, 1)
+    with torch.no_grad():
+        expected = (torch.softmax(net(x), 1) + torch.softmax(net(x.flip(3)), 1).flip(3)) / 2
+    torch.testing.assert_close(got, expected.transpose(0, 1), atol=1e-6, rtol=1e-5)
+
+
+def test_tta_axes_come_from_the_checkpoints_training_config():
+    from monetpipe.inference.loading import trained_mirror_axes
+
+    assert trained_mirror_axes({"config": {"mirror": False, "mirror_axes": "1"}}) == ()
+    assert trained_mirror_axes({"config": {"mirror": True, "mirror_axes": "1"}}) == (1,)
+    assert trained_mirror_axes({"config": {"mirror": True}}) == (0, 1)  # runs from before --mirror-axes
+    assert trained_mirror_axes({}) == ()
+
+
 def test_flush_denormals_is_scoped():
     from monetpipe.inference.api import flush_denormals
 

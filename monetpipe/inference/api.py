@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,13 +95,15 @@ class PredictOptions:
     """What to do with every case of a run: ``monet_predict``'s per-run choices as one value.
 
     Attributes:
-        tta: average over horizontal, vertical and both flips (4x the network time).
+        tta: average over the flips of ``mirror_axes`` (4x the network time for both axes, 2x for one).
         save_probabilities: also write ``<case>.npz`` (float16 probabilities on the original grid).
         largest_component: keep only the largest connected component of each label.
         batch_size: slices per forward pass (``None``: :func:`default_batch_size`).
         overwrite: re-predict cases whose output already exists.
         overlap: read the next and write the previous case in helper threads while the network runs.
         progress: show a progress bar.
+        mirror_axes: the in-plane axes ``tta`` flips (0: rows, 1: columns): those the models were trained
+            to see flipped (:attr:`~monetpipe.inference.loading.LoadedModels.mirror_axes`).
     """
 
     # predict_folder and predict_files build it positionally from their keywords: keep this order.
@@ -112,6 +114,7 @@ class PredictOptions:
     overwrite: bool = False
     overlap: bool = True
     progress: bool = True
+    mirror_axes: tuple[int, ...] = (0, 1)
 
 
 @dataclass
@@ -150,8 +153,9 @@ def predict_folder(
         folds: folds to ensemble (default: every numbered fold with the checkpoint; ``"all"`` selects
             the model trained on all cases).
         checkpoint: ``final``, ``best`` or ``latest``.
-        tta: average over horizontal, vertical and both flips (4x the network time); only for models
-            trained with ``--mirror`` (others are refused: see :func:`~monetpipe.inference.loading.check_tta`).
+        tta: average over the flips the model was trained with (``--mirror``; both axes: horizontal,
+            vertical and both, 4x the network time; ``--mirror-axes 1``: horizontal, 2x); models trained
+            without flips are refused (see :func:`~monetpipe.inference.loading.check_tta`).
         save_probabilities: also write ``<case>.npz`` with key ``probabilities``: float16
             ``(K incl. background, Z, Y, X)`` on the original grid.
         largest_component: keep only the largest connected component of each label.
@@ -183,12 +187,14 @@ def predict_folder(
             model_folder, folds, checkpoint, device, backend=backend, workers=workers, precision=precision
         )
         check_tta(tta, loaded, Path(model_folder))
+        if tta:
+            log.info("mirror TTA over in-plane axes %s (those the model was trained to flip)", loaded.mirror_axes)
         summary = _predict_input_folder(
             input_dir,
             output_dir,
             loaded.models,
             loaded.plans,
-            options,
+            replace(options, mirror_axes=loaded.mirror_axes),
             loaded.device,
             loaded.channels_last,
             loaded.workers,
@@ -455,6 +461,7 @@ def predict_cases(
                 prepared.data,
                 batch_size=batch_size,
                 tta=options.tta,
+                mirror_axes=options.mirror_axes,
                 device=device,
                 channels_last=channels_last,
                 context_slices=plans.context_slices,

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tta",
         action="store_true",
-        help="mirror test-time augmentation (4x slower; models trained with --mirror only)",
+        help="mirror test-time augmentation over the axes the model was trained to flip (--mirror, "
+        "--mirror-axes): 4x slower for both axes, 2x for one; models trained without --mirror are refused",
     )
     p.add_argument(
         "--save-probabilities",

@@ -34,12 +34,16 @@ class LoadedModels:
     channels_last: bool
     workers: int = 1  # slice-parallel workers per model (backends.make_inference_model)
     precision: str = "fp32"  # what the models compute in (inference.precision)
-    mirrored: bool = False  # every fold was trained with random flips (--mirror): mirror TTA applies
+    mirror_axes: tuple[int, ...] = ()  # in-plane axes every fold was flipped along in training: TTA's flips
 
 
-def trained_with_mirroring(ckpt: dict) -> bool:
-    """Whether a checkpoint's training flipped its slices (``--mirror``; the paper's recipe does not)."""
-    return bool((ckpt.get("config") or {}).get("mirror", False))
+def trained_mirror_axes(ckpt: dict) -> tuple[int, ...]:
+    """The in-plane axes a checkpoint's training flipped (``--mirror``, ``--mirror-axes``; the paper's recipe
+    flips none). Runs from before ``--mirror-axes`` flipped both."""
+    config = ckpt.get("config") or {}
+    if not config.get("mirror", False):
+        return ()
+    return tuple(int(a) for a in str(config.get("mirror_axes", "0,1")).split(","))
 
 
 def check_tta(tta: bool, loaded: LoadedModels, folder: Path) -> None:
@@ -48,9 +52,10 @@ def check_tta(tta: bool, loaded: LoadedModels, folder: Path) -> None:
     Flipping a slice moves asymmetric anatomy (Task04: the anterior hippocampus above the posterior one)
     where training never put it; the flipped predictions then disagree with the plain one, and their
     average is worse than either (docs/inference.md, "Test-time augmentation"). nnU-Net mirrors at test
-    time only along the axes it mirrored in training, for the same reason.
+    time only along the axes it mirrored in training, for the same reason; so does ``--tta`` here
+    (:attr:`LoadedModels.mirror_axes`).
     """
-    if tta and not loaded.mirrored:
+    if tta and not loaded.mirror_axes:
         raise MonetError(
             f"{folder}: --tta averages over flipped slices, but this model was trained without --mirror, "
             f"so it never saw a flipped slice and the average is worse than no TTA. Drop --tta, or train "
@@ -276,9 +281,18 @@ def load_models(
         ", channels_last" if channels_last else "",
         f", {workers} slice-parallel workers" if workers > 1 else "",
     )
-    mirrored = all(trained_with_mirroring(c) for c in checkpoints)
+    mirror_axes = tuple(sorted(set.intersection(*(set(trained_mirror_axes(c)) for c in checkpoints))))
     return LoadedModels(
-        models, plans, chosen, files, "/".join(sorted(names)), torch_device, channels_last, workers, precision, mirrored
+        models,
+        plans,
+        chosen,
+        files,
+        "/".join(sorted(names)),
+        torch_device,
+        channels_last,
+        workers,
+        precision,
+        mirror_axes,
     )
 
 

@@ -28,6 +28,15 @@ def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
+def mirror_flips(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """The tensor dims to flip for mirror TTA over in-plane ``axes`` of ``(N, C, H, W)`` batches: no flip,
+    each axis, and both together (``(0, 1)`` -> ``[(), (3,), (2,), (2, 3)]``)."""
+    dims = sorted({2 + int(a) for a in axes})
+    if any(d not in (2, 3) for d in dims):
+        raise ValueError(f"mirror axes must be 0 or 1, got {tuple(axes)}")
+    return [()] + [(d,) for d in reversed(dims)] + ([tuple(dims)] if len(dims) == 2 else [])
+
+
 @torch.inference_mode()
 def predict_slices(
     models: Sequence[torch.nn.Module],
@@ -38,6 +47,7 @@ def predict_slices(
     size_multiple: int = 16,
     channels_last: bool = False,
     context_slices: int = 0,
+    mirror_axes: Sequence[int] = (0, 1),
 ) -> torch.Tensor:
     """Average the probabilities of ``models`` over slices ``(C, S, H, W)``.
 
@@ -45,12 +55,15 @@ def predict_slices(
         models: networks in eval mode (an ensemble of folds averages their probabilities).
         data: preprocessed slices.
         batch_size: slices per forward pass.
-        tta: also average over horizontal, vertical and both flips.
+        tta: also average over the flips of ``mirror_axes`` (both axes: horizontal, vertical and both;
+            one axis: its flip).
         device: where the networks live.
         size_multiple: pad H and W up to this multiple (16 fits every registered network).
         channels_last: feed NHWC batches (use with models converted to ``torch.channels_last``).
         context_slices: the plans' K: each slice is fed with slices z-K .. z+K as ``C * (2K + 1)``
             channels (:mod:`monetpipe.preprocessing.context`), assembled batch by batch.
+        mirror_axes: the in-plane axes (0: rows, 1: columns) ``tta`` flips, those the models were trained
+            to see flipped.
 
     Returns:
         ``(K, S, H, W)`` float32 probabilities on the CPU (K = network output channels).
@@ -58,7 +71,7 @@ def predict_slices(
     x_all = torch.as_tensor(np.asarray(data, dtype=np.float32) if isinstance(data, np.ndarray) else data)
     x_all = x_all.transpose(0, 1)  # (S, C, H, W): slices are the batch
     h, w = x_all.shape[-2:]
-    flips = [(), (3,), (2,), (2, 3)] if tta else [()]
+    flips = mirror_flips(mirror_axes) if tta else [()]
     out = None
     for start in range(0, x_all.shape[0], batch_size):
         stop = min(start + batch_size, x_all.shape[0])
