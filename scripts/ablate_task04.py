@@ -161,6 +161,22 @@ ROWS = {
             replace_baseline=True,
             context_slices=1,
         ),
+        # Left-right flips on the 2.5D default (one change from ctx1_defaults): the `mirror` row flipped both
+        # in-plane axes and lost 0.028, and one of them swaps anterior and posterior; Task04's slices hold
+        # left and right hippocampi, so a left-right flip keeps the labels true.
+        Row(
+            "mirrorlr_ctx1_defaults",
+            "left-right flips (--mirror --mirror-axes 1) on the 2.5D default (z-1, z, z+1)",
+            ("--mirror", "--mirror-axes", "1"),
+            replace_baseline=True,
+            context_slices=1,
+        ),
+        Row(
+            "tta_mirrorlr_ctx1_defaults",
+            "mirrorlr_ctx1_defaults's model with test-time left-right flips (monet_predict --tta)",
+            predict=("--tta",),
+            model_of="mirrorlr_ctx1_defaults",
+        ),
         Row(
             "unet16_defaults",
             "reference, not an ablation: U-Net-16 with monet_train's defaults, no flags at all",

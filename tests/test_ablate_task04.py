@@ -88,6 +88,12 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
     assert {k: inner1.get(k) for k in ctx1.keys() | inner1.keys() if ctx1.get(k) != inner1.get(k)} == {
         "--inner-val-fraction": "0.01"
     }
+    mirror_lr = ablate.ROWS["mirrorlr_ctx1_defaults"]
+    assert (mirror_lr.plans, mirror_lr.train_flags) == ("monetPlans_ctx1", ("--mirror", "--mirror-axes", "1"))
+    tta_lr = all_settings(ablate.ROWS["tta_mirrorlr_ctx1_defaults"])
+    assert {
+        k for k in tta_lr.keys() | all_settings(mirror_lr).keys() if tta_lr.get(k) != all_settings(mirror_lr).get(k)
+    } == {"--tta"}
     unet_ctx1 = ablate.ROWS["unet16_ctx1_defaults"]
     assert (unet_ctx1.model, unet_ctx1.plans, unet_ctx1.train_flags) == ("unet16", "monetPlans_ctx1", ())
 
