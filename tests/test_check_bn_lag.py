@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from monetpipe.networks.registry import build_network
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "check_bn_lag.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("check_bn_lag", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return module
 
 
 def _cache(folder: Path, case: str, seed: int, slices: int = 6) -> np.ndarray:
@@ -35,8 +20,8 @@ def _cache(folder: Path, case: str, seed: int, slices: int = 6) -> np.ndarray:
     return data
 
 
-def test_statistics_are_recomputed_from_the_training_slices_and_the_weights_kept(tmp_path, caplog):
-    check = _load()
+def test_statistics_are_recomputed_from_the_training_slices_and_the_weights_kept(tmp_path, caplog, load_script):
+    check = load_script("check_bn_lag")
     slices = tmp_path / "slices"
     slices.mkdir()
     train = [_cache(slices, f"t{i}", i) for i in range(2)]
@@ -68,9 +53,9 @@ def test_statistics_are_recomputed_from_the_training_slices_and_the_weights_kept
     assert "with the saved BatchNorm statistics" in caplog.text and "recomputed from 12 training slices" in caplog.text
 
 
-def test_a_25d_fold_is_scored_on_the_stacks_its_plans_name(tmp_path, caplog):
+def test_a_25d_fold_is_scored_on_the_stacks_its_plans_name(tmp_path, caplog, load_script):
     """A model of the default 2.5D plans sees each slice with its neighbours, as monet_predict feeds it."""
-    check = _load()
+    check = load_script("check_bn_lag")
     slices = tmp_path / "slices"
     slices.mkdir()
     for i in range(2):

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "label_layout.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("label_layout", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop(spec.name, None)
-    return module
-
-
-def test_an_ordered_axis_is_reported_as_ordered_and_a_mirrored_one_as_mixed(tmp_path, caplog):
+def test_an_ordered_axis_is_reported_as_ordered_and_a_mirrored_one_as_mixed(tmp_path, caplog, load_script):
     # label 1 is always 4 rows (axis 1, y) above label 2; along x it sits left in half the cases, right in the rest
     for case in range(6):
         seg = np.zeros((5, 12, 12), np.uint8)
@@ -32,7 +16,7 @@ def test_an_ordered_axis_is_reported_as_ordered_and_a_mirrored_one_as_mixed(tmp_
         seg[2, 2:4, x1 : x1 + 2] = 1
         seg[2, 6:8, x2 : x2 + 2] = 2
         sitk.WriteImage(sitk.GetImageFromArray(seg), str(tmp_path / f"case_{case}.nii.gz"))
-    module = _load()
+    module = load_script("label_layout")
     offsets = module.centroid_offsets(sorted(tmp_path.glob("*.nii.gz")))
     np.testing.assert_allclose(offsets[(1, 2)][:, 1], -4.0)
     with caplog.at_level(logging.INFO, logger="label_layout"):
