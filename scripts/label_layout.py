@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for (a, b), d in sorted(centroid_offsets(files).items()):
         for axis, name in enumerate("zyx"):
             v = d[:, axis]
-            same = max((v > 0).sum(), (v < 0).sum()) / len(v)
+            same = int(max((v > 0).sum(), (v < 0).sum()))
             log.info(
                 "labels %d - %d, axis %d (%s): median offset %+.1f voxels, same sign in %d of %d cases (%.0f %%)",
                 a,
@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                 axis,
                 name,
                 float(np.median(v)),
-                max((v > 0).sum(), (v < 0).sum()),
+                same,
                 len(v),
-                100 * same,
+                100 * same / len(v),
             )
     return 0
 

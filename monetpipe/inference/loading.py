@@ -40,10 +40,10 @@ class LoadedModels:
 def trained_mirror_axes(ckpt: dict) -> tuple[int, ...]:
     """The in-plane axes a checkpoint's training flipped (``--mirror``, ``--mirror-axes``; the paper's recipe
     flips none). Runs from before ``--mirror-axes`` flipped both."""
+    from monetpipe.training.config import DEFAULT_MIRROR_AXES, mirror_dims
+
     config = ckpt.get("config") or {}
-    if not config.get("mirror", False):
-        return ()
-    return tuple(int(a) for a in str(config.get("mirror_axes", "0,1")).split(","))
+    return mirror_dims(bool(config.get("mirror", False)), str(config.get("mirror_axes", DEFAULT_MIRROR_AXES)))
 
 
 def check_tta(tta: bool, loaded: LoadedModels, folder: Path) -> None:

@@ -50,6 +50,15 @@ PAPER_RECIPE: dict[str, Any] = {
 RECIPES: dict[str, dict[str, Any]] = {"paper": PAPER_RECIPE, "default": {}}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MIRROR_AXES = ("0,1", "0", "1")  # --mirror-axes: which in-plane axes of a slice --mirror flips
+DEFAULT_MIRROR_AXES = MIRROR_AXES[0]  # both; what --mirror flipped before --mirror-axes existed
+
+
+def mirror_dims(mirror: bool, mirror_axes: str = DEFAULT_MIRROR_AXES) -> tuple[int, ...]:
+    """The in-plane axes a run flips: ``--mirror-axes`` (``"0,1"`` -> ``(0, 1)``) with ``--mirror``, none
+    without. Also how ``monet_predict --tta`` reads a checkpoint's recorded settings."""
+    return tuple(int(a) for a in mirror_axes.split(",")) if mirror else ()
+
+
 GROUPS = ("schedule", "data", "machine", "run")  # the sections of ``monet_train --help``, in this order
 
 
@@ -153,7 +162,7 @@ class TrainConfig:
     shift: float = setting(0.2, "random shift, up to this fraction of height/width", "data")
     mirror: bool = setting(False, "also flip slices randomly (not in the paper)", "data")
     mirror_axes: str = setting(
-        "0,1",
+        DEFAULT_MIRROR_AXES,
         "the in-plane axes --mirror flips: 0 (slice rows), 1 (columns) or 0,1; flip only axes along which "
         "the anatomy may be mirrored (Task04's slices: 1 is left-right, 0 anterior-posterior)",
         "data",
@@ -297,7 +306,7 @@ class TrainConfig:
     @property
     def mirror_dims(self) -> tuple[int, ...]:
         """The in-plane axes training flips: ``--mirror-axes`` with ``--mirror``, none without."""
-        return tuple(int(a) for a in self.mirror_axes.split(",")) if self.mirror else ()
+        return mirror_dims(self.mirror, self.mirror_axes)
 
     @property
     def lr_schedule(self) -> str:
