@@ -88,6 +88,10 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
     assert {k: inner1.get(k) for k in ctx1.keys() | inner1.keys() if ctx1.get(k) != inner1.get(k)} == {
         "--inner-val-fraction": "0.01"
     }
+    compiled = all_settings(ablate.ROWS["compile_ctx1_defaults"])
+    assert {k: compiled.get(k) for k in ctx1.keys() | compiled.keys() if ctx1.get(k) != compiled.get(k)} == {
+        "--compile": True
+    }
     mirror_lr = ablate.ROWS["mirrorlr_ctx1_defaults"]
     assert (mirror_lr.plans, mirror_lr.train_flags) == ("monetPlans_ctx1", ("--mirror", "--mirror-axes", "1"))
     tta_lr = all_settings(ablate.ROWS["tta_mirrorlr_ctx1_defaults"])
