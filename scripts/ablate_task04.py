@@ -180,6 +180,15 @@ ROWS = {
             replace_baseline=True,
             context_slices=1,
         ),
+        # Run-to-run noise, not a lever: compile_ctx1_defaults again from another seed (initial weights, batches,
+        # augmentation), so the table's differences between single runs can be read against it.
+        Row(
+            "seed1_compile_ctx1_defaults",
+            "compile_ctx1_defaults from another seed (--seed 1): the run-to-run spread",
+            ("--compile", "--seed", "1"),
+            replace_baseline=True,
+            context_slices=1,
+        ),
         Row(
             "tta_mirrorlr_ctx1_defaults",
             "mirrorlr_ctx1_defaults's model with test-time left-right flips (monet_predict --tta)",

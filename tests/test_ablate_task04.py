@@ -92,6 +92,10 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
     assert {k: compiled.get(k) for k in ctx1.keys() | compiled.keys() if ctx1.get(k) != compiled.get(k)} == {
         "--compile": True
     }
+    seed1 = all_settings(ablate.ROWS["seed1_compile_ctx1_defaults"])
+    assert {k: seed1.get(k) for k in compiled.keys() | seed1.keys() if compiled.get(k) != seed1.get(k)} == {
+        "--seed": "1"
+    }
     mirror_lr = ablate.ROWS["mirrorlr_ctx1_defaults"]
     assert (mirror_lr.plans, mirror_lr.train_flags) == ("monetPlans_ctx1", ("--mirror", "--mirror-axes", "1"))
     tta_lr = all_settings(ablate.ROWS["tta_mirrorlr_ctx1_defaults"])
