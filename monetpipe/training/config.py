@@ -13,6 +13,7 @@ flags given on the command line override them (:meth:`TrainConfig.from_recipe` f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -25,6 +26,10 @@ LOSSES = ("dice", "dice_ce")
 TRAIN_PRECISIONS = ("fp32", "bf16", "auto")
 PREPARE_PRECISIONS = ("auto", "none", "bf16", "int8", "all")  # checked after training for monet_predict
 DEFAULT_EPOCHS = 100  # the cap without --time-budget
+# --compile by default: only a run this long pays back a cold compile (one to two minutes on 2 cores)
+COMPILE_MIN_SECONDS = 20 * 60  # of --time-budget left
+COMPILE_MIN_STEPS = 3000  # of optimizer steps left under the epoch cap
+COMPILED_BY_DEFAULT = ("monet",)  # networks whose compiled bf16 CPU step measured faster (docs/training.md)
 DEFAULT_EARLY_STOP_PATIENCE = 10  # the paper's, with its plateau schedule; off otherwise unless given
 # The default recipe, chosen by the one-hour Task04 ablation (docs/ablations.md): a poly decay from 2e-3 with
 # Dice + cross-entropy. The paper's 5e-4 / soft Dice / plateau stay in PAPER_RECIPE.
@@ -196,10 +201,12 @@ class TrainConfig:
     channels_last: bool | None = setting(
         None, "channels_last memory format (default: on for CPU, where it is faster, off elsewhere)", "machine"
     )
-    compile_step: bool = setting(
-        False,
+    compile_step: bool | None = setting(
+        None,
         "torch.compile the training step (forward, loss and backward fused by Inductor): faster steps after a "
-        "one-off compile of about a minute, cached on disk for later runs; not with torchrun",
+        "one-off compile of one to two minutes, cached on disk for later runs; not with torchrun (default: on "
+        f"for MoNet in a bf16 CPU run of at least {COMPILE_MIN_SECONDS // 60} minutes and {COMPILE_MIN_STEPS} "
+        "steps where a C++ compiler is found, off otherwise)",
         "machine",
         flag="--compile",
     )
@@ -370,6 +377,39 @@ def resolve_num_threads(requested: int | None, ranks_per_node: int = 1) -> int:
     if requested is not None:
         return max(1, requested)
     return max(1, available_cpus() // ranks_per_node)
+
+
+def is_long_run(budget_left: float | None, steps_left: float) -> bool:
+    """Whether what is left of a run can pay back a cold ``torch.compile`` of its training step: at least
+    :data:`COMPILE_MIN_SECONDS` of time budget (when there is one) and :data:`COMPILE_MIN_STEPS` optimizer
+    steps under the epoch cap (``math.inf`` without one)."""
+    if budget_left is not None and budget_left < COMPILE_MIN_SECONDS:
+        return False
+    return steps_left >= COMPILE_MIN_STEPS
+
+
+def resolve_compile(
+    requested: bool | None,
+    model: str,
+    device_type: str,
+    precision: str,
+    distributed: bool,
+    long_run: bool,
+    compiler_found: Callable[[], bool],
+) -> bool:
+    """``--compile`` as run. ``--compile`` / ``--no-compile`` are kept; the default (None) compiles a
+    single-process bf16 run of a network in :data:`COMPILED_BY_DEFAULT` on the CPU that is long
+    (:func:`is_long_run`) where Inductor finds a C++ compiler (``compiler_found``, asked last: it imports
+    Inductor). That is where compiled steps measured clearly faster on every CPU tried (docs/training.md);
+    float32 gained on one CPU and not on another, U-Net-16 did not gain, GPUs are unmeasured and torchrun
+    is unsupported, so those stay eager unless asked."""
+    if requested is not None:
+        return requested
+    if model not in COMPILED_BY_DEFAULT or device_type != "cpu" or precision != "bf16":
+        return False
+    if distributed or not long_run:
+        return False
+    return compiler_found()
 
 
 def resolve_precision(requested: str, device_type: str, amp: bool = False) -> str:
