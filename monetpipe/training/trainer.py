@@ -72,6 +72,7 @@ class TrainingParts:
     lr_schedule: ProgressSchedule | None = None  # poly / cosine: set before every step (else ``scheduler``)
     autocast_dtype: torch.dtype | None = None  # bfloat16 autocast (--precision bf16); float16 is ``amp``
     step_loss: Callable[..., torch.Tensor] | None = None  # compiled :func:`training_loss` (--compile), else eager
+    compile_fallback: bool = False  # compiling by default, not asked for: a failed compile trains eagerly instead
     compile_seconds: float | None = None  # with ``step_loss``: the first step's time, compiling included, once run
 
     @property
@@ -120,6 +121,50 @@ def compiled_training_loss() -> Callable[..., torch.Tensor]:
         raise MonetError(f"torch.compile is unavailable here ({exc}); train without --compile") from exc
 
 
+def inductor_compiler_found() -> bool:
+    """Whether Inductor finds the C++ compiler a CPU ``torch.compile`` needs (``--compile``'s default asks)."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception:  # no compiler on PATH, an unsupported platform, a PyTorch without Inductor
+        return False
+    return True
+
+
+def _step(
+    parts: TrainingParts, step_loss: Callable[..., torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """One forward and backward pass (gradients set, optimizer not stepped); returns the loss."""
+    loss = step_loss(parts.model, parts.loss, x, y, parts.device.type, parts.compute_dtype)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    return loss
+
+
+def _first_compiled_step(parts: TrainingParts, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The step that compiles; records its time. Where compiling was the default rather than asked for, a
+    failure (a compiler that cannot build the kernels, say) falls back to eager steps with a warning."""
+    start = time.perf_counter()
+    try:
+        loss = _step(parts, parts.step_loss, x, y)
+    except Exception as exc:
+        if not parts.compile_fallback:
+            raise
+        log.warning(
+            "compiling the training step failed (%s: %s); training without it (--no-compile skips the attempt)",
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
+        parts.step_loss = None
+        loss = _step(parts, training_loss, x, y)
+    else:
+        log.info("compiled the training step in %.1f s (its first step)", time.perf_counter() - start)
+    # a one-off: the epochs' times that plan a time budget leave it out (EpochPlanner)
+    parts.compile_seconds = time.perf_counter() - start
+    return loss
+
+
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
@@ -156,27 +201,22 @@ def train_epoch(
     """
     parts.model.train()
     total = torch.zeros((), device=parts.device)
-    dtype = parts.compute_dtype
     taken = 0
     for i in tqdm(range(iterations), desc=desc, disable=not progress, leave=False, mininterval=1.0):
         batch = next(batches)
         if batch["batch"] != first_batch + i:
             raise RuntimeError(f"data loader returned batch {batch['batch']}, expected {first_batch + i}")
         x, y = _to_device(batch, parts)
-        compiling = parts.step_loss is not None and parts.compile_seconds is None
-        step_start = time.perf_counter() if compiling else 0.0
         if parts.lr_schedule is not None:
             lr = parts.lr_schedule.next_lr()
             for group in parts.optimizer.param_groups:
                 group["lr"] = lr
-        loss = (parts.step_loss or training_loss)(parts.model, parts.loss, x, y, parts.device.type, dtype)
-        parts.optimizer.zero_grad(set_to_none=True)
-        parts.scaler.scale(loss).backward()
+        if parts.step_loss is not None and parts.compile_seconds is None:
+            loss = _first_compiled_step(parts, x, y)
+        else:
+            loss = _step(parts, parts.step_loss or training_loss, x, y)
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
-        if compiling:  # a one-off: the epochs' times that plan a time budget leave it out (EpochPlanner)
-            parts.compile_seconds = time.perf_counter() - step_start
-            log.info("--compile: the first training step compiled in %.1f s", parts.compile_seconds)
         total += loss.detach()
         taken = i + 1
         if after_step is not None and after_step(i):
