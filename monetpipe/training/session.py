@@ -32,7 +32,9 @@ from monetpipe.training.checkpoint import (
 from monetpipe.training.config import (
     TrainConfig,
     flags_for,
+    is_long_run,
     resolve_channels_last,
+    resolve_compile,
     resolve_num_threads,
     resolve_num_workers,
     resolve_precision,
@@ -45,7 +47,14 @@ from monetpipe.training.losses import build_loss
 from monetpipe.training.output_prior import init_output_prior, sampled_class_frequencies
 from monetpipe.training.progress import plot_progress, write_log_csv
 from monetpipe.training.schedule import EpochPlanner, ProgressSchedule, format_duration
-from monetpipe.training.trainer import EarlyStopping, TrainingParts, TrainingState, compiled_training_loss, fit
+from monetpipe.training.trainer import (
+    EarlyStopping,
+    TrainingParts,
+    TrainingState,
+    compiled_training_loss,
+    fit,
+    inductor_compiler_found,
+)
 
 log = logging.getLogger(__name__)
 _RESUME_SENSITIVE = (
@@ -79,6 +88,7 @@ def build_parts(
     ctx: DistContext,
     resume: dict | None,
     class_frequencies: np.ndarray | None = None,
+    long_run: bool = False,
 ) -> TrainingParts:
     """Network (initialized, pretrained or resumed), loss, NAdam, LR schedule, scaler, early stop, precision.
 
@@ -86,7 +96,8 @@ def build_parts(
     :class:`~monetpipe.training.schedule.ProgressSchedule` (the plateau scheduler is then built but idle).
 
     ``class_frequencies`` (fresh starts only) sets the output bias to the class prior
-    (:mod:`monetpipe.training.output_prior`).
+    (:mod:`monetpipe.training.output_prior`). ``long_run`` (:func:`~monetpipe.training.config.is_long_run`
+    of what is left to train) lets ``--compile``'s default compile the step.
     """
     from monetpipe.networks import build_network
 
@@ -131,10 +142,17 @@ def build_parts(
     schedule = config.lr_schedule
     lr_schedule = None if schedule == "plateau" else ProgressSchedule(schedule, config.lr, config.lr_floor)
     step_loss = None
-    if config.compile_step:
-        if ctx.enabled:
-            raise MonetError("--compile is not supported with torchrun (DistributedDataParallel); train without it.")
+    if config.compile_step and ctx.enabled:
+        raise MonetError("--compile is not supported with torchrun (DistributedDataParallel); train without it.")
+    if resolve_compile(
+        config.compile_step, fp.model, device.type, precision, ctx.enabled, long_run, inductor_compiler_found
+    ):
         step_loss = compiled_training_loss()
+        if config.compile_step is None:
+            log.info(
+                "compiling the training step (the default for %s in a long bf16 CPU run; --no-compile turns it off)",
+                fp.model,
+            )
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
@@ -158,6 +176,7 @@ def build_parts(
         lr_schedule,
         torch.bfloat16 if precision == "bf16" else None,
         step_loss,
+        compile_fallback=config.compile_step is None,
     )
 
 
@@ -374,6 +393,7 @@ def _resolved(data: _DataPlan, device: torch.device, ctx: DistContext, threads: 
         "amp": parts.amp,
         "precision": "fp16" if parts.amp else ("bf16" if parts.autocast_dtype is not None else "fp32"),
         "channels_last": parts.channels_last,
+        "compile_step": parts.step_loss is not None,
         "schedule": data.config.lr_schedule,
         "max_epochs": data.config.max_epochs,
         "early_stop_patience": data.config.patience,
@@ -415,6 +435,13 @@ def _length(config: TrainConfig, state: TrainingState) -> str:
         return cap
     left = max(config.time_budget - state.elapsed, 0.0)
     return f"time budget {format_duration(config.time_budget)} ({format_duration(left)} left), {cap}"
+
+
+def _long_run(config: TrainConfig, state: TrainingState, iterations: int) -> bool:
+    """Whether what is left of this run is long enough for ``--compile``'s default (:func:`is_long_run`)."""
+    budget_left = config.time_budget - state.elapsed if config.time_budget else None
+    epochs = config.max_epochs
+    return is_long_run(budget_left, (epochs - state.epoch) * iterations if epochs is not None else math.inf)
 
 
 def _with_recorded_budget(config: TrainConfig, resume: dict | None) -> TrainConfig:
@@ -470,8 +497,8 @@ def run_training(
     fresh = resume is None and not config.pretrained_weights
     prior = fresh and config.output_prior
     frequencies = sampled_class_frequencies(data.loader(), fp.plans.num_classes) if prior else None
-    parts = build_parts(fp, config, device, ctx, resume, frequencies)
     state = _state_from(resume)
+    parts = build_parts(fp, config, device, ctx, resume, frequencies, _long_run(config, state, data.iterations))
     planner = EpochPlanner(
         config.time_budget,
         config.max_epochs,
