@@ -436,3 +436,35 @@ def test_inner_validation_runs_in_the_training_precision(roots):
     bf16 = inner_validation(*args, autocast_dtype=torch.bfloat16)
     assert set(seen) == {torch.bfloat16}
     assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], abs=0.02)
+
+
+def test_the_default_compiles_a_long_monet_run_on_a_bf16_cpu_and_records_it(roots, monkeypatch, caplog):
+    """The run decides ``--compile``'s default from what is left of it; here every run counts as long, and
+    a counting stand-in replaces torch.compile (the real compile is tests/test_compile_training.py's)."""
+    from monetpipe.training import config as config_module
+    from monetpipe.training import session, train_fold
+    from monetpipe.training.trainer import training_loss
+
+    calls = []
+
+    def stand_in():
+        def step(*args):
+            calls.append(1)
+            return training_loss(*args)
+
+        return step
+
+    monkeypatch.setenv("MONETPIPE_CPU_FLAGS", "avx2,avx512_bf16")  # --precision auto: bf16
+    monkeypatch.setattr(config_module, "COMPILE_MIN_SECONDS", 0)
+    monkeypatch.setattr(config_module, "COMPILE_MIN_STEPS", 0)
+    monkeypatch.setattr(session, "compiled_training_loss", stand_in)
+    monkeypatch.setattr(session, "inductor_compiler_found", lambda: True)
+    with caplog.at_level("INFO"):
+        result = train_fold("901", "monet", 0, TINY.with_changes(epochs=2), paths=roots)
+    resolved = json.loads((result.fold_dir / "config.json").read_text())["resolved"]
+    assert resolved["compile_step"] is True and resolved["precision"] == "bf16" and len(calls) == 4
+    assert "compiling the training step (the default for monet" in caplog.text
+    assert read_log_csv(result.fold_dir / "training_log.csv")[0]["compile_seconds"] > 0
+    calls.clear()  # U-Net-16 gained nothing from compiling: eager by default
+    unet = train_fold("901", "unet16", 0, TINY.with_changes(epochs=1), paths=roots)
+    assert json.loads((unet.fold_dir / "config.json").read_text())["resolved"]["compile_step"] is False and not calls
