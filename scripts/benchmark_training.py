@@ -43,6 +43,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cpu-batch", type=int, default=16, help="CPU batch size")
     p.add_argument("--gpu-batch", type=int, default=32, help="GPU batch size (paper: 32)")
     p.add_argument("--classes", type=int, default=1, help="output channels (1 = sigmoid, as in the paper's tasks)")
+    p.add_argument(
+        "--channels", type=int, default=1, help="input channels (3 = 2.5D, --context-slices 1 on a one-channel task)"
+    )
     p.add_argument("--steps", type=int, default=3, help="timed steps per network")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all available cores)")
@@ -69,6 +72,7 @@ def measure(
     channels_last: bool,
     amp: bool = False,
     loss: str = "dice_ce",
+    channels: int = 1,
 ) -> dict:
     """Time ``steps`` training steps; returns wall seconds per step (median), CPU seconds per step."""
     import torch
@@ -77,9 +81,9 @@ def measure(
     from monetpipe.training.losses import build_loss
 
     torch.manual_seed(0)
-    net = build_network(name, 1, classes).to(device)
+    net = build_network(name, channels, classes).to(device)
     h, w = (size, size) if isinstance(size, int) else size
-    x = torch.randn(batch, 1, h, w, device=device)
+    x = torch.randn(batch, channels, h, w, device=device)
     y = torch.randint(0, max(classes, 2), (batch, h, w), device=device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -121,9 +125,10 @@ class _PrecisionRun:
         from monetpipe.training.trainer import compiled_training_loss, training_loss
 
         torch.manual_seed(0)
-        self.net = build_network(name, 1, args.classes).to(memory_format=torch.channels_last)
+        self.net = build_network(name, args.channels, args.classes).to(memory_format=torch.channels_last)
         gen = torch.Generator().manual_seed(1)
-        self.x = torch.randn(args.cpu_batch, 1, *shape, generator=gen).contiguous(memory_format=torch.channels_last)
+        self.x = torch.randn(args.cpu_batch, args.channels, *shape, generator=gen)
+        self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.y = torch.randint(0, max(args.classes, 2), (args.cpu_batch, *shape), generator=gen)
         self.loss = build_loss(args.loss)
         self.opt = torch.optim.NAdam(self.net.parameters(), lr=5e-4)
@@ -154,7 +159,8 @@ def compare_precisions(args: argparse.Namespace, models: list[str]) -> None:
     print(f"CPU: {cpu_features().summary()}", flush=True)
     print(
         f"{args.rounds} round(s) of {args.steps} step(s) per precision, batch {args.cpu_batch} of "
-        f"{shape[0]}x{shape[1]}, {args.classes} classes, loss {args.loss}, channels_last",
+        f"{shape[0]}x{shape[1]}, {args.channels} input / {args.classes} output channels, loss {args.loss}, "
+        "channels_last",
         flush=True,
     )
     rows = []
@@ -212,6 +218,7 @@ def main() -> int:
                 args.steps,
                 args.warmup,
                 cl,
+                channels=args.channels,
             )
             rows.append(("cpu", name, r, args.cpu_batch))
             print(f"  {name}: {r['wall']:.2f} s/step", flush=True)
@@ -232,6 +239,7 @@ def main() -> int:
                 max(args.warmup, 3),
                 cl,
                 args.amp,
+                channels=args.channels,
             )
             rows.append(("gpu", name, r, args.gpu_batch))
 
