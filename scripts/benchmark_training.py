@@ -17,6 +17,9 @@ with the load average before and after. MoNet on Task04's slices (64 x 48, batch
 
     python scripts/benchmark_training.py -m monet --shape 64 48 --cpu-batch 32 --classes 3 --loss dice \
         --precisions fp32 bf16 --rounds 5 --steps 4 --threads 2 --no-gpu
+
+``--channels 3`` times the 2.5D default's input (three slices as channels); ``--profile`` adds, per
+precision, the operators that took the steps' time (where a compiled step's gain would come from).
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ def parse_args() -> argparse.Namespace:
         "monet_train --compile, its compile time printed from the warm-up step)",
     )
     p.add_argument("--rounds", type=int, default=3, help="with --precisions: rounds of alternation")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="with --precisions: after the rounds, profile --steps more steps of each and print the operators "
+        "that took the most time, with their share of the steps' CPU time",
+    )
     p.add_argument("--cpu-batch", type=int, default=16, help="CPU batch size")
     p.add_argument("--gpu-batch", type=int, default=32, help="GPU batch size (paper: 32)")
     p.add_argument("--classes", type=int, default=1, help="output channels (1 = sigmoid, as in the paper's tasks)")
@@ -148,6 +157,19 @@ class _PrecisionRun:
                 self.walls.append(time.perf_counter() - t)
 
 
+def print_profile(label: str, run: _PrecisionRun, steps: int, top: int = 12) -> None:
+    """torch.profiler over ``steps`` steps of ``run``: the operators with the most self CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run.steps(steps, record=False)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    print(f"\nprofile, {label}: {steps} step(s), {total / 1e6:.2f} s self CPU time in operators", flush=True)
+    for e in events[:top]:
+        print(f"  {e.key[:55]:<55} {e.self_cpu_time_total / total:>6.1%}  {e.count:>6} calls", flush=True)
+
+
 def compare_precisions(args: argparse.Namespace, models: list[str]) -> None:
     """Alternate the precisions on the CPU and print seconds per step and the ratio to fp32."""
     import os
@@ -175,6 +197,9 @@ def compare_precisions(args: argparse.Namespace, models: list[str]) -> None:
                 run.steps(args.steps)
                 last = statistics.median(run.walls[-args.steps :])
                 print(f"  {name} round {r + 1} {p}: {last:.3f} s/step", flush=True)
+        if args.profile:
+            for p, run in runs.items():
+                print_profile(f"{name} {p}", run, args.steps)
         base = statistics.median(runs["fp32"].walls) if "fp32" in runs else None
         for p, run in runs.items():
             med = statistics.median(run.walls)
