@@ -147,12 +147,19 @@ def build_parts(
     if resolve_compile(
         config.compile_step, fp.model, device.type, precision, ctx.enabled, long_run, inductor_compiler_found
     ):
-        step_loss = compiled_training_loss()
-        if config.compile_step is None:
-            log.info(
-                "compiling the training step (the default for %s in a long bf16 CPU run; --no-compile turns it off)",
-                fp.model,
-            )
+        try:
+            step_loss = compiled_training_loss()
+        except MonetError as exc:
+            if config.compile_step:  # asked for: say why it cannot be had
+                raise
+            log.warning("the training step runs eagerly: %s", exc.__cause__ or exc)
+        else:
+            if config.compile_step is None:
+                log.info(
+                    "compiling the training step (the default for %s in a long bf16 CPU run; --no-compile turns "
+                    "it off)",
+                    fp.model,
+                )
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
