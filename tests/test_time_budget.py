@@ -438,7 +438,7 @@ def test_inner_validation_runs_in_the_training_precision(roots):
     assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], abs=0.02)
 
 
-def test_the_default_compiles_a_long_monet_run_on_a_bf16_cpu_and_records_it(roots, monkeypatch, caplog):
+def test_the_default_compiles_a_long_monet_run_on_a_bf16_cpu_and_records_it(roots, tmp_path, monkeypatch, caplog):
     """The run decides ``--compile``'s default from what is left of it; here every run counts as long, and
     a counting stand-in replaces torch.compile (the real compile is tests/test_compile_training.py's)."""
     from monetpipe.training import config as config_module
@@ -468,3 +468,16 @@ def test_the_default_compiles_a_long_monet_run_on_a_bf16_cpu_and_records_it(root
     calls.clear()  # U-Net-16 gained nothing from compiling: eager by default
     unet = train_fold("901", "unet16", 0, TINY.with_changes(epochs=1), paths=roots)
     assert json.loads((unet.fold_dir / "config.json").read_text())["resolved"]["compile_step"] is False and not calls
+
+    def unavailable():
+        raise MonetError("torch.compile is unavailable here (no backend); train without --compile")
+
+    monkeypatch.setattr(session, "compiled_training_loss", unavailable)
+    with caplog.at_level("WARNING"):  # by default: a warning, then eager steps
+        other = MonetPaths(roots.raw, roots.preprocessed, tmp_path / "other_results")
+        eager = train_fold("901", "monet", 0, TINY.with_changes(epochs=1), paths=other)
+    assert json.loads((eager.fold_dir / "config.json").read_text())["resolved"]["compile_step"] is False
+    assert "the training step runs eagerly: torch.compile is unavailable here" in caplog.text
+    with pytest.raises(MonetError, match="torch.compile is unavailable"):  # asked for: refused by name
+        asked = MonetPaths(roots.raw, roots.preprocessed, tmp_path / "asked_results")
+        train_fold("901", "monet", 0, TINY.with_changes(epochs=1, compile_step=True), paths=asked)
