@@ -80,3 +80,27 @@ def _load_script(name: str) -> ModuleType:
 def load_script() -> Callable[[str], ModuleType]:
     """``load_script("label_layout")``: the module ``scripts/label_layout.py`` (scripts are not a package)."""
     return _load_script
+
+
+def _cpu_parts(net: torch.nn.Module, loss: str = "dice_ce", patience: int | None = None, **extra):
+    from monetpipe.training.losses import build_loss
+    from monetpipe.training.trainer import EarlyStopping, TrainingParts
+
+    opt = torch.optim.NAdam(net.parameters(), lr=5e-4)
+    return TrainingParts(
+        net,
+        build_loss(loss),
+        opt,
+        torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
+        torch.amp.GradScaler("cpu", enabled=False),
+        EarlyStopping(patience),
+        torch.device("cpu"),
+        **extra,
+    )
+
+
+@pytest.fixture(scope="session")
+def cpu_parts() -> Callable[..., object]:
+    """``cpu_parts(net, loss="dice_ce", patience=None, **TrainingParts fields)``: what ``train_epoch`` drives,
+    on the CPU, with NAdam at 5e-4 and an idle plateau scheduler."""
+    return _cpu_parts

@@ -59,23 +59,9 @@ def test_what_is_left_of_a_continued_run_decides():
     assert not _long_run(TrainConfig(epochs=2), TrainingState(), iterations=250)
 
 
-def _parts(step_loss, fallback):
-    from monetpipe.training.trainer import EarlyStopping, TrainingParts
-
+def _parts(cpu_parts, step_loss, fallback):
     torch.manual_seed(0)
-    net = build_network("monet", 1, 3)
-    opt = torch.optim.NAdam(net.parameters(), lr=5e-4)
-    return TrainingParts(
-        net,
-        build_loss("dice_ce"),
-        opt,
-        torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
-        torch.amp.GradScaler("cpu", enabled=False),
-        EarlyStopping(None),
-        torch.device("cpu"),
-        step_loss=step_loss,
-        compile_fallback=fallback,
-    )
+    return cpu_parts(build_network("monet", 1, 3), step_loss=step_loss, compile_fallback=fallback)
 
 
 def _batches(n):
@@ -89,10 +75,10 @@ def _failing_compile(*args):
     raise RuntimeError("C++ compile error: cannot build kernel\n(details)")
 
 
-def test_a_compile_that_fails_by_default_trains_eagerly_and_says_so(caplog):
+def test_a_compile_that_fails_by_default_trains_eagerly_and_says_so(cpu_parts, caplog):
     from monetpipe.training.trainer import train_epoch
 
-    parts = _parts(_failing_compile, fallback=True)
+    parts = _parts(cpu_parts, _failing_compile, fallback=True)
     before = [p.detach().clone() for p in parts.model.parameters()]
     with caplog.at_level("WARNING", logger="monetpipe.training.trainer"):
         loss = train_epoch(parts, _batches(3), iterations=3, first_batch=0, progress=False)
@@ -102,14 +88,15 @@ def test_a_compile_that_fails_by_default_trains_eagerly_and_says_so(caplog):
     assert "--no-compile" in caplog.text
 
 
-def test_a_compile_that_was_asked_for_fails_loudly():
+def test_a_compile_that_was_asked_for_fails_loudly(cpu_parts):
     from monetpipe.training.trainer import train_epoch
 
     with pytest.raises(RuntimeError, match="cannot build kernel"):
-        train_epoch(_parts(_failing_compile, fallback=False), _batches(1), iterations=1, first_batch=0, progress=False)
+        parts = _parts(cpu_parts, _failing_compile, fallback=False)
+        train_epoch(parts, _batches(1), iterations=1, first_batch=0, progress=False)
 
 
-def test_the_first_compiled_step_is_timed_once(caplog):
+def test_the_first_compiled_step_is_timed_once(cpu_parts, caplog):
     from monetpipe.training.trainer import train_epoch
 
     calls = []
@@ -118,7 +105,7 @@ def test_the_first_compiled_step_is_timed_once(caplog):
         calls.append(1)
         return training_loss(*args)
 
-    parts = _parts(counting, fallback=True)
+    parts = _parts(cpu_parts, counting, fallback=True)
     with caplog.at_level("INFO", logger="monetpipe.training.trainer"):
         train_epoch(parts, _batches(3), iterations=3, first_batch=0, progress=False)
     assert len(calls) == 3 and parts.step_loss is counting and parts.compile_seconds is not None

@@ -177,25 +177,15 @@ def test_auto_precision_follows_the_cpu_flags(monkeypatch):
         resolve_precision("bf16", "mps")
 
 
-def test_a_bfloat16_step_trains_and_the_weights_stay_float32():
+def test_a_bfloat16_step_trains_and_the_weights_stay_float32(cpu_parts):
     from monetpipe.networks import build_network
-    from monetpipe.training.losses import build_loss
-    from monetpipe.training.trainer import EarlyStopping, TrainingParts, train_epoch
+    from monetpipe.training.trainer import train_epoch
 
     torch.manual_seed(0)
     net = build_network("monet", 1, 3)
     before = [p.detach().clone() for p in net.parameters()]
-    opt = torch.optim.NAdam(net.parameters(), lr=5e-4)
-    parts = TrainingParts(
-        net,
-        build_loss("dice"),
-        opt,
-        torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
-        torch.amp.GradScaler("cpu", enabled=False),
-        EarlyStopping(None),
-        torch.device("cpu"),
-        autocast_dtype=torch.bfloat16,
-    )
+    parts = cpu_parts(net, loss="dice", autocast_dtype=torch.bfloat16)
+    opt = parts.optimizer
     rng = torch.Generator().manual_seed(1)
     batches = (
         {

@@ -234,14 +234,13 @@ def test_bad_model_or_fold_is_a_one_line_error(roots, capsys):
 
 
 @pytest.mark.parametrize("name", ["monet", "unet16", "unet64", "attention_unet"])
-def test_every_network_takes_training_steps(synthetic_task, name):
+def test_every_network_takes_training_steps(synthetic_task, cpu_parts, name):
     from monetpipe.networks import build_network
     from monetpipe.preprocessing.plans import Plans
     from monetpipe.preprocessing.slice_cache import CacheLayout
     from monetpipe.training.augmentation import batch_stream, training_transforms
     from monetpipe.training.data import SliceBatchLoader, SliceIndex
-    from monetpipe.training.losses import build_loss
-    from monetpipe.training.trainer import EarlyStopping, TrainingParts, train_epoch
+    from monetpipe.training.trainer import train_epoch
 
     torch.set_num_threads(1)
     layout = CacheLayout(synthetic_task.preprocessed / TASK, DEFAULT_PLANS)
@@ -250,16 +249,7 @@ def test_every_network_takes_training_steps(synthetic_task, name):
     torch.manual_seed(0)
     net = build_network(name, plans.num_input_channels, plans.num_classes)
     before = [p.detach().clone() for p in net.parameters()]
-    opt = torch.optim.NAdam(net.parameters(), lr=5e-4)
-    parts = TrainingParts(
-        net,
-        build_loss("dice_ce"),
-        opt,
-        torch.optim.lr_scheduler.ReduceLROnPlateau(opt),
-        torch.amp.GradScaler("cpu", enabled=False),
-        EarlyStopping(10),
-        torch.device("cpu"),
-    )
+    parts = cpu_parts(net, patience=10)
     patch = (32, 32)  # a crop of the 48x48 slices keeps the 31M-parameter U-Nets quick
     loader = SliceBatchLoader(index, patch, plans.num_input_channels, 2, 2, 1 / 3, seed=0)
     with batch_stream(loader, training_transforms(TrainConfig(), patch), 0) as batches:
