@@ -158,10 +158,10 @@ def _first_compiled_step(parts: TrainingParts, x: torch.Tensor, y: torch.Tensor)
         )
         parts.step_loss = None
         loss = _step(parts, training_loss, x, y)
-    else:
-        log.info("compiled the training step in %.1f s (its first step)", time.perf_counter() - start)
     # a one-off: the epochs' times that plan a time budget leave it out (EpochPlanner)
     parts.compile_seconds = time.perf_counter() - start
+    if parts.step_loss is not None:
+        log.info("compiled the training step in %.1f s (its first step)", parts.compile_seconds)
     return loss
 
 
