@@ -1,7 +1,8 @@
 """The paper's augmentation with batchgenerators, run in background worker processes.
 
 Per slice: rotation by ``U(-rotation, +rotation)`` degrees, zoom by ``U(1 - scale, 1 + scale)``
-(half the draws shrink, half enlarge, as batchgenerators draws it) and a shift of the patch centre by
+(half the draws shrink, half enlarge, as batchgenerators draws it), each drawn for a slice with probability
+``spatial_probability`` (1, every slice, by default and in the paper), and a shift of the patch centre by
 up to ``shift`` of the patch height / width. The shift is batchgenerators' own random crop: the patch
 centre is drawn uniformly within ``shift * size`` of the slice centre (``patch_center_dist_from_border``),
 pixels that come from outside the slice are zero (image) and background (labels). Images are
@@ -31,7 +32,8 @@ def training_transforms(config: TrainConfig, patch_size: tuple[int, int]) -> Abs
     """The augmentation pipeline for one training batch of ``patch_size`` slices.
 
     Args:
-        config: reads ``rotation_deg``, ``scale``, ``shift``, ``mirror`` and ``mirror_axes``.
+        config: reads ``rotation_deg``, ``scale``, ``spatial_probability``, ``shift``, ``mirror`` and
+            ``mirror_axes``.
         patch_size: (H, W) of the loader's batches; the output has the same size.
     """
     angle = math.radians(config.rotation_deg)
@@ -52,8 +54,8 @@ def training_transforms(config: TrainConfig, patch_size: tuple[int, int]) -> Abs
             border_cval_seg=0,
             order_seg=0,
             random_crop=config.shift > 0,
-            p_rot_per_sample=1.0,
-            p_scale_per_sample=1.0,
+            p_rot_per_sample=config.spatial_probability,
+            p_scale_per_sample=config.spatial_probability,
         )
     ]
     if config.mirror_dims:

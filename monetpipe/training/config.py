@@ -47,6 +47,7 @@ PAPER_RECIPE: dict[str, Any] = {
     "rotation_deg": 10.0,
     "scale": 0.25,
     "shift": 0.2,
+    "spatial_probability": 1.0,
     "mirror": False,
     "output_prior": False,
 }
@@ -165,6 +166,12 @@ class TrainConfig:
     rotation_deg: float = setting(10.0, "random rotation range, +- degrees", "data", flag="--rotation")
     scale: float = setting(0.25, "random zoom range, +- fraction", "data")
     shift: float = setting(0.2, "random shift, up to this fraction of height/width", "data")
+    spatial_probability: float = setting(
+        1.0,
+        "probability that a slice is rotated, and separately that it is zoomed (1: every slice, as the paper's "
+        "augmentation; a slice left alone is only cropped, never interpolated)",
+        "data",
+    )
     mirror: bool = setting(False, "also flip slices randomly (not in the paper)", "data")
     mirror_axes: str = setting(
         DEFAULT_MIRROR_AXES,
@@ -274,6 +281,8 @@ class TrainConfig:
             problems.append(f"--foreground-fraction must lie in [0, 1], got {self.foreground_fraction}")
         if not 0 <= self.scale < 1 or not 0 <= self.shift < 0.5 or self.rotation_deg < 0:
             problems.append("--scale must lie in [0, 1), --shift in [0, 0.5) and --rotation must be >= 0")
+        if not 0 <= self.spatial_probability <= 1:
+            problems.append(f"--spatial-probability must lie in [0, 1], got {self.spatial_probability}")
         if problems:
             raise MonetError("invalid training settings: " + "; ".join(problems))
 

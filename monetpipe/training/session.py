@@ -67,6 +67,7 @@ _RESUME_SENSITIVE = (
     "rotation_deg",
     "scale",
     "shift",
+    "spatial_probability",
     "mirror",
     "mirror_axes",
     "inner_val_fraction",
