@@ -189,6 +189,16 @@ ROWS = {
             replace_baseline=True,
             context_slices=1,
         ),
+        # Fewer interpolated slices (one change from compile_ctx1_defaults, the default since the eleventh
+        # session): the paper rotates and zooms every slice, so the network never trains on a slice as sharp as
+        # the ones it predicts; nnU-Net draws each with probability 0.2.
+        Row(
+            "spatial02_ctx1_defaults",
+            "rotation and zoom each drawn for 20 % of slices (--spatial-probability 0.2) on the 2.5D default",
+            ("--spatial-probability", "0.2"),
+            replace_baseline=True,
+            context_slices=1,
+        ),
         Row(
             "tta_mirrorlr_ctx1_defaults",
             "mirrorlr_ctx1_defaults's model with test-time left-right flips (monet_predict --tta)",
