@@ -9,6 +9,7 @@ pixels that come from outside the slice are zero (image) and background (labels)
 interpolated linearly (Keras' ImageDataGenerator, which the paper used, is bilinear too), labels by
 nearest neighbour. ``mirror`` adds random flips (not in the paper; off by default) of the axes
 ``mirror_axes`` names (both by default; Task04 is better flipped left-right only, docs/training.md).
+``intensity_augmentation`` (off by default, not in the paper) adds nnU-Net's intensity transforms.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from collections.abc import Iterator
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
+from batchgenerators.transforms.color_transforms import (
+    BrightnessMultiplicativeTransform,
+    ContrastAugmentationTransform,
+    GammaTransform,
+)
+from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
 from monetpipe.training.config import TrainConfig
@@ -58,9 +65,29 @@ def training_transforms(config: TrainConfig, patch_size: tuple[int, int]) -> Abs
             p_scale_per_sample=config.spatial_probability,
         )
     ]
+    if config.intensity_augmentation:
+        transforms += intensity_transforms()
     if config.mirror_dims:
         transforms.append(MirrorTransform(axes=config.mirror_dims))
     return Compose(transforms)
+
+
+def intensity_transforms() -> list[AbstractTransform]:
+    """``--intensity-augmentation``: noise, blur, brightness, contrast and gamma, each drawn per slice.
+
+    The ranges and probabilities are nnU-Net's defaults (noise variance up to 0.1 for 10 % of slices, blur
+    sigma 0.5-1 for 20 %, brightness x 0.75-1.25 and contrast x 0.75-1.25 for 15 % each, gamma 0.7-1.5 for
+    30 %, keeping the slice's mean and standard deviation). A slice's channels are one image's neighbouring
+    slices (2.5D) or its modalities, so each draw applies to all of them alike; only the noise differs
+    pixel by pixel. Batchgenerators' gamma maps the slice to [0, 1] first, so it suits z-scored inputs.
+    """
+    return [
+        GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_sample=0.1),
+        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=False, p_per_sample=0.2),
+        BrightnessMultiplicativeTransform((0.75, 1.25), per_channel=False, p_per_sample=0.15),
+        ContrastAugmentationTransform((0.75, 1.25), per_channel=False, p_per_sample=0.15),
+        GammaTransform((0.7, 1.5), per_channel=False, retain_stats=True, p_per_sample=0.3),
+    ]
 
 
 @contextlib.contextmanager

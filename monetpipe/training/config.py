@@ -49,6 +49,7 @@ PAPER_RECIPE: dict[str, Any] = {
     "shift": 0.2,
     "spatial_probability": 1.0,
     "mirror": False,
+    "intensity_augmentation": False,
     "output_prior": False,
 }
 # "default" is the fields' defaults (the one-hour ablation's best, plus the output prior, which docs/training.md
@@ -180,6 +181,12 @@ class TrainConfig:
         "data",
         choices=MIRROR_AXES,
         metavar="{0,1 | 0 | 1}",
+    )
+    intensity_augmentation: bool = setting(
+        False,
+        "also vary each slice's brightness, contrast and gamma and add noise and blur, the same for all of a "
+        "slice's channels (not in the paper)",
+        "data",
     )
     output_prior: bool = setting(
         True,

@@ -70,6 +70,7 @@ _RESUME_SENSITIVE = (
     "spatial_probability",
     "mirror",
     "mirror_axes",
+    "intensity_augmentation",
     "inner_val_fraction",
     "lr_factor",
     "lr_patience",
