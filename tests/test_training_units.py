@@ -390,3 +390,58 @@ def test_mirror_flips_only_the_axes_asked_for(axes, flippable):
     assert TrainConfig(mirror=True, mirror_axes="0,1").mirror_dims == (0, 1)
     with pytest.raises(MonetError, match="--mirror-axes"):
         TrainConfig(mirror=True, mirror_axes="2")
+
+
+def _slices(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` smooth random 3-channel 16 x 12 slices of varied contrast, and label maps thresholded from them."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:16, :12]
+    data = np.stack([np.sin(yy / rng.uniform(2, 4) + c) + np.cos(xx / rng.uniform(2, 4)) for c in range(3)])
+    data = np.repeat(data[None], n, axis=0) * rng.uniform(0.5, 2, (n, 1, 1, 1))
+    seg = (data[:, :1] > 0.5).astype(np.float32) + (data[:, :1] > 1.2)
+    return data.astype(np.float32), seg
+
+
+def _augment(config: TrainConfig, data: np.ndarray, seg: np.ndarray, seed: int = 0) -> dict:
+    from monetpipe.training.augmentation import training_transforms
+
+    np.random.seed(seed)
+    return training_transforms(config, data.shape[2:])(data=data.copy(), seg=seg.copy())
+
+
+def test_spatial_probability_leaves_a_share_of_slices_uninterpolated():
+    """--spatial-probability p rotates and zooms each slice with probability p each, so about (1 - p)^2 of the
+    slices reach the network exactly as stored (no interpolation blur), with their labels unchanged too;
+    p = 1 (the default and the paper's) transforms every slice."""
+    data, seg = _slices()
+    spatial = dict(rotation_deg=30.0, scale=0.25, shift=0.0)
+    for p, low, high in ((0.0, 1.0, 1.0), (0.2, 0.5, 0.78), (1.0, 0.0, 0.0)):
+        out = _augment(TrainConfig(spatial_probability=p, **spatial), data, seg)
+        same = np.array([np.array_equal(a, b) for a, b in zip(data, out["data"], strict=True)])
+        assert low <= same.mean() <= high, (p, same.mean())
+        assert all(np.array_equal(a, b) for a, b in zip(seg[same], out["seg"][same], strict=True))
+    assert TrainConfig().spatial_probability == 1.0
+    with pytest.raises(MonetError, match="--spatial-probability"):
+        TrainConfig(spatial_probability=1.5)
+
+
+def test_intensity_augmentation_changes_images_never_labels():
+    """--intensity-augmentation varies about 6 in 10 slices' intensities (noise, blur, brightness, contrast,
+    gamma) and leaves every label map as it was; a slice's channels are treated alike, so slices whose three
+    channels were equal mostly keep them equal (only the per-pixel noise, on 1 in 10, tells them apart).
+    Off by default and in the paper's recipe."""
+    from monetpipe.training.config import PAPER_RECIPE
+
+    data, seg = _slices()
+    plain = dict(rotation_deg=0.0, scale=0.0, shift=0.0)
+    assert np.array_equal(_augment(TrainConfig(**plain), data, seg)["data"], data), "the default changed intensities"
+    out = _augment(TrainConfig(intensity_augmentation=True, **plain), data, seg)
+    assert np.array_equal(out["seg"], seg), "intensity augmentation changed labels"
+    changed = np.array([not np.array_equal(a, b) for a, b in zip(data, out["data"], strict=True)])
+    assert 0.45 <= changed.mean() <= 0.8, changed.mean()
+    assert np.isfinite(out["data"]).all()
+    equal = np.repeat(data[:, :1], 3, axis=1)
+    out = _augment(TrainConfig(intensity_augmentation=True, **plain), equal, seg, seed=3)["data"]
+    alike = [np.allclose(s[0], s[1], atol=1e-5) and np.allclose(s[0], s[2], atol=1e-5) for s in out]
+    assert np.mean(alike) >= 0.8, "a slice's channels were augmented differently"
+    assert PAPER_RECIPE["intensity_augmentation"] is False and not TrainConfig().intensity_augmentation
