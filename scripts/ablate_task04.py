@@ -200,6 +200,29 @@ ROWS = {
             context_slices=1,
         ),
         Row(
+            "seed1_spatial02_ctx1_defaults",
+            "spatial02_ctx1_defaults from another seed (--seed 1), its run-to-run pair",
+            ("--spatial-probability", "0.2", "--seed", "1"),
+            replace_baseline=True,
+            context_slices=1,
+        ),
+        # nnU-Net's intensity augmentation (noise, blur, brightness, contrast, gamma): one change from the
+        # 2.5D default, and one change from spatial02_ctx1_defaults.
+        Row(
+            "intensity_ctx1_defaults",
+            "intensity augmentation (--intensity-augmentation) on the 2.5D default",
+            ("--intensity-augmentation",),
+            replace_baseline=True,
+            context_slices=1,
+        ),
+        Row(
+            "intensity_spatial02_ctx1_defaults",
+            "intensity augmentation on spatial02_ctx1_defaults (rotation and zoom for 20 % of slices)",
+            ("--spatial-probability", "0.2", "--intensity-augmentation"),
+            replace_baseline=True,
+            context_slices=1,
+        ),
+        Row(
             "tta_mirrorlr_ctx1_defaults",
             "mirrorlr_ctx1_defaults's model with test-time left-right flips (monet_predict --tta)",
             predict=("--tta",),
