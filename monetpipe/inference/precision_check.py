@@ -4,7 +4,8 @@ For each fold: the int8 model is calibrated on the fold's own training slices (t
 ``MONET_preprocessed``) and stored as ``fold_<k>/precision/int8_<checkpoint>.onnx`` (reused while the
 checkpoint file is unchanged); bf16 needs nothing stored. Then the fold's validation cases
 (``splits_final.json``) are predicted from their raw images in fp32 and in the reduced precision, with
-``monet_predict``'s code, and scored against the reference label maps. The two mean foreground Dice
+``monet_predict``'s code (the two taking turns on groups of cases, so both are timed under the same load),
+and scored against the reference label maps. The two mean foreground Dice
 values, their difference and the network seconds of both runs go to
 ``fold_<k>/precision/validation_<checkpoint>.json``; a difference above the tolerance raises
 :class:`~monetpipe.errors.MonetError` (and is recorded as failed, so ``--precision auto`` keeps fp32).
@@ -89,28 +90,54 @@ def _calibrate_int8(
     return record | {"reused": False}
 
 
-def _predict_and_score(cases, models, plans, layout, case_ids, out_dir: Path, workers: int) -> tuple[float, float]:
-    """Mean foreground Dice of ``models`` on ``cases`` and the network seconds it took."""
+TIMING_CHUNKS = 6  # groups of validation cases the fp32 and reduced forms take turns on (ABBA order)
+
+
+def _predict_alternating(
+    cases, forms: dict, plans, layout, case_ids, work: Path, workers: int, chunks: int = TIMING_CHUNKS
+) -> dict[str, tuple[float, float]]:
+    """Each form's mean foreground Dice on ``cases`` and the network seconds it took, by form name.
+
+    The cases are predicted in ``chunks`` groups, the forms taking turns in ABBA order (the first form
+    first on even groups, last on odd ones), so a shared CPU that slows down or speeds up during the check
+    weighs on every form alike. One whole pass per form, one after the other, let such drift decide which
+    form was "faster", and ``--precision auto`` then ran the slower one (docs/performance.md).
+    """
     from monetpipe.evaluation.evaluator import evaluate_folders
     from monetpipe.inference.api import PredictOptions, predict_cases
     from monetpipe.training.validation import foreground_labels
 
     options = PredictOptions(overwrite=True, progress=False)
-    cl = bool(getattr(models[0], "channels_last", True))
-    summary = predict_cases(cases, out_dir, out_dir, models, plans, options, torch.device("cpu"), cl, workers)
-    if summary.failed:
-        failures = "; ".join(f"{c}: {e}" for c, e in summary.failed.items())
-        raise MonetError(f"precision check: {len(summary.failed)} validation case(s) failed to predict ({failures})")
-    scores = evaluate_folders(
-        layout.gt_segmentations,
-        out_dir,
-        labels=foreground_labels(plans),
-        output_file=out_dir / "summary.json",
-        num_processes=1,
-        case_ids=case_ids,
-        progress=False,
-    )
-    return float(scores["foreground_mean"]["Dice"]), summary.stage_seconds()["network"]
+    names = list(forms)
+    seconds = dict.fromkeys(names, 0.0)
+    n = len(cases)
+    groups = [cases[i * n // chunks : (i + 1) * n // chunks] for i in range(chunks)]
+    for i, group in enumerate(g for g in groups if g):
+        for name in names if i % 2 == 0 else names[::-1]:
+            out_dir = work / name
+            out_dir.mkdir(parents=True, exist_ok=True)
+            model = forms[name]
+            cl = bool(getattr(model, "channels_last", True))
+            summary = predict_cases(group, out_dir, out_dir, [model], plans, options, torch.device("cpu"), cl, workers)
+            if summary.failed:
+                failures = "; ".join(f"{c}: {e}" for c, e in summary.failed.items())
+                raise MonetError(
+                    f"precision check: {len(summary.failed)} validation case(s) failed to predict ({failures})"
+                )
+            seconds[name] += summary.stage_seconds()["network"]
+    results = {}
+    for name in names:
+        scores = evaluate_folders(
+            layout.gt_segmentations,
+            work / name,
+            labels=foreground_labels(plans),
+            output_file=work / name / "summary.json",
+            num_processes=1,
+            case_ids=case_ids,
+            progress=False,
+        )
+        results[name] = (float(scores["foreground_mean"]["Dice"]), seconds[name])
+    return results
 
 
 def prepare_fold(
@@ -165,8 +192,9 @@ def prepare_fold(
             precision=precision,
             int8_model=int8_file,
         )
-        dice_fp32, s_fp32 = _predict_and_score(cases, [reference], plans, layout, split["val"], work / "fp32", workers)
-        dice, seconds = _predict_and_score(cases, [reduced], plans, layout, split["val"], work / precision, workers)
+        forms = {"fp32": reference, precision: reduced}
+        scored = _predict_alternating(cases, forms, plans, layout, split["val"], work, workers)
+        (dice_fp32, s_fp32), (dice, seconds) = scored["fp32"], scored[precision]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     difference = dice_fp32 - dice
