@@ -168,6 +168,38 @@ def test_training_checks_the_native_precisions_of_the_cpu():
         precisions_to_prepare("fp16")
 
 
+def test_the_check_times_fp32_and_the_reduced_form_in_turns_so_a_slowing_machine_hits_both(monkeypatch, tmp_path):
+    """A shared CPU that slows down during the check must not make the faster form look slower: bf16 at 0.7x
+    fp32's cost per case is recorded faster on a machine that gets about 4x slower over the check (one pass of
+    fp32 and then one of bf16 would have timed bf16 slower), and every case is predicted once per form."""
+    from types import SimpleNamespace
+
+    from monetpipe.evaluation import evaluator
+    from monetpipe.inference import api, precision_check
+    from monetpipe.training import validation
+
+    clock, calls = [0.0], []
+
+    def predict(group, out_dir, _input_dir, models, *args, **kwargs):
+        cost = {"fp32": 1.0, "bf16": 0.7}[models[0]] * len(group) * (1 + clock[0] / 60)  # slower as it goes
+        clock[0] += cost
+        calls.append((models[0], list(group)))
+        return SimpleNamespace(failed={}, stage_seconds=lambda: {"network": cost})
+
+    monkeypatch.setattr(api, "predict_cases", predict)
+    monkeypatch.setattr(validation, "foreground_labels", lambda plans: [1])
+    monkeypatch.setattr(evaluator, "evaluate_folders", lambda *a, **k: {"foreground_mean": {"Dice": 0.9}})
+    cases = list(range(60))
+    layout = SimpleNamespace(gt_segmentations=tmp_path)
+    forms = {"fp32": "fp32", "bf16": "bf16"}
+    timed = precision_check._predict_alternating(cases, forms, None, layout, cases, tmp_path, 1)
+    assert timed["bf16"][1] < timed["fp32"][1]
+    assert 0.6 < timed["bf16"][1] / timed["fp32"][1] < 0.8  # close to the true 0.7
+    for name in forms:
+        assert sorted(c for form, group in calls if form == name for c in group) == cases
+    assert [form for form, _ in calls[:4]] == ["fp32", "bf16", "bf16", "fp32"]
+
+
 def test_monet_train_prepares_bf16_and_a_failed_check_does_not_fail_it(monet_roots, monkeypatch, caplog):
     from monetpipe.inference import precision_check
     from monetpipe.preprocessing import plan_and_preprocess
