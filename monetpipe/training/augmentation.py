@@ -39,8 +39,8 @@ def training_transforms(config: TrainConfig, patch_size: tuple[int, int]) -> Abs
     """The augmentation pipeline for one training batch of ``patch_size`` slices.
 
     Args:
-        config: reads ``rotation_deg``, ``scale``, ``spatial_probability``, ``shift``, ``mirror`` and
-            ``mirror_axes``.
+        config: reads ``rotation_deg``, ``scale``, ``spatial_probability``, ``shift``,
+            ``intensity_augmentation``, ``mirror`` and ``mirror_axes``.
         patch_size: (H, W) of the loader's batches; the output has the same size.
     """
     angle = math.radians(config.rotation_deg)
