@@ -170,7 +170,7 @@ def test_training_checks_the_native_precisions_of_the_cpu():
 
 def test_the_check_times_fp32_and_the_reduced_form_in_turns_so_a_slowing_machine_hits_both(monkeypatch, tmp_path):
     """A shared CPU that slows down during the check must not make the faster form look slower: bf16 at 0.7x
-    fp32's cost per case is recorded faster on a machine that gets about 4x slower over the check (one pass of
+    fp32's cost per case is recorded faster on a machine that gets about 5x slower over the check (one pass of
     fp32 and then one of bf16 would have timed bf16 slower), and every case is predicted once per form."""
     from types import SimpleNamespace
 
