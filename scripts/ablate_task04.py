@@ -6,9 +6,11 @@ For each row: plan (``monet_plan_and_preprocess``, a no-op when its plans and ca
 (``monet_train -t 4 -m monet --time-budget BUDGET --continue`` plus the row's flags), predict the fold's
 validation images (``monet_predict``, timed, with the row's flags, e.g. ``--tta``) and score them
 (``monet_evaluate --split ... --fold 0``). Collected per row: mean foreground Dice, Dice per label, HD95,
-epochs and optimizer steps done, seconds per step, prediction seconds and the load average before and after,
-into OUT/ablation.csv and OUT/ablation.md. A finished row (OUT/rows/<row>/row.json) is skipped, so a rerun
-resumes; an interrupted training continues (``--continue`` counts its budget across the restart).
+epochs and optimizer steps done, seconds per step, the training precision and whether the step ran
+compiled (both from ``config.json``: the defaults differ between CPUs), prediction seconds and the load
+average before and after, into OUT/ablation.csv and OUT/ablation.md. A finished row
+(OUT/rows/<row>/row.json) is skipped, so a rerun resumes; an interrupted training continues
+(``--continue`` counts its budget across the restart).
 
     python scripts/ablate_task04.py --data /path/to/Task04_Hippocampus --out ablation_work
     python scripts/ablate_task04.py --data ... --out smoke --budget 3m --rows baseline cosine
@@ -356,6 +358,13 @@ def trained_precision(config: dict) -> str:
     return config["resolved"].get("precision", "fp32")
 
 
+def trained_step(config: dict) -> str:
+    """``compiled`` or ``eager``: how a row's training step ran, from its ``config.json`` (``monet_train``
+    compiles MoNet by default on some CPUs, so a row's flags alone do not say; runs before the setting was
+    recorded: eager)."""
+    return "compiled" if config["resolved"].get("compile_step") else "eager"
+
+
 def training_numbers(fold: Path) -> dict:
     """Epochs, optimizer steps, seconds per step (training time without inner validation) and the resolved
     settings, from ``fold_0/training_log.csv`` and ``config.json``."""
@@ -377,6 +386,7 @@ def training_numbers(fold: Path) -> dict:
         "mirror": settings.get("mirror"),
         "batch_size": config["resolved"].get("batch_size"),
         "precision": trained_precision(config),
+        "step": trained_step(config),
         "patch_size": "x".join(str(p) for p in config["resolved"].get("patch_size", [])),
     }
 
@@ -471,14 +481,14 @@ def write_tables(work: Work, rows: list[dict], reference: str = "baseline") -> t
         writer.writerows(rows)
     dice_labels = [c for c in columns if c.startswith("dice_") and c != "dice_fg"]
     head = ["row", "change", "Dice (fg mean)", *[c[5:] for c in dice_labels], "HD95 mm", "patch", "batch", "precision"]
-    head += ["epochs", "steps", "s / step", "predict s (60 cases)", "load start / end"]
+    head += ["step", "epochs", "steps", "s / step", "predict s (60 cases)", "load start / end"]
     head += ["paired Dice diff +- s.e. (better / worse cases)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         change = ROWS[r["row"]].change if r["row"] in ROWS else r["change"]
         cells = [r["row"], change, f"{r['dice_fg']:.4f}", *[f"{r[c]:.4f}" for c in dice_labels]]
         cells += [f"{r['hd95_fg_mm']:.2f}", str(r.get("patch_size")), str(r.get("batch_size"))]
-        cells += [str(r.get("precision", "-"))]
+        cells += [str(r.get("precision", "-")), str(r.get("step", "-"))]
         cells += [str(r["epochs"]), str(r["steps"]), f"{r['sec_per_step']}"]
         cells += [f"{r['predict_s']:.1f}", f"{r['load_start']:.1f} / {r['load_end']:.1f}"]
         if "paired_diff" in r:
@@ -554,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
         config = work.model_folder(ROWS[name]) / "fold_0" / "config.json"
         if "precision" not in values and config.is_file():  # rows tabled before the column existed
             values["precision"] = trained_precision(read_json(config))
+        if "step" not in values and config.is_file():
+            values["step"] = trained_step(read_json(config))
         done.append(values)
     csv_file, md_file = write_tables(work, done, args.reference)
     print(f"== {time.strftime('%H:%M:%S')} load {load():.2f} wrote {csv_file} and {md_file}")
