@@ -147,6 +147,10 @@ def test_steps_and_seconds_per_step_come_from_the_log_and_config(ablate, tmp_pat
     assert numbers["epochs"] == 2 and numbers["steps"] == 50
     assert numbers["sec_per_step"] == pytest.approx(50 / 50)  # (30 - 5 + 27 - 2) s of training / 50 steps
     assert numbers["final_lr"] == 0.000005 and numbers["patch_size"] == "64x48"
+    assert numbers["step"] == "eager"  # a run from before compile_step was recorded
+    config["resolved"]["compile_step"] = True  # monet_train compiled it (by default or --compile)
+    (fold / "config.json").write_text(json.dumps(config))
+    assert ablate.training_numbers(fold)["step"] == "compiled"
 
 
 def test_finished_rows_are_skipped_and_tabled(ablate, tmp_path, monkeypatch, capsys):
@@ -216,7 +220,7 @@ def test_rows_can_be_compared_with_another_reference_row(ablate, tmp_path):
         (work.row_dir(name) / "summary.json").write_text(json.dumps({"metric_per_case": cases}))
     common = {"change": "x", "dice_fg": 0.8, "hd95_fg_mm": 2.0, "epochs": 3, "steps": 75, "sec_per_step": 0.9}
     common |= {"predict_s": 12.0, "load_start": 1, "load_end": 1, "patch_size": "64x48", "batch_size": 32}
-    common |= {"precision": "bf16"}
+    common |= {"precision": "bf16", "step": "compiled"}
     rows = [{"row": n, **common} for n in ("baseline", "bf16", "dice_ce", "mirror", "tta")]
     ablate.write_tables(work, rows, reference="bf16")
     by_row = {r["row"]: r for r in rows}
@@ -224,5 +228,5 @@ def test_rows_can_be_compared_with_another_reference_row(ablate, tmp_path):
     assert by_row["baseline"]["paired_with"] == "bf16" and "paired_diff" not in by_row["bf16"]
     assert by_row["tta"]["paired_with"] == "mirror"
     table = (work.out / "ablation.md").read_text()
-    assert "| batch | precision |" in table and "| 64x48 | 32 | bf16 |" in table
+    assert "| batch | precision | step |" in table and "| 64x48 | 32 | bf16 | compiled |" in table
     assert "+0.0200 +- 0.0000 vs bf16 (2 / 0)" in table
