@@ -417,7 +417,7 @@ def resolve_compile(
     single-process bf16 run of a network in :data:`COMPILED_BY_DEFAULT` on the CPU that is long
     (:func:`is_long_run`) where Inductor finds a C++ compiler (``compiler_found``, asked last: it imports
     Inductor). That is where compiled steps measured clearly faster on every CPU tried (docs/training.md);
-    float32 gained on one CPU and not on another, U-Net-16 did not gain, GPUs are unmeasured and torchrun
+    float32 gained on one CPU of three, U-Net-16 did not gain, GPUs are unmeasured and torchrun
     is unsupported, so those stay eager unless asked."""
     if requested is not None:
         return requested
