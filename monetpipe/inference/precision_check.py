@@ -287,9 +287,11 @@ def prepare_precision(
 def precisions_to_prepare(requested: str, device_type: str = "cpu", features=None) -> list[str]:
     """The reduced precisions ``monet_train --prepare-precision REQUESTED`` checks after training.
 
-    ``auto``: only when training ran on the CPU (where the model is likely to be used), the precisions this
-    CPU computes natively: bf16 with avx512_bf16 / AMX, int8 with VNNI / AMX when ONNX Runtime is installed.
-    A CPU without them gets none, so training there does exactly what it did before. ``all`` is both.
+    ``auto``: only when training ran on the CPU (where the model is likely to be used), bf16 where this CPU
+    computes it natively (avx512_bf16 / AMX) and int8 where it runs int8 at all (VNNI / AMX, AVX2, ARM dot
+    product) when ONNX Runtime is installed: the check validates a precision only where it measured faster
+    than fp32, and without VNNI int8 was faster on one AVX2 CPU (0.76x fp32's network time on Task04) and
+    slower on another (docs/inference.md). ``all`` is both.
     """
     if requested == "none":
         return []
@@ -305,7 +307,7 @@ def precisions_to_prepare(requested: str, device_type: str = "cpu", features=Non
 
     f = features or cpu_features()
     chosen = ["bf16"] if f.bf16 else []
-    if f.vnni and "onnxruntime" in available_backends():
+    if f.int8 and "onnxruntime" in available_backends():
         chosen.append("int8")
     return chosen
 
