@@ -235,8 +235,8 @@ class TrainConfig:
         "auto",
         "after the final validation, check reduced-precision inference against fp32 on the fold's validation "
         "cases (as monet_predict --prepare-precision does), so that monet_predict --precision auto may use it: "
-        "auto = what this CPU runs natively when training on the CPU (bf16 with avx512_bf16 / AMX; int8 with "
-        "VNNI / AMX and onnxruntime installed), none, bf16, int8 or all",
+        "auto = when training on the CPU, bf16 where it is native (avx512_bf16 / AMX) and int8 where the CPU "
+        "runs it (VNNI / AMX, AVX2, ARM dot product) and onnxruntime is installed; none, bf16, int8 or all",
         "run",
         choices=PREPARE_PRECISIONS,
     )
