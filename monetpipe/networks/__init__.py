@@ -9,11 +9,12 @@
 from monetpipe.networks.export import export_onnx
 from monetpipe.networks.flops import flops_per_slice
 from monetpipe.networks.fusion import fuse_for_inference
-from monetpipe.networks.registry import build_network, count_parameters, list_networks
+from monetpipe.networks.registry import build_network, count_parameters, dropout_overrides, list_networks
 
 __all__ = [
     "build_network",
     "count_parameters",
+    "dropout_overrides",
     "export_onnx",
     "flops_per_slice",
     "fuse_for_inference",

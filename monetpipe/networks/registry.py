@@ -22,6 +22,15 @@ _NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "unet64": partial(UNet, filters=64),
     "attention_unet": AttentionUNet,
 }
+# The constructor options that set a network's dropout rates (``monet_train --dropout``): MoNet's
+# SpatialDropout2D after the first three convolutions of every RDDC block (0.2, the paper's), the U-Nets'
+# Dropout2D in each encoder block (0.3, keras-unet's default).
+_DROPOUT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "monet": ("dropout_enc", "dropout_mid", "dropout_dec"),
+    "unet16": ("dropout",),
+    "unet64": ("dropout",),
+    "attention_unet": ("dropout",),
+}
 
 
 def list_networks() -> list[str]:
@@ -60,6 +69,17 @@ def build_network(name: str, in_channels: int, num_classes: int, **overrides) ->
     if unknown:
         raise ValueError(f"{key} has no option(s) {', '.join(unknown)}; valid overrides: {', '.join(valid)}")
     return builder(in_channels=in_channels, num_classes=num_classes, **overrides)
+
+
+def dropout_overrides(name: str, rate: float | None) -> dict[str, float]:
+    """``build_network`` overrides that set every dropout rate of network ``name`` to ``rate``.
+
+    ``None`` keeps the network's own rates (an empty dict). Dropout is active only in training mode, so a
+    network built for inference needs none of this: the weights are the same shapes at any rate.
+    """
+    if rate is None:
+        return {}
+    return dict.fromkeys(_DROPOUT_OPTIONS[name.strip().lower()], float(rate))
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
