@@ -50,6 +50,7 @@ PAPER_RECIPE: dict[str, Any] = {
     "spatial_probability": 1.0,
     "mirror": False,
     "intensity_augmentation": False,
+    "dropout": None,
     "output_prior": False,
 }
 # "default" is the fields' defaults (the one-hour ablation's best, plus the output prior, which docs/training.md
@@ -188,6 +189,12 @@ class TrainConfig:
         "slice's channels (not in the paper)",
         "data",
     )
+    dropout: float | None = setting(
+        None,
+        "dropout rate of the network's dropout layers in training, 0 = none (default: the network's own, "
+        "MoNet's 0.2 as in the paper, the U-Nets' 0.3)",
+        "data",
+    )
     output_prior: bool = setting(
         True,
         "start the output layer's bias at the class frequencies of sampled batches (not in the paper; makes "
@@ -290,6 +297,8 @@ class TrainConfig:
             problems.append("--scale must lie in [0, 1), --shift in [0, 0.5) and --rotation must be >= 0")
         if not 0 <= self.spatial_probability <= 1:
             problems.append(f"--spatial-probability must lie in [0, 1], got {self.spatial_probability}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            problems.append(f"--dropout must lie in [0, 1), got {self.dropout}")
         if problems:
             raise MonetError("invalid training settings: " + "; ".join(problems))
 
