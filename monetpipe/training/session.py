@@ -71,6 +71,7 @@ _RESUME_SENSITIVE = (
     "mirror",
     "mirror_axes",
     "intensity_augmentation",
+    "dropout",
     "inner_val_fraction",
     "lr_factor",
     "lr_patience",
@@ -101,10 +102,12 @@ def build_parts(
     (:mod:`monetpipe.training.output_prior`). ``long_run`` (:func:`~monetpipe.training.config.is_long_run`
     of what is left to train) lets ``--compile``'s default compile the step.
     """
-    from monetpipe.networks import build_network
+    from monetpipe.networks import build_network, dropout_overrides
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank and every fresh run
-    net = build_network(fp.model, fp.plans.num_input_channels, fp.plans.num_classes)
+    net = build_network(
+        fp.model, fp.plans.num_input_channels, fp.plans.num_classes, **dropout_overrides(fp.model, config.dropout)
+    )
     if resume is not None:
         net.load_state_dict(resume["model_state"])
     elif config.pretrained_weights:
