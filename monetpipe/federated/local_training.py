@@ -103,12 +103,17 @@ def _site_parts(
 ):
     """The round's network (from the global weights), loss (FedProx's when ``proximal_mu`` > 0) and a fresh
     optimizer, as ``monet_train``'s training step takes them."""
-    from monetpipe.networks import build_network
+    from monetpipe.networks import build_network, dropout_overrides
     from monetpipe.training.losses import build_loss
     from monetpipe.training.trainer import EarlyStopping, TrainingParts
 
     torch.manual_seed(train_config.seed)  # non-floating buffers as on the server
-    net = build_network(model_name, plans.num_input_channels, plans.num_classes)
+    net = build_network(
+        model_name,
+        plans.num_input_channels,
+        plans.num_classes,
+        **dropout_overrides(model_name, train_config.dropout),
+    )
     load_floating_state(net, global_state)
     net.to(device)
     channels_last = resolve_channels_last(train_config.channels_last, device.type)
