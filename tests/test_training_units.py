@@ -445,3 +445,31 @@ def test_intensity_augmentation_changes_images_never_labels():
     alike = [np.allclose(s[0], s[1], atol=1e-5) and np.allclose(s[0], s[2], atol=1e-5) for s in out]
     assert np.mean(alike) >= 0.8, "a slice's channels were augmented differently"
     assert PAPER_RECIPE["intensity_augmentation"] is False and not TrainConfig().intensity_augmentation
+
+
+def test_dropout_flag_sets_every_dropout_layer_of_the_network_it_trains():
+    """``--dropout 0`` trains MoNet without its RDDC blocks' SpatialDropout2D (the paper's 0.2): a training-mode
+    forward pass is then deterministic; no flag keeps each network's own rates; a rate outside [0, 1) is
+    refused by flag."""
+    import torch
+
+    from monetpipe.networks import build_network, dropout_overrides
+    from monetpipe.training.cli import config_from_args, parse_args
+
+    config = config_from_args(parse_args(["-t", "4", "-m", "monet", "--dropout", "0"]))
+    assert config.dropout == 0.0
+    torch.manual_seed(0)
+    net = build_network("monet", 3, 3, **dropout_overrides("monet", config.dropout)).train()
+    rates = [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout2d)]
+    assert len(rates) == 15 and set(rates) == {0.0}  # three in each of the five RDDC blocks
+    x = torch.randn(2, 3, 16, 12)
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x))
+    default = config_from_args(parse_args(["-t", "4", "-m", "monet"]))
+    assert default.dropout is None and dropout_overrides("monet", default.dropout) == {}
+    rates = {m.p for m in build_network("monet", 3, 3).modules() if isinstance(m, torch.nn.Dropout2d)}
+    assert rates == {0.2}
+    unet = build_network("unet16", 1, 2, **dropout_overrides("UNet16", 0.1))
+    assert {m.p for m in unet.modules() if isinstance(m, torch.nn.Dropout2d)} == {0.1}
+    with pytest.raises(MonetError, match="--dropout"):
+        TrainConfig(dropout=1.0)
