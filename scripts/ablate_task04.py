@@ -224,6 +224,16 @@ ROWS = {
             replace_baseline=True,
             context_slices=1,
         ),
+        # No dropout (fourteenth session): MoNet drops 20 % of the channels after three of the four
+        # convolutions of every RDDC block, a regulariser chosen for the paper's long runs; an hour on a CPU
+        # without bfloat16 makes about 5,000 steps (36 epochs), where fitting, not over-fitting, may be the limit.
+        Row(
+            "nodrop_ctx1_defaults",
+            "no dropout (--dropout 0) on the 2.5D default",
+            ("--dropout", "0"),
+            replace_baseline=True,
+            context_slices=1,
+        ),
         Row(
             "tta_mirrorlr_ctx1_defaults",
             "mirrorlr_ctx1_defaults's model with test-time left-right flips (monet_predict --tta)",

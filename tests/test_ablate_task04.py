@@ -96,13 +96,14 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
     assert {k: seed1.get(k) for k in compiled.keys() | seed1.keys() if compiled.get(k) != seed1.get(k)} == {
         "--seed": "1"
     }
-    # the augmentation rows: fewer interpolated slices, its seed pair, intensity augmentation on either
+    # the augmentation rows: fewer interpolated slices, its seed pair, intensity augmentation on either; no dropout
     spatial = all_settings(ablate.ROWS["spatial02_ctx1_defaults"])
     for name, other, change in (
         ("spatial02_ctx1_defaults", ctx1, {"--spatial-probability": "0.2"}),
         ("seed1_spatial02_ctx1_defaults", spatial, {"--seed": "1"}),
         ("intensity_ctx1_defaults", ctx1, {"--intensity-augmentation": True}),
         ("intensity_spatial02_ctx1_defaults", spatial, {"--intensity-augmentation": True}),
+        ("nodrop_ctx1_defaults", ctx1, {"--dropout": "0"}),
     ):
         row = all_settings(ablate.ROWS[name])
         assert {k: row.get(k) for k in other.keys() | row.keys() if other.get(k) != row.get(k)} == change, name
