@@ -24,7 +24,7 @@ _NETWORKS: dict[str, Callable[..., nn.Module]] = {
 }
 # The constructor options that set a network's dropout rates (``monet_train --dropout``): MoNet's
 # SpatialDropout2D after the first three convolutions of every RDDC block (0.2, the paper's), the U-Nets'
-# Dropout2D in each encoder block (0.3, keras-unet's default).
+# Dropout2D in their encoder and bottleneck blocks (0.3, keras-unet's default).
 _DROPOUT_OPTIONS: dict[str, tuple[str, ...]] = {
     "monet": ("dropout_enc", "dropout_mid", "dropout_dec"),
     "unet16": ("dropout",),
