@@ -290,8 +290,8 @@ def precisions_to_prepare(requested: str, device_type: str = "cpu", features=Non
     ``auto``: only when training ran on the CPU (where the model is likely to be used), bf16 where this CPU
     computes it natively (avx512_bf16 / AMX) and int8 where it runs int8 at all (VNNI / AMX, AVX2, ARM dot
     product) when ONNX Runtime is installed: the check validates a precision only where it measured faster
-    than fp32, and without VNNI int8 was faster on one AVX2 CPU (0.76x fp32's network time on Task04) and
-    slower on another (docs/inference.md). ``all`` is both.
+    than fp32, and without VNNI int8 was faster on one AVX2 CPU and slower on another (docs/performance.md).
+    ``all`` is both.
     """
     if requested == "none":
         return []
