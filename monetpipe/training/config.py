@@ -51,6 +51,7 @@ PAPER_RECIPE: dict[str, Any] = {
     "mirror": False,
     "intensity_augmentation": False,
     "dropout": None,
+    "ema": None,
     "output_prior": False,
 }
 # "default" is the fields' defaults (the one-hour ablation's best, plus the output prior, which docs/training.md
@@ -155,6 +156,13 @@ class TrainConfig:
         "epochs without inner-val loss improvement before training stops "
         f"(default: {DEFAULT_EARLY_STOP_PATIENCE} with --schedule plateau and no --time-budget, else off)",
         "schedule",
+    )
+    ema: float | None = setting(
+        None,
+        "keep an exponential moving average of the weights with this decay per optimizer step (e.g. 0.999) and "
+        "validate, save and predict with it (not in the paper; default: off)",
+        "schedule",
+        metavar="DECAY",
     )
     inner_val_fraction: float = setting(
         0.1,
@@ -299,6 +307,8 @@ class TrainConfig:
             problems.append(f"--spatial-probability must lie in [0, 1], got {self.spatial_probability}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             problems.append(f"--dropout must lie in [0, 1), got {self.dropout}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            problems.append(f"--ema must lie in (0, 1), e.g. 0.999, got {self.ema}")
         if problems:
             raise MonetError("invalid training settings: " + "; ".join(problems))
 
