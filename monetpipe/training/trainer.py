@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from monetpipe.errors import MonetError
+from monetpipe.training.checkpoint import unwrap
 from monetpipe.training.data import derive_seed
 from monetpipe.training.distributed import DistContext, all_reduce_sum
 from monetpipe.training.schedule import (
@@ -74,6 +76,12 @@ class TrainingParts:
     step_loss: Callable[..., torch.Tensor] | None = None  # compiled :func:`training_loss` (--compile), else eager
     compile_fallback: bool = False  # compiling by default, not asked for: a failed compile trains eagerly instead
     compile_seconds: float | None = None  # with ``step_loss``: the first step's time, compiling included, once run
+    ema: AveragedModel | None = None  # --ema: the average of the weights (monetpipe.training.ema), updated per step
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The network that is validated and saved: the weights' average with ``--ema``, else the trained one."""
+        return self.ema.module if self.ema is not None else unwrap(self.model)
 
     @property
     def compute_dtype(self) -> torch.dtype | None:
@@ -217,6 +225,8 @@ def train_epoch(
             loss = _step(parts, parts.step_loss or training_loss, x, y)
         parts.scaler.step(parts.optimizer)
         parts.scaler.update()
+        if parts.ema is not None:
+            parts.ema.update_parameters(unwrap(parts.model))
         total += loss.detach()
         taken = i + 1
         if after_step is not None and after_step(i):
