@@ -41,6 +41,7 @@ from monetpipe.training.config import (
 )
 from monetpipe.training.data import SliceBatchLoader, SliceIndex, iterations_per_epoch, rank_columns
 from monetpipe.training.distributed import DistContext, init_distributed
+from monetpipe.training.ema import build_ema, ema_record, restore_ema
 from monetpipe.training.fold import FoldPlan, FoldResult, continue_command, prepare_run_folder, run_record
 from monetpipe.training.inner_validation import inner_validation
 from monetpipe.training.losses import build_loss
@@ -72,6 +73,7 @@ _RESUME_SENSITIVE = (
     "mirror_axes",
     "intensity_augmentation",
     "dropout",
+    "ema",
     "inner_val_fraction",
     "lr_factor",
     "lr_patience",
@@ -108,8 +110,8 @@ def build_parts(
     net = build_network(
         fp.model, fp.plans.num_input_channels, fp.plans.num_classes, **dropout_overrides(fp.model, config.dropout)
     )
-    if resume is not None:
-        net.load_state_dict(resume["model_state"])
+    if resume is not None:  # a run with --ema saved the trained weights beside their average
+        net.load_state_dict(resume.get("training_model_state", resume["model_state"]))
     elif config.pretrained_weights:
         source = str(config.pretrained_weights)
         copied, untouched = load_pretrained(net, load_checkpoint(source), source)
@@ -125,6 +127,11 @@ def build_parts(
     channels_last = resolve_channels_last(config.channels_last, device.type)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    ema = None
+    if config.ema is not None:
+        ema = build_ema(net, config.ema)
+        if resume is not None and resume.get("ema"):
+            restore_ema(ema, resume["model_state"], resume["ema"])
     model: torch.nn.Module = net
     if ctx.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -189,6 +196,7 @@ def build_parts(
         torch.bfloat16 if precision == "bf16" else None,
         step_loss,
         compile_fallback=config.compile_step is None,
+        ema=ema,
     )
 
 
@@ -196,9 +204,16 @@ def make_checkpoint(
     parts: TrainingParts, state: TrainingState, fp: FoldPlan, config: TrainConfig, finished: bool
 ) -> dict:
     """The checkpoint dict (see :mod:`monetpipe.training.checkpoint` for the keys)."""
+    averaged = {}
+    if parts.ema is not None and config.ema is not None:
+        averaged = {
+            "training_model_state": unwrap(parts.model).state_dict(),
+            "ema": ema_record(parts.ema, config.ema),
+        }
     return {
         "network": network_spec(fp.model, fp.plans.num_input_channels, fp.plans.num_classes),
-        "model_state": unwrap(parts.model).state_dict(),
+        "model_state": parts.eval_model.state_dict(),
+        **averaged,
         "plans": fp.plans.to_dict(),
         "epoch": state.epoch,
         "history": state.history,
@@ -325,7 +340,7 @@ def _finish(fp: FoldPlan, parts: TrainingParts, state: TrainingState, config: Tr
     from monetpipe.training.validation import validate_fold
 
     summary = validate_fold(
-        unwrap(parts.model),
+        parts.eval_model,
         fp.layout,
         fp.plans,
         fp.val_cases,
@@ -473,7 +488,7 @@ def _inner_validator(fp: FoldPlan, config: TrainConfig, parts: TrainingParts, ct
 
     def validate() -> dict:
         return inner_validation(
-            parts.model,
+            parts.eval_model,
             fp.layout,
             fp.inner_val_cases,
             config.loss,
