@@ -7,7 +7,9 @@ Keys (``monetpipe/results.py`` documents the ones inference reads):
   resumed run rewrites ``training_log.csv`` from the checkpoint and can have neither gaps nor duplicates);
 - ``optimizer``, ``scheduler``, ``scaler``, ``early_stopping``, ``best_dice``;
 - ``rng``: torch (tensor), CUDA (tensors), NumPy and Python generator states as plain lists;
-- ``config``: the :class:`~monetpipe.training.config.TrainConfig` as a dict; ``finished``: training ended.
+- ``config``: the :class:`~monetpipe.training.config.TrainConfig` as a dict; ``finished``: training ended;
+- with ``--ema`` only: ``model_state`` is the weights' moving average, ``training_model_state`` the weights
+  the optimizer trains and ``ema`` ``{"decay", "updates"}`` (:mod:`monetpipe.training.ema`).
 
 Everything is tensors, numbers, strings, lists and dicts: nothing that needs unpickling code.
 """
