@@ -463,3 +463,50 @@ def test_model_all_with_every_registered_network(roots):
     )
     assert [r.fold_dir.parent.name.split("__")[0] for r in results] == list_networks()
     assert all(r.validation is not None for r in results)
+
+
+def test_ema_run_validates_saves_and_continues_the_average_of_the_weights(roots):
+    """``--ema``: the checkpoints hold the weights' average as ``model_state`` (what validation and
+    monet_predict use) and the trained weights beside it; a run stopped after one epoch and continued ends
+    with the same average and weights as one that ran through, and the ramped average differs from both the
+    trained weights and the first epoch's."""
+    from monetpipe.training import train_fold
+    from monetpipe.training.ema import ema_decay
+
+    config = TINY.with_changes(ema=0.99, schedule="plateau")  # a constant LR: the same with --epochs 1 or 2
+    through = MonetPaths(roots.raw, roots.preprocessed, roots.results / "through")
+    train_fold("901", "monet", 0, config, paths=through)
+    fold = through.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0"
+    final = torch.load(fold / "checkpoint_final.pth", weights_only=True)
+    steps = config.epochs * config.iters_per_epoch
+    assert final["ema"] == {"decay": 0.99, "updates": steps}
+    averaged, trained = final["model_state"], final["training_model_state"]
+    assert averaged.keys() == trained.keys()
+    floats = [k for k, v in trained.items() if v.is_floating_point()]
+    assert any(not torch.equal(averaged[k], trained[k]) for k in floats)
+    assert json.loads((fold / "config.json").read_text())["config"]["ema"] == 0.99
+
+    stopped = MonetPaths(roots.raw, roots.preprocessed, roots.results / "stopped")
+    stopped_fold = stopped.results / TASK / f"monet__{DEFAULT_PLANS}" / "fold_0"
+    train_fold("901", "monet", 0, config.with_changes(epochs=1), paths=stopped)
+    (stopped_fold / "checkpoint_final.pth").unlink()  # as if stopped after epoch 1 of 2
+    first = torch.load(stopped_fold / "checkpoint_latest.pth", weights_only=True)
+    assert first["ema"]["updates"] == config.iters_per_epoch
+    train_fold("901", "monet", 0, config, paths=stopped, continue_training=True)
+    resumed = torch.load(stopped_fold / "checkpoint_final.pth", weights_only=True)
+    assert resumed["ema"] == final["ema"]
+    for k in floats:
+        assert torch.allclose(resumed["model_state"][k], averaged[k], atol=1e-6), k
+        assert torch.allclose(resumed["training_model_state"][k], trained[k], atol=1e-6), k
+    assert any(not torch.equal(first["model_state"][k], averaged[k]) for k in floats)
+    assert ema_decay(0.99, 0) == 0.1 and ema_decay(0.99, 10_000) == 0.99  # the ramp, capped
+
+
+def test_ema_flag_is_checked_and_off_by_default():
+    from monetpipe.training.cli import config_from_args, parse_args
+
+    assert config_from_args(parse_args(["-t", "4", "-m", "monet", "--ema", "0.999"])).ema == 0.999
+    assert TrainConfig().ema is None and TrainConfig.from_recipe("paper").ema is None
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(MonetError, match="--ema"):
+            TrainConfig(ema=bad)
