@@ -234,6 +234,17 @@ ROWS = {
             replace_baseline=True,
             context_slices=1,
         ),
+        # An average of the weights (fifteenth session): the poly decay anneals the last steps, but an hour is few
+        # steps; an exponential moving average (ramped; about the last tenth of the steps) smooths what the last
+        # batches pulled the weights to. The run keeps its trained weights too, so the same run also predicts
+        # without the average (scripts/compare_ema_weights.py).
+        Row(
+            "ema_ctx1_defaults",
+            "an exponential moving average of the weights (--ema 0.999) on the 2.5D default",
+            ("--ema", "0.999"),
+            replace_baseline=True,
+            context_slices=1,
+        ),
         Row(
             "tta_mirrorlr_ctx1_defaults",
             "mirrorlr_ctx1_defaults's model with test-time left-right flips (monet_predict --tta)",

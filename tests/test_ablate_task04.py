@@ -96,7 +96,7 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
     assert {k: seed1.get(k) for k in compiled.keys() | seed1.keys() if compiled.get(k) != seed1.get(k)} == {
         "--seed": "1"
     }
-    # the augmentation rows: fewer interpolated slices, its seed pair, intensity augmentation on either; no dropout
+    # the augmentation rows: fewer interpolated slices, its seed pair, intensity augmentation on either; no dropout; EMA
     spatial = all_settings(ablate.ROWS["spatial02_ctx1_defaults"])
     for name, other, change in (
         ("spatial02_ctx1_defaults", ctx1, {"--spatial-probability": "0.2"}),
@@ -104,6 +104,7 @@ def test_each_single_change_row_differs_from_the_baseline_in_one_setting(ablate)
         ("intensity_ctx1_defaults", ctx1, {"--intensity-augmentation": True}),
         ("intensity_spatial02_ctx1_defaults", spatial, {"--intensity-augmentation": True}),
         ("nodrop_ctx1_defaults", ctx1, {"--dropout": "0"}),
+        ("ema_ctx1_defaults", ctx1, {"--ema": "0.999"}),
     ):
         row = all_settings(ablate.ROWS[name])
         assert {k: row.get(k) for k in other.keys() | row.keys() if other.get(k) != row.get(k)} == change, name
