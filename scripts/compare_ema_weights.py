@@ -21,13 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablate_task04 import paired  # noqa: E402  (the same paired difference the ablation tables give)
+from ablate_task04 import paired, run_step, scores  # noqa: E402  (the ablation tables' own pieces)
 
 from monetpipe.results import load_checkpoint  # noqa: E402
 from monetpipe.training.checkpoint import save_checkpoint  # noqa: E402
@@ -61,35 +59,22 @@ def trained_weights_copy(model_folder: Path, fold: int, out: Path) -> Path:
     return copy
 
 
-def _run(cmd: list[str], log_file: Path) -> float:
-    print(f"== {time.strftime('%H:%M:%S')} {' '.join(cmd)}", flush=True)
-    start = time.perf_counter()
-    with open(log_file, "a") as log:
-        if subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT):
-            raise SystemExit(f"error: {cmd[0]} failed; its output is in {log_file}")
-    return time.perf_counter() - start
-
-
 def score(model_folder: Path, fold: int, args: argparse.Namespace, out: Path) -> Path:
     """Predict ``args.input`` with ``model_folder`` in float32 and evaluate; returns the summary.json."""
     out.mkdir(parents=True, exist_ok=True)
     predictions, summary, log_file = out / "predictions", out / "summary.json", out / "commands.log"
-    _run(
+    run_step(
+        "predict",
         ["monet_predict", "-i", str(args.input), "-o", str(predictions), "--model-folder", str(model_folder)]
         + ["-f", str(fold), "--precision", "fp32", "--overwrite"],
+        {},
         log_file,
     )
     evaluate = ["monet_evaluate", "-ref", str(args.reference), "-pred", str(predictions), "-o", str(summary)]
     if args.split:
         evaluate += ["--split", str(args.split), "--fold", str(fold)]
-    _run(evaluate, log_file)
+    run_step("evaluate", evaluate, {}, log_file)
     return summary
-
-
-def foreground(summary: Path) -> dict:
-    """The summary's mean foreground Dice and HD95 (monet_evaluate's ``foreground_mean``)."""
-    mean = json.loads(summary.read_text())["foreground_mean"]
-    return {"dice_fg": round(mean["Dice"], 4), "hd95_fg_mm": round(mean["HD95"], 3)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     copy = trained_weights_copy(args.model_folder, args.fold, args.out)
     average = score(args.model_folder, args.fold, args, args.out / "average")
     trained = score(copy, args.fold, args, args.out / "trained")
-    result = {"average": foreground(average), "trained": foreground(trained), **paired(average, trained)}
+    result = {"average": scores(average, {}), "trained": scores(trained, {}), **paired(average, trained)}
     (args.out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
     a, t = result["average"], result["trained"]
     diff, se = result.get("paired_diff", float("nan")), result.get("paired_se", float("nan"))
